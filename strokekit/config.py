@@ -1,0 +1,196 @@
+"""One config object: defaults in code < config YAML < `--set key=value` overrides; unknown keys fail.
+
+Configs are nested dicts of plain Python types (so they store safely in checkpoints and YAML). Dotted
+keys address nested values: `--set lr=3e-4 aug.hflip=0.0 epochs=5`.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Every key a config may hold, with its default. A config file only lists what it changes.
+DEFAULTS: dict[str, Any] = {
+    "name": None,              # run name; defaults to the config file's stem
+    "task": "stroke",          # stroke (phase 1, binary) | type (ischemic vs hemorrhagic) | seg (phase 2)
+    "data": "data/phantom",    # data set root (competition or public-release layout)
+    "folds": None,             # folds CSV written by kfold.py; None = <data>/folds.csv
+    "runs_dir": "runs",        # runs/<name>/fold<k>/
+    # input
+    "image_source": "png",     # png | dicom
+    "windows": [[40, 80]],     # DICOM HU windows [center, width], one channel each (brain 40/80, subdural 80/200, stroke 32/8)
+    "in_chans": 3,             # channels fed to the model; grey PNG / a single window is repeated to fill them
+    "img_size": 256,
+    "mean": 0.5,               # normalisation of the [0,1] image: (x - mean) / std
+    "std": 0.25,
+    # model
+    "model": "resnet18",       # timm name for stroke/type; smp architecture (Unet, UnetPlusPlus, FPN, DeepLabV3Plus ...) for seg
+    "encoder": "resnet34",     # smp encoder name (seg only); `tu-<timm name>` for any timm backbone
+    "pretrained": False,       # ImageNet weights through timm/smp: needs the hub or a local cache
+    "weights": None,           # path to a local state dict / checkpoint to start from
+    "drop_rate": 0.0,
+    # optimisation
+    "epochs": 10,
+    "batch_size": 16,
+    "accum_steps": 1,
+    "optimizer": "adamw",      # adamw | sgd | rmsprop
+    "lr": 1.0e-3,
+    "weight_decay": 1.0e-4,
+    "momentum": 0.9,
+    "scheduler": "cosine",     # cosine | onecycle | plateau | exponential | none
+    "warmup_epochs": 0.0,
+    "lr_gamma": 0.99,          # per-step decay factor for scheduler=exponential
+    "clip_grad": None,         # max gradient norm
+    "loss": "ce",              # ce | bce | focal | dice | lovasz, or a sum such as "dice+ce" or {dice: 1.0, ce: 0.5}
+    "class_weights": None,     # per-class weights for CE, e.g. [1.0, 2.0]; "balanced" = inverse frequency
+    "sampler": None,           # None | balanced (classifier) | lesion (seg: lesion_share of each batch has lesions)
+    "lesion_share": 0.5,
+    "seg_negatives": 0.0,      # seg: share of no-stroke slices added to training as negatives
+    "amp": "bf16",             # bf16 | fp16 | none (CUDA only; CPU runs fp32)
+    "channels_last": True,
+    "ema": False,
+    "ema_decay": 0.999,
+    "early_stop": None,        # patience in epochs on the validation metric
+    "metric": None,            # selection metric; None = the task's default (auc for classifiers, dice for seg)
+    "seed": 42,
+    "num_workers": 2,
+    "oof_size": 128,           # seg OOF probabilities saved at this resolution (float16)
+    "aug": {
+        "hflip": 0.5,
+        "vflip": 0.0,
+        "shift_scale_rotate": 0.5,
+        "rotate_limit": 15,
+        "scale_limit": 0.1,
+        "shift_limit": 0.0625,
+        "brightness_contrast": 0.3,
+        "elastic": 0.0,
+    },
+}
+
+
+class ConfigError(ValueError):
+    """A config file or override that names an unknown key or gives a value of the wrong type."""
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> dict:
+    """Resolve defaults < YAML file < overrides ("key=value" strings) into one validated dict."""
+    cfg = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        path = Path(path)
+        if not path.exists() and path.with_suffix(".yaml").exists():
+            path = path.with_suffix(".yaml")
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        with open(path, encoding="utf-8") as f:
+            from_file = yaml.safe_load(f) or {}
+        if not isinstance(from_file, dict):
+            raise ConfigError(f"{path}: a config must be a mapping of keys to values")
+        merge(cfg, from_file, source=str(path))
+        if cfg["name"] is None:
+            cfg["name"] = path.stem
+    for item in overrides or []:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} must look like key=value")
+        set_key(cfg, key.strip(), yaml.safe_load(text), source="--set")
+    if cfg["name"] is None:
+        cfg["name"] = f"{cfg['task']}_{cfg['model']}"
+    validate(cfg)
+    return cfg
+
+
+def merge(cfg: dict, changes: dict, source: str, prefix: str = "") -> None:
+    for key, value in changes.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            if key not in cfg:
+                raise ConfigError(_unknown(dotted, cfg, source))
+            merge(cfg[key], value, source, prefix=dotted + ".")
+        else:
+            set_key(cfg, dotted, value, source)
+
+
+def set_key(cfg: dict, dotted: str, value: Any, source: str) -> None:
+    *parents, last = dotted.split(".")
+    node, defaults = cfg, DEFAULTS
+    for part in parents:
+        if part not in node or not isinstance(node[part], dict):
+            raise ConfigError(_unknown(dotted, node, source))
+        node, defaults = node[part], defaults.get(part, {})
+    if last not in node:
+        raise ConfigError(_unknown(dotted, node, source))
+    node[last] = _check_type(dotted, defaults.get(last), value, source)
+
+
+def _check_type(key: str, default: Any, value: Any, source: str) -> Any:
+    """Keep the default's type: ints may become floats, None defaults accept anything."""
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool) or isinstance(value, bool):
+        if isinstance(default, bool) and isinstance(value, bool):
+            return value
+    elif isinstance(default, float) and isinstance(value, (int, float)):
+        return float(value)
+    elif isinstance(default, type(value)) or isinstance(value, type(default)):
+        return value
+    elif key == "loss" and isinstance(value, dict):
+        return value
+    raise ConfigError(f"{source}: {key} must be {type(default).__name__} like its default "
+                      f"{default!r}, got {value!r}")
+
+
+def _unknown(key: str, node: dict, source: str) -> str:
+    import difflib
+
+    leaf = key.split(".")[-1]
+    close = difflib.get_close_matches(leaf, list(node), n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return f"{source}: unknown config key {key!r}.{hint} Valid keys: {', '.join(sorted(node))}"
+
+
+TASKS = ("stroke", "type", "seg")
+
+
+def validate(cfg: dict) -> None:
+    if cfg["task"] not in TASKS:
+        raise ConfigError(f"task must be one of {TASKS}, got {cfg['task']!r}")
+    if cfg["image_source"] not in ("png", "dicom"):
+        raise ConfigError(f"image_source must be png or dicom, got {cfg['image_source']!r}")
+    windows = cfg["windows"]
+    if not windows or not all(isinstance(w, (list, tuple)) and len(w) == 2 and w[1] > 0 for w in windows):
+        raise ConfigError(f"windows must be a list of [center, width] pairs with width > 0, got {windows!r}")
+    n_windows = len(windows) if cfg["image_source"] == "dicom" else 1
+    if n_windows not in (1, cfg["in_chans"]):
+        raise ConfigError(f"{n_windows} windows cannot fill in_chans={cfg['in_chans']}: "
+                          "give one window (repeated) or exactly in_chans windows")
+    for key in ("epochs", "batch_size", "img_size", "accum_steps"):
+        if cfg[key] < 1:
+            raise ConfigError(f"{key} must be >= 1, got {cfg[key]}")
+    if cfg["img_size"] % 32 and cfg["task"] == "seg":
+        raise ConfigError(f"img_size={cfg['img_size']} must be a multiple of 32 for U-Net encoders "
+                          f"(try {max(32, round(cfg['img_size'] / 32) * 32)})")
+    if not 0.0 <= cfg["lesion_share"] <= 1.0:
+        raise ConfigError(f"lesion_share must be in [0, 1], got {cfg['lesion_share']}")
+
+
+def folds_path(cfg: dict) -> Path:
+    return Path(cfg["folds"]) if cfg["folds"] else Path(cfg["data"]) / "folds.csv"
+
+
+def save_config(cfg: dict, path: str | os.PathLike) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        yaml.safe_dump(cfg, f, sort_keys=False, allow_unicode=True)
+    os.replace(tmp, path)
+
+
+def add_config_args(parser) -> None:
+    """The --config / --set pair every script shares."""
+    parser.add_argument("--config", help="config YAML (configs/<name>.yaml); keys it omits keep their defaults")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="override config keys, e.g. --set lr=3e-4 epochs=5 aug.hflip=0; unknown keys fail")
