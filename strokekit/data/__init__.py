@@ -1,0 +1,1 @@
+"""Data layout discovery, the index table, format readers and encodings, Datasets and samplers."""
