@@ -102,15 +102,28 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     return cfg
 
 
-def merge(cfg: dict, changes: dict, source: str, prefix: str = "") -> None:
+def merge(cfg: dict, changes: dict, source: str) -> None:
+    """Apply a (nested) mapping of changes key by key, so each is checked like a --set override."""
+    for dotted, value in _flatten(changes):
+        set_key(cfg, dotted, value, source)
+
+
+def _flatten(changes: dict, prefix: str = ""):
     for key, value in changes.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
-            if key not in cfg:
-                raise ConfigError(_unknown(dotted, cfg, source))
-            merge(cfg[key], value, source, prefix=dotted + ".")
+        if isinstance(value, dict) and isinstance(_default_at(dotted), dict) and key != "loss":
+            yield from _flatten(value, prefix=dotted + ".")
         else:
-            set_key(cfg, dotted, value, source)
+            yield dotted, value
+
+
+def _default_at(dotted: str):
+    node = DEFAULTS
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
 
 
 def set_key(cfg: dict, dotted: str, value: Any, source: str) -> None:
@@ -128,7 +141,9 @@ def set_key(cfg: dict, dotted: str, value: Any, source: str) -> None:
 def _check_type(key: str, default: Any, value: Any, source: str) -> Any:
     """Keep the default's type: ints may become floats, None defaults accept anything."""
     if default is None or value is None:
-        return value
+        return _number(value)
+    if isinstance(default, float) and isinstance(value, str):
+        value = _number(value)  # YAML 1.1 reads "3e-4" as a string
     if isinstance(default, bool) or isinstance(value, bool):
         if isinstance(default, bool) and isinstance(value, bool):
             return value
@@ -140,6 +155,15 @@ def _check_type(key: str, default: Any, value: Any, source: str) -> Any:
         return value
     raise ConfigError(f"{source}: {key} must be {type(default).__name__} like its default "
                       f"{default!r}, got {value!r}")
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _unknown(key: str, node: dict, source: str) -> str:

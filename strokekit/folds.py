@@ -33,9 +33,11 @@ def make_folds(index: pd.DataFrame, n_folds: int = 5, seed: int = 42) -> pd.Data
     if groups.nunique() < n_folds:
         raise FoldsError(f"only {groups.nunique()} patients/groups: fewer than {n_folds} folds")
     labels = strata(train)
-    # strata too rare to appear in each fold would make sklearn warn; fold them into their class
-    rare = labels.map(labels.value_counts()) < n_folds
-    labels = labels.where(~rare, train["class_name"])
+    # a stratum too rare to reach every fold joins its class's most common stratum (sklearn warns otherwise)
+    counts = labels.value_counts()
+    common = labels[labels.map(counts) >= n_folds].groupby(train["class_name"]).agg(lambda s: s.mode()[0])
+    rare = labels.map(counts) < n_folds
+    labels = labels.where(~rare, train["class_name"].map(common).fillna(labels))
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     folds = pd.Series(-1, index=train.index)
     for k, (_, val) in enumerate(splitter.split(train, labels, groups)):

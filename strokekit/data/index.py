@@ -112,7 +112,7 @@ def pair_files(records: pd.DataFrame) -> pd.DataFrame:
     if len(twice):
         raise DataLayoutError("the same id has two files of one kind: " + ", ".join(twice.path.head(6)))
     wide = records.pivot(index="image_id", columns="modality", values="path")
-    wide = wide.reindex(columns=list(layout.MODALITIES)).fillna("")
+    wide = wide.reindex(columns=list(layout.MODALITIES), fill_value="").fillna("").astype(str)
     meta = claims.set_index("image_id")[["split", "class_name"]]
     return meta.join(wide).reset_index()
 
