@@ -1,0 +1,218 @@
+"""Segmentation post-processing: class probabilities (3, H, W) -> class map, pure numpy/scipy.
+
+A post-processing spec is a plain dict (it goes into the ensemble spec YAML). Steps, in this order:
+  1. threshold   a pixel passes class c when p_c >= threshold[c]
+  2. closing     per-class binary closing with a digital disk of that radius (0 = off)
+  3. overlap     a pixel passing both lesion classes goes to the more probable one ("argmax")
+                 or always to one class ("ischemic" / "hemorrhagic")
+  4. min_area    drop 8-connected components of class c smaller than min_area[c] pixels
+  5. keep_largest  keep only the largest component of class c
+  6. triplet     class c is kept only if >= min_pixels[c] pixels have p_c >= high[c] (SIIM-ACR winners'
+                 rule: decide presence with a high threshold, draw with the lower one of step 1)
+  7. gate        class c is kept only if the image-level probability for it is >= gate[c]
+Steps 6-7 decide presence per class and only ever remove a whole class, so a grid search can apply
+them to precomputed counts (see seg_search.py). Per-class values may be given as one number for both.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+
+import numpy as np
+from scipy import ndimage
+
+from strokekit.data.encodings import BACKGROUND, EIGHT_CONNECTED, HEMORRHAGIC, ISCHEMIC
+
+LESION_CLASSES = {"ischemic": ISCHEMIC, "hemorrhagic": HEMORRHAGIC}
+OVERLAP_RULES = ("argmax", "ischemic", "hemorrhagic")
+DEFAULT_SPEC = {
+    "threshold": 0.5,
+    "closing": 0,
+    "overlap": "argmax",
+    "min_area": 0,
+    "keep_largest": False,
+    "triplet": None,   # {"high": 0.8, "min_pixels": 50}
+    "gate": None,      # 0.5, or {"ischemic": 0.4, "hemorrhagic": 0.6}
+}
+PER_CLASS_KEYS = ("threshold", "closing", "min_area", "keep_largest")
+
+
+def _per_class(value, key: str) -> dict[str, object]:
+    """One value for both lesion classes, or a dict naming each of them."""
+    if isinstance(value, dict):
+        if set(value) != set(LESION_CLASSES):
+            raise ValueError(f"post-processing {key!r} must name exactly {sorted(LESION_CLASSES)}; got {sorted(value)}")
+        return {name: value[name] for name in LESION_CLASSES}
+    return {name: value for name in LESION_CLASSES}
+
+
+def normalise_spec(spec: dict | None) -> dict:
+    """Full canonical spec (every key, per-class values as {ischemic: .., hemorrhagic: ..}); unknown keys fail."""
+    spec = {} if spec is None else dict(spec)
+    unknown = sorted(set(spec) - set(DEFAULT_SPEC))
+    if unknown:
+        raise KeyError(f"unknown post-processing key(s) {unknown}; valid keys: {sorted(DEFAULT_SPEC)}")
+    out = copy.deepcopy(DEFAULT_SPEC)
+    out.update(copy.deepcopy(spec))
+    for key in PER_CLASS_KEYS:
+        out[key] = _per_class(out[key], key)
+    out["threshold"] = {k: float(v) for k, v in out["threshold"].items()}
+    out["closing"] = {k: int(v) for k, v in out["closing"].items()}
+    out["min_area"] = {k: int(v) for k, v in out["min_area"].items()}
+    out["keep_largest"] = {k: bool(v) for k, v in out["keep_largest"].items()}
+    if out["overlap"] not in OVERLAP_RULES:
+        raise ValueError(f"post-processing overlap rule {out['overlap']!r}; valid: {list(OVERLAP_RULES)}")
+    if out["gate"] is not None:
+        out["gate"] = {k: float(v) for k, v in _per_class(out["gate"], "gate").items()}
+    if out["triplet"] is not None:
+        triplet = dict(out["triplet"])
+        if set(triplet) != {"high", "min_pixels"}:
+            raise KeyError(f"post-processing triplet needs keys ['high', 'min_pixels']; got {sorted(triplet)}")
+        out["triplet"] = {"high": {k: float(v) for k, v in _per_class(triplet["high"], "triplet.high").items()},
+                          "min_pixels": {k: int(v) for k, v in
+                                         _per_class(triplet["min_pixels"], "triplet.min_pixels").items()}}
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def disk(radius: int) -> np.ndarray:
+    """Digital disk x^2 + y^2 <= (r + 0.5)^2: radius 1 is the 3x3 square, 2 a 5x5 without corners."""
+    yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
+    return (yy ** 2 + xx ** 2) <= (radius + 0.5) ** 2
+
+
+def _bbox(mask: np.ndarray) -> tuple[slice, slice]:
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+
+
+def close_mask(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Binary closing that never erodes at the image border (the mask is padded, not clipped).
+
+    Works on the mask's bounding box only: a closing never reaches outside it, so this is exact and fast
+    for the small lesions of a 512x512 slice.
+    """
+    if radius <= 0 or not mask.any():
+        return mask
+    box = _bbox(mask)
+    window = np.pad(mask[box], radius)
+    closed = ndimage.binary_closing(window, structure=disk(radius))[radius:-radius, radius:-radius]
+    out = mask.copy()
+    out[box] |= closed
+    return out
+
+
+def lesion_masks(probs: np.ndarray, spec: dict) -> dict[int, np.ndarray]:
+    """Steps 1-3: per-class boolean masks after threshold, closing and the overlap rule (disjoint)."""
+    spec = normalise_spec(spec)
+    masks = {}
+    for name, cls in LESION_CLASSES.items():
+        passed = probs[cls] >= spec["threshold"][name]
+        masks[cls] = close_mask(passed, spec["closing"][name])
+    resolve_overlap(masks, probs, spec["overlap"])
+    return masks
+
+
+def resolve_overlap(masks: dict[int, np.ndarray], probs: np.ndarray, rule: str) -> None:
+    """In place: a pixel in both lesion masks keeps one class (ties under argmax go to hemorrhagic)."""
+    both = masks[ISCHEMIC] & masks[HEMORRHAGIC]
+    if not both.any():
+        return
+    if rule == "argmax":
+        to_isc = both & (probs[ISCHEMIC] > probs[HEMORRHAGIC])
+    else:
+        to_isc = both if rule == "ischemic" else np.zeros_like(both)
+    masks[HEMORRHAGIC] &= ~to_isc
+    masks[ISCHEMIC] &= ~(both & ~to_isc)
+
+
+def components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """8-connected labels (0 = background) and areas indexed by label (areas[0] = background pixels)."""
+    labels, _ = ndimage.label(mask, structure=EIGHT_CONNECTED)
+    return labels, np.bincount(labels.ravel())
+
+
+def kept_components(areas: np.ndarray, min_area: int, keep_largest: bool) -> np.ndarray:
+    """Boolean per label: which components survive min_area / keep_largest (label 0 never)."""
+    keep = areas >= min_area
+    keep[0] = False
+    if keep_largest and keep.any():
+        largest = np.argmax(np.where(keep, areas, -1))
+        keep[:] = False
+        keep[largest] = True
+    return keep
+
+
+def class_present(probs: np.ndarray, spec: dict, image_prob=None) -> dict[int, bool]:
+    """Steps 6-7: whether each lesion class survives the triplet rule and the image gate."""
+    spec = normalise_spec(spec)
+    image_probs = _image_probs(image_prob) if spec["gate"] is not None else None
+    present = {}
+    for name, cls in LESION_CLASSES.items():
+        keep = True
+        if spec["triplet"] is not None:
+            high, need = spec["triplet"]["high"][name], spec["triplet"]["min_pixels"][name]
+            keep = int(np.count_nonzero(probs[cls] >= high)) >= need
+        if image_probs is not None:
+            keep = keep and image_probs[name] >= spec["gate"][name]
+        present[cls] = keep
+    return present
+
+
+def _image_probs(image_prob) -> dict[str, float]:
+    """P(stroke) for both classes, or per-class probabilities (dict by name, or [ischemic, hemorrhagic])."""
+    if image_prob is None:
+        raise ValueError("the post-processing spec has a gate but no image-level probability was given")
+    if isinstance(image_prob, dict):
+        return {k: float(v) for k, v in _per_class(image_prob, "image_prob").items()}
+    values = np.atleast_1d(np.asarray(image_prob, dtype=float))
+    if values.size == 1:
+        return {name: float(values[0]) for name in LESION_CLASSES}
+    if values.size == 2:
+        return dict(zip(LESION_CLASSES, map(float, values)))
+    raise ValueError(f"image_prob must be one number or [ischemic, hemorrhagic]; got {values.size} values")
+
+
+def apply_postprocess(probs: np.ndarray, spec: dict | None = None, image_prob=None) -> np.ndarray:
+    """(3, H, W) class probabilities -> (H, W) uint8 class map (0 bg, 1 ischemic, 2 hemorrhagic)."""
+    probs = np.asarray(probs)
+    if probs.ndim != 3 or probs.shape[0] != 3:
+        raise ValueError(f"probs must be (3, H, W) = background, ischemic, hemorrhagic; got {probs.shape}")
+    spec = normalise_spec(spec)
+    present = class_present(probs, spec, image_prob)
+    masks = lesion_masks(probs, spec)
+    class_map = np.full(probs.shape[1:], BACKGROUND, dtype=np.uint8)
+    for name, cls in LESION_CLASSES.items():
+        if not present[cls] or not masks[cls].any():
+            continue
+        labels, areas = components(masks[cls])
+        keep = kept_components(areas, spec["min_area"][name], spec["keep_largest"][name])
+        class_map[keep[labels]] = cls
+    return class_map
+
+
+@functools.lru_cache(maxsize=32)
+def _bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) weights of half-pixel bilinear resampling (torch's align_corners=False)."""
+    src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    lo = np.minimum(np.floor(src).astype(np.intp), n_in - 1)
+    hi = np.minimum(lo + 1, n_in - 1)
+    frac = (src - lo).astype(np.float32)
+    matrix = np.zeros((n_out, n_in), dtype=np.float32)
+    rows = np.arange(n_out)
+    np.add.at(matrix, (rows, lo), 1.0 - frac)
+    np.add.at(matrix, (rows, hi), frac)
+    return matrix
+
+
+def resize_probs(probs: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of (..., H, W) probabilities to `size` as float32 (OOF at 128 px -> 512 px).
+
+    Same values as torch.nn.functional.interpolate(mode="bilinear", align_corners=False); rows of the
+    weights sum to 1, so softmax outputs still sum to 1 per pixel.
+    """
+    height, width = (size, size) if np.isscalar(size) else size
+    probs = np.asarray(probs, dtype=np.float32)
+    rows = _bilinear_matrix(probs.shape[-2], int(height))
+    cols = _bilinear_matrix(probs.shape[-1], int(width))
+    return rows @ probs @ cols.T
