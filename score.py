@@ -1,0 +1,110 @@
+"""Score or check a TEKNOFEST-2021 stroke submission.
+
+    python score.py --phase 1 --pred submissions/x/asama1.txt --truth ASAMA1_Cevaplar.txt [--probs probs.csv]
+    python score.py --phase 2 --pred submissions/x/ --truth data/YARISMA_2/MASK [--se-size 3] [--pixel-rule]
+    python score.py --check submissions/x/ [--expected-ids 1 2 3 | --expected-ids ids.txt | --data YARISMA_1]
+
+Prints a table, writes scores/<name>.json (--out) and, beside it, <name>.confusion.png (phase 1) or
+<name>.worst_cases.png (phase 2). The logic lives in strokekit.scoring.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from strokekit import scoring
+from strokekit.submission import SubmissionError, read_labels
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--phase", type=int, choices=(1, 2), help="score a phase-1 or phase-2 submission")
+    mode.add_argument("--check", metavar="DIR_OR_FILE",
+                      help="validate an asama1.txt, a folder of <id>.png masks, or a folder holding either; "
+                           "exit status 1 when invalid")
+    parser.add_argument("--pred", help="phase 1: the asama1.txt; phase 2: the folder of <id>.png masks")
+    parser.add_argument("--truth", help="phase 1: the answer key (with or without header); "
+                                        "phase 2: the folder of true MASK <id>.png files (every id is scored)")
+    parser.add_argument("--probs", help="phase 1: CSV with columns image_id, prob, for ROC AUC")
+    parser.add_argument("--se-size", type=int, default=3,
+                        help="phase 2: side of the square structuring element for the tolerance band "
+                             "(default 3: the organisers' worked 3x3 example; the size they used on 512x512 "
+                             "images was not published)")
+    parser.add_argument("--pixel-rule", action="store_true",
+                        help="phase 2: pure per-pixel rule; default is the region rule the organisers' worked "
+                             "examples imply (a region touching no true pixel of its class is all FP)")
+    parser.add_argument("--empty-score", type=float, default=1.0,
+                        help="phase 2: official score of an image with TP+FP+FN = 0 (default 1.0; "
+                             "'nan' leaves it out of the means)")
+    parser.add_argument("--images", help="phase 2: folder of <id>.png CT slices to show in the worst-cases grid")
+    parser.add_argument("--worst", type=int, default=8, help="phase 2: images in the worst-cases grid (default 8)")
+    parser.add_argument("--out", help="score JSON (default scores/<submission name>.json); PNGs go beside it")
+    parser.add_argument("--expected-ids", nargs="+", metavar="ID",
+                        help="--check: the ids the submission must hold: integers, or one answer-key / "
+                             "asama1.txt file, or one folder of <id>.png|.dcm files")
+    parser.add_argument("--data", help="--check: a test folder (e.g. YARISMA_1 with PNG/ or DICOM/) "
+                                       "whose image ids the submission must hold")
+    parser.add_argument("--size", type=int, nargs=2, default=(512, 512), metavar=("W", "H"),
+                        help="--check: mask size in pixels (default 512 512)")
+    args = parser.parse_args(argv)
+    if args.phase and not (args.pred and args.truth):
+        parser.error("--phase needs --pred and --truth")
+    return args
+
+
+def expected_ids(args: argparse.Namespace) -> list[int] | None:
+    if args.data:
+        return scoring.ids_from_folder(args.data)
+    if not args.expected_ids:
+        return None
+    if len(args.expected_ids) == 1 and Path(args.expected_ids[0]).exists():
+        source = Path(args.expected_ids[0])
+        return scoring.ids_from_folder(source) if source.is_dir() else sorted(read_labels(source))
+    return [int(token) for item in args.expected_ids for token in item.split(",") if token]
+
+
+def run_check(args: argparse.Namespace) -> int:
+    try:
+        for line in scoring.check_submission(args.check, expected_ids(args), tuple(args.size)):
+            print(line)
+    except SubmissionError as err:
+        print(f"INVALID {err.source}", file=sys.stderr)
+        for problem in err.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_score(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out else Path("scores") / f"{scoring.submission_name(args.pred)}.json"
+    stem = out.with_suffix("")
+    if args.phase == 1:
+        result = scoring.score_phase1(args.pred, args.truth, args.probs)
+        print(scoring.phase1_table(result))
+        result["confusion_png"] = str(scoring.plot_confusion(
+            result["confusion"], f"{stem}.confusion.png", title=f"{out.stem}: phase 1"))
+    else:
+        result = scoring.score_phase2(args.pred, args.truth, args.se_size, not args.pixel_rule,
+                                      args.empty_score)
+        print(scoring.phase2_table(result))
+        result["worst_cases_png"] = str(scoring.plot_worst_cases(
+            result, f"{stem}.worst_cases.png", args.worst, args.images))
+    print(f"\nwrote {scoring.write_json(out, result)}")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        return run_check(args) if args.check else run_score(args)
+    except (SubmissionError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
