@@ -81,7 +81,8 @@ def disk(radius: int) -> np.ndarray:
     return (yy ** 2 + xx ** 2) <= (radius + 0.5) ** 2
 
 
-def _bbox(mask: np.ndarray) -> tuple[slice, slice]:
+def bounding_box(mask: np.ndarray) -> tuple[slice, slice]:
+    """Row and column slices of the smallest box holding every True pixel (the mask must not be empty)."""
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
     return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
 
@@ -94,7 +95,7 @@ def close_mask(mask: np.ndarray, radius: int) -> np.ndarray:
     """
     if radius <= 0 or not mask.any():
         return mask
-    box = _bbox(mask)
+    box = bounding_box(mask)
     window = np.pad(mask[box], radius)
     closed = ndimage.binary_closing(window, structure=disk(radius))[radius:-radius, radius:-radius]
     out = mask.copy()
@@ -185,34 +186,34 @@ def apply_postprocess(probs: np.ndarray, spec: dict | None = None, image_prob=No
     for name, cls in LESION_CLASSES.items():
         if not present[cls] or not masks[cls].any():
             continue
-        labels, areas = components(masks[cls])
+        box = bounding_box(masks[cls])  # label the lesion's box only: a 512x512 slice is mostly empty
+        labels, areas = components(masks[cls][box])
         keep = kept_components(areas, spec["min_area"][name], spec["keep_largest"][name])
-        class_map[keep[labels]] = cls
+        class_map[box][keep[labels]] = cls
     return class_map
 
 
 @functools.lru_cache(maxsize=32)
-def _bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) weights of half-pixel bilinear resampling (torch's align_corners=False)."""
+def _bilinear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices lo, hi and weight of hi for half-pixel bilinear resampling (align_corners=False)."""
     src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
     lo = np.minimum(np.floor(src).astype(np.intp), n_in - 1)
     hi = np.minimum(lo + 1, n_in - 1)
-    frac = (src - lo).astype(np.float32)
-    matrix = np.zeros((n_out, n_in), dtype=np.float32)
-    rows = np.arange(n_out)
-    np.add.at(matrix, (rows, lo), 1.0 - frac)
-    np.add.at(matrix, (rows, hi), frac)
-    return matrix
+    return lo, hi, (src - lo).astype(np.float32)
 
 
 def resize_probs(probs: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     """Bilinear resize of (..., H, W) probabilities to `size` as float32 (OOF at 128 px -> 512 px).
 
-    Same values as torch.nn.functional.interpolate(mode="bilinear", align_corners=False); rows of the
-    weights sum to 1, so softmax outputs still sum to 1 per pixel.
+    Same values as torch.nn.functional.interpolate(mode="bilinear", align_corners=False); the weights sum
+    to 1, so softmax outputs still sum to 1 per pixel. Two taps per axis (gather + lerp), not a matmul.
     """
     height, width = (size, size) if np.isscalar(size) else size
     probs = np.asarray(probs, dtype=np.float32)
-    rows = _bilinear_matrix(probs.shape[-2], int(height))
-    cols = _bilinear_matrix(probs.shape[-1], int(width))
-    return rows @ probs @ cols.T
+    lo, hi, frac = _bilinear_taps(probs.shape[-2], int(height))
+    rows = np.take(probs, lo, axis=-2) * (1 - frac)[:, None]
+    rows += np.take(probs, hi, axis=-2) * frac[:, None]
+    lo, hi, frac = _bilinear_taps(probs.shape[-1], int(width))
+    out = np.take(rows, lo, axis=-1) * (1 - frac)
+    out += np.take(rows, hi, axis=-1) * frac
+    return out
