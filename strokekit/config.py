@@ -43,12 +43,15 @@ DEFAULTS: dict[str, Any] = {
     "scheduler": "cosine",     # cosine | onecycle | plateau | exponential | none
     "warmup_epochs": 0.0,
     "lr_gamma": 0.99,          # per-step decay factor for scheduler=exponential
+    "plateau_patience": 2,     # scheduler=plateau: epochs without a better val metric before the LR drops
+    "plateau_factor": 0.1,     # scheduler=plateau: LR multiplier on each drop
     "clip_grad": None,         # max gradient norm
     "loss": "ce",              # ce | bce | focal | dice | lovasz, or a sum such as "dice+ce" or {dice: 1.0, ce: 0.5}
     "class_weights": None,     # per-class weights for CE, e.g. [1.0, 2.0]; "balanced" = inverse frequency
     "sampler": None,           # None | balanced (classifier) | lesion (seg: lesion_share of each batch has lesions)
     "lesion_share": 0.5,
     "seg_negatives": 0.0,      # seg: share of no-stroke slices added to training as negatives
+    "seg_val_negatives": False,  # seg: also validate (and write OOF for) the fold's no-stroke slices
     "amp": "bf16",             # bf16 | fp16 | none (CUDA only; CPU runs fp32)
     "channels_last": True,
     "ema": False,

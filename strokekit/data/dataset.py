@@ -1,0 +1,215 @@
+"""Torch Dataset over index rows, joint image/mask augmentation, seeded workers, and batch samplers.
+
+Each item: image (C, S, S) float normalised with cfg mean/std, image_id, and, when asked, target (class
+label), mask (S, S) class map at the training size, and mask_full (H, W) uint8 at the file's own resolution
+(for metrics computed where the organisers compute them). Masks are resized and augmented with
+nearest-neighbour interpolation only, and their label set is checked after augmentation.
+"""
+from __future__ import annotations
+
+import random
+
+import albumentations as A
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+
+from .readers import load_class_map, load_image
+
+LABELS = {0, 1, 2}
+
+
+def build_transform(cfg: dict, train: bool) -> A.Compose:
+    """Resize to img_size (+ the config's `aug.*` when training). Normalisation happens afterwards."""
+    size, aug = cfg["img_size"], cfg["aug"]
+    steps = [A.Resize(size, size, interpolation=cv2.INTER_AREA, mask_interpolation=cv2.INTER_NEAREST)]
+    if train:
+        steps += [
+            A.HorizontalFlip(p=aug["hflip"]),
+            A.VerticalFlip(p=aug["vflip"]),
+            A.Affine(scale=(1 - aug["scale_limit"], 1 + aug["scale_limit"]),
+                     translate_percent=(-aug["shift_limit"], aug["shift_limit"]),
+                     rotate=(-aug["rotate_limit"], aug["rotate_limit"]), interpolation=cv2.INTER_LINEAR,
+                     mask_interpolation=cv2.INTER_NEAREST, border_mode=cv2.BORDER_CONSTANT, fill=0,
+                     fill_mask=0, p=aug["shift_scale_rotate"]),
+            A.RandomBrightnessContrast(p=aug["brightness_contrast"]),
+            A.ElasticTransform(alpha=size * 0.25, sigma=size * 0.05, mask_interpolation=cv2.INTER_NEAREST,
+                               border_mode=cv2.BORDER_CONSTANT, p=aug["elastic"]),
+        ]
+    return A.Compose([s for s in steps if getattr(s, "p", 1) > 0], seed=cfg["seed"])
+
+
+def normalise(image: np.ndarray, cfg: dict) -> torch.Tensor:
+    """HxWxC uint8 -> CxHxW float32, (x / 255 - mean) / std with scalar or per-channel mean/std.
+
+    numpy, not torch: tiny torch ops in a DataLoader contend for the intra-op thread pool.
+    """
+    mean = np.asarray(cfg["mean"], dtype=np.float32).reshape(-1)
+    std = np.asarray(cfg["std"], dtype=np.float32).reshape(-1)
+    x = (image.astype(np.float32) * np.float32(1 / 255.0) - mean) / std
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+
+
+def preprocess(image: np.ndarray, cfg: dict) -> torch.Tensor:
+    """What a model saw at validation: resize to img_size and normalise (for infer.py)."""
+    size = cfg["img_size"]
+    if image.shape[:2] != (size, size):
+        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+        if image.ndim == 2:
+            image = image[..., None]
+    return normalise(image, cfg)
+
+
+class SliceDataset(Dataset):
+    """One item per index row; see the module docstring for what an item holds."""
+
+    def __init__(self, rows: pd.DataFrame, cfg: dict, train: bool, targets=None, masks: bool = False,
+                 full_masks: bool = False):
+        self.rows = rows.reset_index(drop=True).to_dict("records")
+        self.cfg, self.train = cfg, train
+        self.targets = None if targets is None else np.asarray(targets, dtype=np.int64)
+        self.masks, self.full_masks = masks, full_masks
+        self.transform = build_transform(cfg, train)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def reseed(self, seed: int) -> None:
+        """Fix the augmentation stream (albumentations keeps its own RNG, apart from numpy's and torch's)."""
+        self.transform.set_random_seed(int(seed) % 2**32)
+
+    def class_map(self, i: int, shape) -> np.ndarray:
+        row = self.rows[i]
+        class_map = load_class_map(row) if (row.get("mask") or row.get("overlay")) else None
+        if class_map is None:
+            if row.get("class_name") != "no_stroke":
+                raise ValueError(f"image {row['image_id']}: a stroke slice without MASK or OVERLAY")
+            class_map = np.zeros(shape[:2], dtype=np.uint8)
+        return class_map
+
+    def __getitem__(self, i: int) -> dict:
+        row = self.rows[i]
+        image = load_image(row, self.cfg)
+        item = {"image_id": int(row["image_id"]), "index": i}
+        if self.masks or self.full_masks:
+            full = self.class_map(i, image.shape)
+            if full.shape != image.shape[:2]:
+                raise ValueError(f"image {row['image_id']}: mask {full.shape} and image {image.shape[:2]} differ")
+            out = self.transform(image=image, mask=full)
+            image, mask = out["image"], out["mask"]
+            labels = set(np.unique(mask).tolist())
+            if not labels <= LABELS:
+                raise ValueError(f"image {row['image_id']}: augmentation made mask labels {sorted(labels - LABELS)}")
+            if self.masks:
+                item["mask"] = torch.from_numpy(mask.astype(np.int64))
+            if self.full_masks:
+                item["mask_full"] = full
+        else:
+            image = self.transform(image=image)["image"]
+        item["image"] = normalise(image, self.cfg)
+        if self.targets is not None:
+            item["target"] = torch.tensor(self.targets[i])
+        return item
+
+
+def collate(batch: list[dict]) -> dict:
+    """Stack tensors and ints; keep full-resolution masks (which may differ in size) as a list."""
+    out = {}
+    for key in batch[0]:
+        values = [item[key] for item in batch]
+        if key == "mask_full":
+            out[key] = values
+        elif torch.is_tensor(values[0]):
+            out[key] = torch.stack(values)
+        else:
+            out[key] = torch.as_tensor(values)
+    return out
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """Each worker: its own seed for numpy, random and albumentations; no OpenCV thread pool."""
+    cv2.setNumThreads(0)
+    seed = torch.initial_seed() % 2**32  # base seed of this epoch's iterator + worker id
+    np.random.seed(seed)
+    random.seed(seed)
+    info = get_worker_info()
+    if info is not None and hasattr(info.dataset, "reseed"):
+        info.dataset.reseed(seed)
+
+
+# ---- samplers ----
+
+class BalancedSampler(Sampler):
+    """Draws len(labels) indices with replacement, each class equally likely (classifiers)."""
+
+    def __init__(self, labels, seed: int = 0):
+        self.labels = np.asarray(labels)
+        _, inverse, counts = np.unique(self.labels, return_inverse=True, return_counts=True)
+        self.weights = torch.as_tensor(1.0 / counts[inverse], dtype=torch.double)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
+        return iter(torch.multinomial(self.weights, len(self), replacement=True, generator=gen).tolist())
+
+
+class LesionBatchSampler(Sampler):
+    """Batches with round(lesion_share * batch_size) slices holding a lesion, the rest without (seg).
+
+    Each pool is walked in a fresh shuffled order and restarted when used up; an epoch has
+    len(dataset) // batch_size batches (at least one).
+    """
+
+    def __init__(self, has_lesion, batch_size: int, lesion_share: float, seed: int = 0):
+        has_lesion = np.asarray(has_lesion, dtype=bool)
+        self.lesion, self.clear = np.flatnonzero(has_lesion), np.flatnonzero(~has_lesion)
+        self.batch_size, self.seed, self.epoch = batch_size, seed, 0
+        self.n_lesion = int(round(lesion_share * batch_size))
+        if self.n_lesion and not len(self.lesion):
+            raise ValueError("lesion sampler: no training slice holds a lesion")
+        if self.n_lesion < batch_size and not len(self.clear):
+            raise ValueError(f"lesion sampler with lesion_share={lesion_share} needs slices without lesions: "
+                             "set seg_negatives > 0 (a share of no-stroke slices) or lesion_share: 1.0")
+        self.num_batches = max(1, len(has_lesion) // batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self):
+        rng = np.random.default_rng(self.seed * 1000 + self.epoch)
+        lesion, clear = _endless(self.lesion, rng), _endless(self.clear, rng)
+        for _ in range(self.num_batches):
+            batch = [next(lesion) for _ in range(self.n_lesion)]
+            batch += [next(clear) for _ in range(self.batch_size - self.n_lesion)]
+            yield [int(i) for i in rng.permutation(batch)]
+
+
+def _endless(pool: np.ndarray, rng: np.random.Generator):
+    while len(pool):
+        yield from rng.permutation(pool)
+
+
+def make_loader(dataset: SliceDataset, cfg: dict, device: torch.device, sampler=None,
+                batch_sampler=None, shuffle: bool = False) -> DataLoader:
+    """A DataLoader with seeded workers; pinned memory and persistent workers on CUDA."""
+    cuda = device.type == "cuda"
+    workers = cfg["num_workers"]
+    kwargs = dict(num_workers=workers, collate_fn=collate, pin_memory=cuda,
+                  worker_init_fn=worker_init_fn, persistent_workers=cuda and workers > 0,
+                  generator=torch.Generator().manual_seed(cfg["seed"]))
+    if batch_sampler is not None:
+        return DataLoader(dataset, batch_sampler=batch_sampler, **kwargs)
+    return DataLoader(dataset, batch_size=cfg["batch_size"], sampler=sampler,
+                      shuffle=shuffle and sampler is None, drop_last=dataset.train and len(dataset) > cfg["batch_size"],
+                      **kwargs)

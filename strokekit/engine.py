@@ -1,0 +1,278 @@
+"""The one train / validate loop for every task, with resume, and the fold's final OOF pass.
+
+`train_fold(cfg, index, folds, fold, run_dir)` reads top to bottom: build data, model, optimizer, schedule
+-> (resume from last.pt) -> per epoch: train -> validate -> log.csv row -> best.pt -> last.pt -> curves ->
+early stop -> with the best checkpoint: OOF file, summary.json, and the `done` marker, written last.
+`predict_batch` / `predict_loader` are what infer.py uses to turn images into probabilities.
+"""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import (FORMAT, model_state, read_checkpoint, rng_state, save_atomic, seed_everything,
+                         set_rng_state, versions)
+from .data.dataset import make_loader
+from .losses import build_loss
+from .models import build_model
+from .optim import LrSchedule, build_optimizer
+from .runlog import EpochLog, plot_curves, write_json
+from .tasks import get_task, selection_metric
+from .weights import strip_prefixes
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast(cfg: dict, device: torch.device):
+    """bf16 / fp16 autocast on CUDA only; CPU runs in fp32."""
+    if device.type != "cuda" or cfg["amp"] in (None, "none", False):
+        return nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if cfg["amp"] == "bf16" else torch.float16)
+
+
+@torch.no_grad()
+def predict_batch(model: torch.nn.Module, images: torch.Tensor, task, cfg: dict,
+                  device: torch.device | None = None) -> torch.Tensor:
+    """Probabilities for a batch of preprocessed images: (N,) P(positive) or (N, 3, H, W) softmax."""
+    device = device or next(model.parameters()).device
+    images = images.to(device, non_blocking=True)
+    if device.type == "cuda" and cfg["channels_last"]:
+        images = images.contiguous(memory_format=torch.channels_last)
+    with autocast(cfg, device):
+        logits = model(images)
+    return task.probabilities(logits)
+
+
+@torch.no_grad()
+def predict_loader(model, loader, task, cfg: dict, device, loss_fn=None, keep_oof=False, progress=False):
+    """Run a model over a loader: (metrics dict incl. val_loss, task state holding the OOF predictions)."""
+    model.eval()
+    state, losses = task.new_state(cfg, keep_oof=keep_oof), []
+    for batch in tqdm(loader, desc="validate", leave=False, disable=not progress):
+        images = batch["image"].to(device, non_blocking=True)
+        with autocast(cfg, device):
+            logits = model(images.contiguous(memory_format=torch.channels_last)
+                           if device.type == "cuda" and cfg["channels_last"] else images)
+        if loss_fn is not None:
+            target = batch["mask" if "mask" in batch else "target"].to(device)
+            losses.append(float(loss_fn(logits, target)) * len(images))
+        task.accumulate(state, batch, task.probabilities(logits))
+    out = task.finish(state)
+    if losses:
+        out = {"val_loss": sum(losses) / len(loader.dataset), **out}
+    return out, state
+
+
+@dataclass
+class Trainer:
+    """Everything one fold's training holds; built once by `setup`."""
+    cfg: dict
+    task: object
+    device: torch.device
+    model: torch.nn.Module
+    ema: object
+    optimizer: torch.optim.Optimizer
+    schedule: LrSchedule
+    scaler: object
+    loss_fn: torch.nn.Module
+    train_loader: object
+    val_loader: object
+    metric: str
+    mode: str
+    epoch: int = 0                 # completed epochs
+    best: float | None = None
+    best_epoch: int = 0
+    info: dict = field(default_factory=dict)
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+
+def setup(cfg: dict, index, folds, fold: int) -> Trainer:
+    """Seeds, data loaders, model (+ EMA), loss, optimizer, schedule and scaler for one fold."""
+    seed_everything(cfg["seed"])
+    task, device = get_task(cfg["task"]), pick_device()
+    train_rows, val_rows = task.split(index, folds, fold, cfg)
+    train_ds, val_ds = task.dataset(train_rows, cfg, train=True), task.dataset(val_rows, cfg, train=False)
+    train_loader = make_loader(train_ds, cfg, device, shuffle=True, **task.sampler(train_ds, cfg))
+    val_loader = make_loader(val_ds, cfg, device)
+    model = build_model(cfg).to(device)
+    if device.type == "cuda" and cfg["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    ema = None
+    if cfg["ema"]:
+        from timm.utils import ModelEmaV3
+        ema = ModelEmaV3(model, decay=cfg["ema_decay"], use_warmup=True)
+    weights = cfg["class_weights"]
+    if weights == "balanced":
+        counts = task.class_counts(train_ds)
+        weights = (counts.sum() / (len(counts) * np.maximum(counts, 1))).tolist()
+    loss_fn = build_loss(cfg["loss"] or task.default_loss, task.loss_mode, weights).to(device)
+    optimizer = build_optimizer(model, cfg)
+    schedule = LrSchedule(optimizer, cfg, math.ceil(len(train_loader) / cfg["accum_steps"]))
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and cfg["amp"] == "fp16" else None
+    metric, mode = selection_metric(cfg)
+    info = {"n_train": len(train_ds), "n_val": len(val_ds), "class_weights": weights, "device": str(device)}
+    return Trainer(cfg, task, device, model, ema, optimizer, schedule, scaler, loss_fn, train_loader,
+                   val_loader, metric, mode, info=info)
+
+
+def train_one_epoch(tr: Trainer, progress: bool = True) -> dict:
+    """One pass over the training loader with accumulation, clipping, AMP and EMA; returns the mean loss."""
+    cfg, model, accum = tr.cfg, tr.model, tr.cfg["accum_steps"]
+    model.train()
+    total, seen = 0.0, 0
+    bar = tqdm(tr.train_loader, desc=f"epoch {tr.epoch + 1}/{cfg['epochs']}", leave=False, disable=not progress)
+    tr.optimizer.zero_grad(set_to_none=True)
+    for i, batch in enumerate(bar):
+        images = batch["image"].to(tr.device, non_blocking=True)
+        if tr.device.type == "cuda" and cfg["channels_last"]:
+            images = images.contiguous(memory_format=torch.channels_last)
+        target = batch["mask" if "mask" in batch else "target"].to(tr.device, non_blocking=True)
+        with autocast(cfg, tr.device):
+            loss = tr.loss_fn(model(images), target)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"epoch {tr.epoch + 1}, batch {i}: loss is {float(loss)}; "
+                                     "lower lr, set clip_grad, or use amp: bf16 instead of fp16")
+        (tr.scaler.scale(loss / accum) if tr.scaler else loss / accum).backward()
+        if (i + 1) % accum == 0 or i + 1 == len(tr.train_loader):
+            optimizer_step(tr)
+        total, seen = total + loss.item() * len(images), seen + len(images)
+        bar.set_postfix(loss=f"{total / seen:.4f}", lr=f"{tr.schedule.lr():.2e}")
+    return {"train_loss": total / max(seen, 1)}
+
+
+def optimizer_step(tr: Trainer) -> None:
+    if tr.cfg["clip_grad"]:
+        if tr.scaler:
+            tr.scaler.unscale_(tr.optimizer)
+        torch.nn.utils.clip_grad_norm_(tr.model.parameters(), tr.cfg["clip_grad"])
+    if tr.scaler:
+        tr.scaler.step(tr.optimizer)
+        tr.scaler.update()
+    else:
+        tr.optimizer.step()
+    tr.optimizer.zero_grad(set_to_none=True)
+    tr.schedule.step()
+    if tr.ema is not None:
+        tr.ema.update(tr.model, step=tr.schedule.step_count)
+
+
+def reseed_epoch(tr: Trainer) -> None:
+    """Data order and augmentations depend on (seed, epoch) only, so a resumed epoch sees the same data."""
+    seed = tr.cfg["seed"] * 1000 + tr.epoch
+    loader = tr.train_loader
+    for sampler in (loader.sampler, loader.batch_sampler):
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(tr.epoch)
+    loader.generator.manual_seed(seed)
+    loader.dataset.reseed(seed)
+
+
+def checkpoint(tr: Trainer, metrics: dict) -> dict:
+    """Everything a resume or infer.py needs, as tensors and plain Python types."""
+    return {"format": FORMAT, "model": model_state(tr.model),
+            "ema": model_state(tr.ema.module) if tr.ema is not None else None,
+            "num_outputs": tr.task.num_outputs, "config": tr.cfg, "task": tr.task.name,
+            "epoch": tr.epoch, "best_metric": tr.best, "best_epoch": tr.best_epoch,
+            "metric_name": tr.metric, "metric_mode": tr.mode, "metrics": metrics,
+            "optimizer": tr.optimizer.state_dict(), "scheduler": tr.schedule.state_dict(),
+            "scaler": tr.scaler.state_dict() if tr.scaler else None, "rng": rng_state(),
+            "seed": tr.cfg["seed"], "versions": versions()}
+
+
+def resume(tr: Trainer, path: Path) -> None:
+    ckpt = read_checkpoint(path)  # on the CPU: RNG states must stay CPU tensors
+    if ckpt["config"]["task"] != tr.cfg["task"] or ckpt["config"]["model"] != tr.cfg["model"]:
+        raise ValueError(f"{path} was trained for {ckpt['config']['task']}/{ckpt['config']['model']}, "
+                         f"not {tr.cfg['task']}/{tr.cfg['model']}; use another run directory")
+    tr.model.load_state_dict(strip_prefixes(ckpt["model"]))
+    if tr.ema is not None and ckpt["ema"] is not None:
+        tr.ema.module.load_state_dict(ckpt["ema"])
+    tr.optimizer.load_state_dict(ckpt["optimizer"])
+    tr.schedule.load_state_dict(ckpt["scheduler"])
+    if tr.scaler and ckpt["scaler"]:
+        tr.scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"])
+    tr.epoch, tr.best, tr.best_epoch = ckpt["epoch"], ckpt["best_metric"], ckpt["best_epoch"]
+
+
+def is_better(value: float, best: float | None, mode: str) -> bool:
+    if value is None or math.isnan(value):
+        return best is None
+    return best is None or math.isnan(best) or (value > best if mode == "max" else value < best)
+
+
+def train_fold(cfg: dict, index, folds, fold: int, run_dir, resume_run: bool = False,
+               progress: bool = True, log=print) -> dict:
+    """Train one fold into run_dir (see module docstring); returns the summary written to summary.json."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    tr = setup(cfg, index, folds, fold)
+    epochs_log = EpochLog(run_dir / "log.csv")
+    if resume_run and (run_dir / "last.pt").is_file():
+        resume(tr, run_dir / "last.pt")
+        epochs_log.load().keep_until(tr.epoch)
+        log(f"fold {fold}: resumed after epoch {tr.epoch} (best {tr.metric}={tr.best} at epoch {tr.best_epoch})")
+    log(f"fold {fold}: {tr.info['n_train']} train / {tr.info['n_val']} val images, {tr.task.name} task, "
+        f"{cfg['model']} on {tr.device}, selecting on {tr.metric} ({tr.mode})")
+    try:
+        while tr.epoch < cfg["epochs"]:
+            epoch_start = time.time()
+            reseed_epoch(tr)
+            row = {"epoch": tr.epoch + 1, "lr": tr.schedule.lr(), **train_one_epoch(tr, progress)}
+            tr.epoch += 1
+            metrics, _ = predict_loader(tr.eval_model, tr.val_loader, tr.task, cfg, tr.device, tr.loss_fn)
+            row.update(metrics)
+            row["time_s"] = round(time.time() - epoch_start, 2)
+            epochs_log.append(row)
+            value = metrics.get(tr.metric)
+            if value is None:
+                raise KeyError(f"metric {tr.metric!r} is not computed for task {tr.task.name}; "
+                               f"choose one of {', '.join(metrics)}")
+            improved = is_better(value, tr.best, tr.mode)
+            if improved:
+                tr.best, tr.best_epoch = value, tr.epoch
+                save_atomic(checkpoint(tr, metrics), run_dir / "best.pt")
+            tr.schedule.epoch_end(value, tr.mode)
+            save_atomic(checkpoint(tr, metrics), run_dir / "last.pt")
+            plot_curves(epochs_log.rows, tr.metric, run_dir / "curves.png")
+            log(f"fold {fold} epoch {tr.epoch}/{cfg['epochs']}: train_loss {row['train_loss']:.4f} "
+                f"val_loss {row.get('val_loss', float('nan')):.4f} {tr.metric} {value:.4f}"
+                f"{' *' if improved else ''} ({row['time_s']:.0f}s)")
+            if cfg["early_stop"] and tr.epoch - tr.best_epoch >= cfg["early_stop"]:
+                log(f"fold {fold}: early stop, no better {tr.metric} for {cfg['early_stop']} epochs")
+                break
+    except KeyboardInterrupt:
+        log(f"\nfold {fold}: interrupted after epoch {tr.epoch}; best {tr.metric}={tr.best} at epoch "
+            f"{tr.best_epoch} in {run_dir / 'best.pt'}; continue with --resume")
+        raise
+    return finish_fold(tr, fold, run_dir, started, log)
+
+
+def finish_fold(tr: Trainer, fold: int, run_dir: Path, started: float, log=print) -> dict:
+    """With the best checkpoint (EMA weights when on): OOF file, final metrics, summary.json, done."""
+    best = read_checkpoint(run_dir / "best.pt", map_location=tr.device)
+    model = tr.eval_model
+    model.load_state_dict(strip_prefixes(best["ema"] if tr.ema is not None else best["model"]))
+    metrics, state = predict_loader(model, tr.val_loader, tr.task, tr.cfg, tr.device, tr.loss_fn, keep_oof=True)
+    oof = tr.task.write_oof(state, fold, run_dir)
+    summary = {"task": tr.task.name, "model": tr.cfg["model"], "fold": fold, "metric": tr.metric,
+               "mode": tr.mode, "best_epoch": tr.best_epoch, "best_metric": tr.best, "epochs_run": tr.epoch,
+               "final_metrics": metrics, "oof": Path(oof).name, "seed": tr.cfg["seed"],
+               "time_s": round(time.time() - started, 1), **tr.info, "versions": versions()}
+    write_json(run_dir / "summary.json", summary)
+    (run_dir / "done").write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+    log(f"fold {fold}: best {tr.metric}={tr.best:.4f} at epoch {tr.best_epoch}; OOF -> {oof}")
+    return summary

@@ -1,0 +1,141 @@
+"""Losses by name, and weighted sums of them: `loss: ce`, `loss: "dice+ce"`, `loss: {dice: 1.0, ce: 0.5}`.
+
+Two modes, chosen by the task:
+- `binary`: classifier logits (N, 2) against targets (N,) in {0, 1}. CE uses the two logits; BCE, focal and
+  Lovasz use the log-odds z1 - z0 (= logit of softmax[:, 1]), so every loss trains the same head.
+- `multiclass`: segmentation logits (N, C, H, W) against class maps (N, H, W).
+`class_weights` (one weight per class) apply to ce, bce (as pos_weight = w1 / w0, or per channel) and focal.
+Dice and Lovasz come from smp.losses.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MODES = ("binary", "multiclass")
+
+
+class LossNameError(KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _log_odds(logits: torch.Tensor) -> torch.Tensor:
+    return logits[:, 1] - logits[:, 0]
+
+
+class CrossEntropy(nn.Module):
+    def __init__(self, mode: str, class_weights=None):
+        super().__init__()
+        self.register_buffer("weight", _as_tensor(class_weights), persistent=False)
+
+    def forward(self, logits, target):
+        return F.cross_entropy(logits.float(), target, weight=self.weight)
+
+
+class BinaryCrossEntropy(nn.Module):
+    def __init__(self, mode: str, class_weights=None):
+        super().__init__()
+        self.mode = mode
+        w = _as_tensor(class_weights)
+        if mode == "binary" and w is not None:
+            w = w[1:] / w[0]  # pos_weight
+        self.register_buffer("weight", w, persistent=False)
+
+    def forward(self, logits, target):
+        logits = logits.float()
+        if self.mode == "binary":
+            return F.binary_cross_entropy_with_logits(_log_odds(logits), target.float(), pos_weight=self.weight)
+        onehot = F.one_hot(target, logits.shape[1]).movedim(-1, 1).float()
+        loss = F.binary_cross_entropy_with_logits(logits, onehot, reduction="none")
+        if self.weight is not None:
+            loss = loss * self.weight.view(1, -1, *([1] * (loss.ndim - 2)))
+        return loss.mean()
+
+
+class _SmpLoss(nn.Module):
+    """An smp loss in multiclass mode, or in binary mode on the log-odds for classifiers."""
+
+    def __init__(self, mode: str, make: Callable[[str], nn.Module]):
+        super().__init__()
+        self.mode = mode
+        self.loss = make("binary" if mode == "binary" else "multiclass")
+
+    def forward(self, logits, target):
+        logits = logits.float()
+        if self.mode == "binary":
+            return self.loss(_log_odds(logits).unsqueeze(1), target.float().unsqueeze(1))
+        return self.loss(logits, target)
+
+
+def focal(mode: str, class_weights=None) -> nn.Module:
+    from segmentation_models_pytorch.losses import FocalLoss
+
+    weights = None if class_weights is None else [float(w) for w in class_weights]
+    if mode == "binary":  # one output: the class weights become alpha, the positive class's share
+        alpha = None if weights is None else weights[1] / (weights[0] + weights[1])
+        return _SmpLoss(mode, lambda m: FocalLoss(m, alpha=alpha))
+    return _SmpLoss(mode, lambda m: FocalLoss(m, class_weights=weights))
+
+
+def dice(mode: str, class_weights=None) -> nn.Module:
+    from segmentation_models_pytorch.losses import DiceLoss
+    return _SmpLoss(mode, lambda m: DiceLoss(m, from_logits=True))
+
+
+def lovasz(mode: str, class_weights=None) -> nn.Module:
+    from segmentation_models_pytorch.losses import LovaszLoss
+    return _SmpLoss(mode, lambda m: LovaszLoss(m, per_image=False))
+
+
+LOSSES: dict[str, Callable[..., nn.Module]] = {
+    "ce": CrossEntropy, "bce": BinaryCrossEntropy, "focal": focal, "dice": dice, "lovasz": lovasz,
+}
+
+
+class WeightedSum(nn.Module):
+    """sum_i weight_i * loss_i(logits, target)."""
+
+    def __init__(self, parts: dict[str, nn.Module], weights: dict[str, float]):
+        super().__init__()
+        self.parts = nn.ModuleDict(parts)
+        self.weights = dict(weights)
+
+    def forward(self, logits, target):
+        return sum(self.weights[name] * loss(logits, target) for name, loss in self.parts.items())
+
+
+def parse_loss_spec(spec) -> dict[str, float]:
+    """"dice+ce" -> {dice: 1, ce: 1}; "0.5*dice+ce" -> {dice: 0.5, ce: 1}; a mapping is taken as is."""
+    if isinstance(spec, dict):
+        terms = {str(k).strip(): float(v) for k, v in spec.items()}
+    elif isinstance(spec, str):
+        terms = {}
+        for part in spec.split("+"):
+            weight, star, name = part.strip().rpartition("*")
+            terms[name.strip()] = float(weight) if star else 1.0
+    else:
+        raise LossNameError(f"loss must be a name, a sum such as 'dice+ce', or a mapping; got {spec!r}")
+    unknown = [name for name in terms if name not in LOSSES]
+    if unknown or not terms:
+        raise LossNameError(f"unknown loss {', '.join(unknown) or spec!r}; valid losses: {', '.join(LOSSES)} "
+                            "(or sums such as 'dice+ce' / {dice: 1.0, ce: 0.5})")
+    return terms
+
+
+def build_loss(spec, mode: str, class_weights=None) -> nn.Module:
+    """The loss module a config's `loss` names, for `mode` 'binary' (classifiers) or 'multiclass' (seg)."""
+    if mode not in MODES:
+        raise ValueError(f"loss mode must be one of {MODES}, got {mode!r}")
+    terms = parse_loss_spec(spec)
+    parts = {name: LOSSES[name](mode, class_weights) for name in terms}
+    if len(parts) == 1 and next(iter(terms.values())) == 1.0:
+        return next(iter(parts.values()))
+    return WeightedSum(parts, terms)
+
+
+def _as_tensor(weights) -> torch.Tensor | None:
+    return None if weights is None else torch.as_tensor([float(w) for w in weights], dtype=torch.float32)

@@ -1,0 +1,100 @@
+"""Optimizers by name and one per-step learning-rate schedule with linear warm-up.
+
+`LrSchedule` sets the LR of every parameter group on each optimizer step:
+  lr = base_lr * warmup(step) * shape(step) * plateau_scale
+shape: cosine (to 1 % of base) | onecycle (from 1/25 up to base, cosine down to 1e-4 of base; the rise is the
+warm-up, 30 % of training when warmup_epochs is 0) | exponential (lr_gamma per step) | plateau (x
+plateau_factor after plateau_patience epochs without a better validation metric) | none.
+Its state is a few plain numbers, saved in every checkpoint, so a resumed run follows the same curve.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+OPTIMIZERS = ("adamw", "sgd", "rmsprop")
+SCHEDULES = ("cosine", "onecycle", "plateau", "exponential", "none")
+
+
+def build_optimizer(model: torch.nn.Module, cfg: dict) -> torch.optim.Optimizer:
+    """AdamW / SGD (Nesterov) / RMSprop; no weight decay on biases and norm layers."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim <= 1 else decay).append(param)
+    groups = [{"params": decay, "weight_decay": cfg["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
+    name, lr = cfg["optimizer"], cfg["lr"]
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg["momentum"], nesterov=cfg["momentum"] > 0)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=lr, momentum=cfg["momentum"], alpha=0.9, eps=1e-3)
+    raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
+
+
+class LrSchedule:
+    """Per-step LR schedule (see module docstring); call `step()` after each optimizer step."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: dict, steps_per_epoch: int):
+        if cfg["scheduler"] not in SCHEDULES:
+            raise ValueError(f"unknown scheduler {cfg['scheduler']!r}; valid: {', '.join(SCHEDULES)}")
+        self.optimizer, self.kind = optimizer, cfg["scheduler"]
+        self.base_lr, self.gamma = cfg["lr"], cfg["lr_gamma"]
+        self.total = max(1, steps_per_epoch * cfg["epochs"])
+        warmup = cfg["warmup_epochs"]
+        if self.kind == "onecycle" and not warmup:
+            warmup = 0.3 * cfg["epochs"]
+        self.warmup = min(self.total - 1, int(round(warmup * steps_per_epoch)))
+        self.patience, self.factor = cfg["plateau_patience"], cfg["plateau_factor"]
+        self.mode = "max"
+        self.step_count, self.scale, self.best, self.bad_epochs = 0, 1.0, None, 0
+        self._apply()
+
+    def factor_at(self, step: int) -> float:
+        if step < self.warmup:
+            start = 1 / 25 if self.kind == "onecycle" else 0.0
+            return start + (1 - start) * (step + 1) / self.warmup
+        t = (step - self.warmup) / max(1, self.total - self.warmup)
+        if self.kind == "cosine":
+            return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t))
+        if self.kind == "onecycle":
+            return 1e-4 + (1 - 1e-4) * 0.5 * (1 + math.cos(math.pi * t))
+        if self.kind == "exponential":
+            return self.gamma ** (step - self.warmup)
+        return 1.0  # plateau, none
+
+    def lr(self) -> float:
+        return self.base_lr * self.factor_at(self.step_count) * self.scale
+
+    def _apply(self) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr()
+
+    def step(self) -> None:
+        self.step_count += 1
+        self._apply()
+
+    def epoch_end(self, metric: float, mode: str = "max") -> None:
+        """Plateau bookkeeping on the validation metric (other schedules ignore it)."""
+        if self.kind != "plateau" or metric is None or math.isnan(metric):
+            return
+        better = self.best is None or (metric > self.best if mode == "max" else metric < self.best)
+        if better:
+            self.best, self.bad_epochs = float(metric), 0
+        else:
+            self.bad_epochs += 1
+            if self.bad_epochs > self.patience:
+                self.scale *= self.factor
+                self.bad_epochs = 0
+                self._apply()
+
+    def state_dict(self) -> dict:
+        return {"step_count": self.step_count, "scale": self.scale, "best": self.best,
+                "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step_count, self.scale = int(state["step_count"]), float(state["scale"])
+        self.best, self.bad_epochs = state["best"], int(state["bad_epochs"])
+        self._apply()

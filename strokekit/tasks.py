@@ -1,0 +1,213 @@
+"""stroke / type / seg: the only place the tasks differ.
+
+A task says which index rows it trains and validates on, the target of each row, the head size, the default
+loss and selection metric, how logits become probabilities, the validation metrics, and the OOF file:
+- stroke: every training image; target 1 = a stroke folder (ischemic or hemorrhagic); OOF prob = P(stroke).
+- type:   stroke images only; target 1 = the hemorrhagic folder; OOF prob = P(hemorrhagic).
+- seg:    stroke images with a MASK or OVERLAY, plus a seeded `seg_negatives` share of the no-stroke images
+          (training only; `seg_val_negatives: true` also validates the fold's no-stroke images, whose
+          false-positive rate is reported while the Dice/IoU stay on lesion slices).
+Classifier OOF: oof.csv with image_id, fold, target, prob. Seg OOF: oof.npz with image_id (N,) int64,
+probs (N, 3, S, S) float16 softmax at `oof_size`, fold (N,) int64, orig_hw (N, 2) int64.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from . import metrics
+from .checkpoint import write_atomic
+from .data.dataset import BalancedSampler, LesionBatchSampler, SliceDataset
+
+CLASSIFIER_METRICS = ("auc", "recall", "precision", "f1", "specificity", "balanced_accuracy", "accuracy")
+
+
+class Task:
+    name = "?"
+    num_outputs = 2
+    loss_mode = "binary"
+    default_loss = "ce"
+    default_metric = "auc"
+
+    def rows(self, index: pd.DataFrame, cfg: dict, train: bool) -> pd.DataFrame:
+        raise NotImplementedError
+
+    def split(self, index: pd.DataFrame, folds: pd.DataFrame, fold: int, cfg: dict):
+        """(train rows, validation rows) of one fold, each with a `fold` column."""
+        table = index.merge(folds[["image_id", "fold"]], on="image_id", how="inner", validate="1:1")
+        train = self.rows(table[table["fold"] != fold], cfg, train=True)
+        val = self.rows(table[table["fold"] == fold], cfg, train=False)
+        if train.empty or val.empty:
+            raise ValueError(f"task {self.name}, fold {fold}: {len(train)} training and {len(val)} validation "
+                             "images; every fold needs both")
+        return train.reset_index(drop=True), val.reset_index(drop=True)
+
+    def metric_mode(self, metric: str) -> str:
+        return "min" if metric.endswith("loss") else "max"
+
+
+class ClassifierTask(Task):
+    positive = "?"
+
+    def targets(self, rows: pd.DataFrame) -> np.ndarray:
+        raise NotImplementedError
+
+    def dataset(self, rows, cfg, train: bool) -> SliceDataset:
+        return SliceDataset(rows, cfg, train, targets=self.targets(rows))
+
+    def sampler(self, dataset: SliceDataset, cfg: dict) -> dict:
+        """DataLoader keyword for the configured sampler (`balanced`, or None for shuffling)."""
+        if cfg["sampler"] in (None, "none"):
+            return {}
+        if cfg["sampler"] == "balanced":
+            return {"sampler": BalancedSampler(dataset.targets, seed=cfg["seed"])}
+        raise ValueError(f"sampler {cfg['sampler']!r} does not fit task {self.name}; use balanced or none")
+
+    def class_counts(self, dataset: SliceDataset) -> np.ndarray:
+        return np.bincount(dataset.targets, minlength=2)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.float().softmax(dim=1)[:, 1]
+
+    def new_state(self, cfg: dict, keep_oof: bool = False) -> dict:
+        return {"ids": [], "target": [], "prob": []}
+
+    def accumulate(self, state: dict, batch: dict, probs: torch.Tensor) -> None:
+        state["ids"].append(batch["image_id"].numpy())
+        state["target"].append(batch["target"].numpy())
+        state["prob"].append(probs.cpu().numpy())
+
+    def finish(self, state: dict) -> dict[str, float]:
+        y, p = np.concatenate(state["target"]), np.concatenate(state["prob"])
+        at_half = metrics.classification_metrics(y, p, threshold=0.5)
+        best = metrics.tune_threshold(y, p, objective="f1")
+        out = {"auc": metrics.roc_auc(y, p)}
+        out.update({f"{k}_at_05": float(at_half[k]) for k in CLASSIFIER_METRICS if k != "auc"})
+        out["threshold_best_f1"] = float(best["threshold"])
+        out.update({f"{k}_at_best": float(best[k]) for k in CLASSIFIER_METRICS if k != "auc"})
+        return out
+
+    def write_oof(self, state: dict, fold: int, out_dir) -> str:
+        table = pd.DataFrame({"image_id": np.concatenate(state["ids"]).astype(np.int64), "fold": fold,
+                              "target": np.concatenate(state["target"]).astype(np.int64),
+                              "prob": np.concatenate(state["prob"]).astype(np.float64)})
+        path = out_dir / "oof.csv"
+        write_atomic(path, lambda f: table.to_csv(f, index=False), text=True)
+        return str(path)
+
+
+class StrokeTask(ClassifierTask):
+    name, positive = "stroke", "stroke"
+
+    def rows(self, index, cfg, train):
+        return index[index["split"] == "train"]
+
+    def targets(self, rows):
+        return (rows["class_name"] != "no_stroke").to_numpy(dtype=np.int64)
+
+
+class TypeTask(ClassifierTask):
+    name, positive = "type", "hemorrhagic"
+
+    def rows(self, index, cfg, train):
+        return index[(index["split"] == "train") & index["class_name"].isin(["ischemic", "hemorrhagic"])]
+
+    def targets(self, rows):
+        return (rows["class_name"] == "hemorrhagic").to_numpy(dtype=np.int64)
+
+
+class SegTask(Task):
+    name = "seg"
+    num_outputs = 3
+    loss_mode = "multiclass"
+    default_loss = "dice+ce"
+    default_metric = "dice_macro_imagewise_lesion_mean"
+
+    def rows(self, index, cfg, train):
+        pool = index[index["split"] == "train"]
+        stroke = pool[pool["class_name"] != "no_stroke"]
+        labelled = stroke[(stroke["mask"] != "") | (stroke["overlay"] != "")]
+        negatives = pool[pool["class_name"] == "no_stroke"]
+        if train:
+            negatives = negatives.sample(frac=cfg["seg_negatives"], random_state=cfg["seed"])
+        elif not cfg["seg_val_negatives"]:
+            negatives = negatives.iloc[:0]
+        return pd.concat([labelled, negatives]).sort_values("image_id")
+
+    def dataset(self, rows, cfg, train: bool) -> SliceDataset:
+        return SliceDataset(rows, cfg, train, masks=True, full_masks=not train)
+
+    def sampler(self, dataset: SliceDataset, cfg: dict) -> dict:
+        if cfg["sampler"] in (None, "none"):
+            return {}
+        if cfg["sampler"] == "lesion":
+            rows = pd.DataFrame(dataset.rows)
+            has_lesion = (rows["has_ischemic"] == 1) | (rows["has_hemorrhagic"] == 1)
+            return {"batch_sampler": LesionBatchSampler(has_lesion, cfg["batch_size"], cfg["lesion_share"],
+                                                        seed=cfg["seed"])}
+        raise ValueError(f"sampler {cfg['sampler']!r} does not fit task seg; use lesion or none")
+
+    def class_counts(self, dataset: SliceDataset) -> np.ndarray:
+        raise ValueError("class_weights: balanced is for the classifiers; give seg three weights, e.g. [1, 5, 5]")
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.float().softmax(dim=1)
+
+    def new_state(self, cfg: dict, keep_oof: bool = False) -> dict:
+        return {"ids": [], "stats": [], "any": [], "lesion": [], "probs": [] if keep_oof else None,
+                "hw": [], "oof_size": cfg["oof_size"]}
+
+    def accumulate(self, state: dict, batch: dict, probs: torch.Tensor) -> None:
+        """Per-image counts at each mask's own resolution (probabilities upsampled before the argmax)."""
+        for j, full in enumerate(batch["mask_full"]):
+            up = F.interpolate(probs[j:j + 1], size=full.shape, mode="bilinear", align_corners=False)
+            pred = up.argmax(dim=1)[0].cpu().numpy().astype(np.uint8)
+            state["stats"].append(metrics.seg_stats(pred, full))
+            state["any"].append(metrics.seg_stats(pred > 0, full > 0, n_classes=2))
+            state["lesion"].append(bool((full > 0).any()))
+            state["hw"].append(full.shape)
+        state["ids"].append(batch["image_id"].numpy())
+        if state["probs"] is not None:
+            size = state["oof_size"]
+            small = probs if probs.shape[-1] == size else F.interpolate(
+                probs, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+            state["probs"].append(small.cpu().numpy().astype(np.float16))
+
+    def finish(self, state: dict) -> dict[str, float]:
+        lesion = np.asarray(state["lesion"], dtype=bool)
+        stats = metrics.SegStats(*(np.concatenate([s[k] for s in state["stats"]])[lesion] for k in range(4)))
+        out = metrics.seg_scores(stats)
+        anyl = metrics.SegStats(*(np.concatenate([s[k] for s in state["any"]])[lesion] for k in range(4)))
+        for name, fn in (("iou", metrics.iou_score), ("dice", metrics.dice_score)):
+            for reduction in ("micro", "macro-imagewise"):
+                out[f"{name}_{reduction.replace('-', '_')}_any_lesion"] = float(fn(*anyl, reduction=reduction)[1])
+        if (~lesion).any():  # negatives validated: how often a lesion is predicted on a clean slice
+            pred_pixels = np.concatenate([s[0] + s[1] for s in state["any"]])[~lesion, 1]
+            out["negatives_with_lesion_pred"] = float((pred_pixels > 0).mean())
+        return out
+
+    def write_oof(self, state: dict, fold: int, out_dir) -> str:
+        ids = np.concatenate(state["ids"]).astype(np.int64)
+        arrays = {"image_id": ids, "probs": np.concatenate(state["probs"]),
+                  "fold": np.full(len(ids), fold, dtype=np.int64),
+                  "orig_hw": np.asarray(state["hw"], dtype=np.int64).reshape(-1, 2)}
+        path = out_dir / "oof.npz"
+        write_atomic(path, lambda f: np.savez_compressed(f, **arrays))
+        return str(path)
+
+TASKS: dict[str, Task] = {"stroke": StrokeTask(), "type": TypeTask(), "seg": SegTask()}
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise KeyError(f"unknown task {name!r}; tasks: {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+def selection_metric(cfg: dict) -> tuple[str, str]:
+    """(metric name, 'max' | 'min') that picks best.pt and drives early stopping."""
+    task = get_task(cfg["task"])
+    name = cfg["metric"] or task.default_metric
+    return name, task.metric_mode(name)

@@ -1,0 +1,119 @@
+"""Train one fold, or every fold, of a stroke / type / seg model; write checkpoints and out-of-fold predictions.
+
+    python train.py --config configs/tiny_stroke.yaml --fold 0                 # trains on folds != 0
+    python train.py --config configs/unet_r34_seg.yaml --fold all --data /data/TEKNOFEST
+    python train.py --config configs/tiny_seg.yaml --fold 0 --set epochs=5 lr=3e-4
+    python train.py --config configs/tiny_seg.yaml --fold 0 --resume           # continue from last.pt
+
+The task (stroke | type | seg) comes from the config. Each fold writes runs/<name>/fold<k>/:
+    config.yaml   the resolved config          log.csv      one row per epoch (loss, lr, val metrics)
+    curves.png    loss and metric curves       best.pt      best epoch by the selection metric
+    last.pt       for --resume                 oof.csv      classifiers: image_id, fold, target, prob
+    oof.npz       seg: image_id, probs (N,3,S,S) float16, fold, orig_hw
+    summary.json  best epoch / metric, final metrics, seed, time     done   written last
+A sweep (`--fold all`) skips folds whose `done` exists (pass --overwrite to retrain them).
+Pretrained weights are never downloaded unless STROKEKIT_ALLOW_DOWNLOAD=1; see the README.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from strokekit.config import ConfigError, add_config_args, folds_path, load_config, save_config
+from strokekit.data.index import DataLayoutError, build_index
+from strokekit.data.readers import BadInputError
+from strokekit.folds import FoldsError, read_folds
+from strokekit.losses import LossNameError
+from strokekit.models import ModelNameError
+from strokekit.weights import WeightsError
+
+USER_ERRORS = (ConfigError, DataLayoutError, FoldsError, BadInputError, WeightsError, ModelNameError,
+               LossNameError)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser)
+    parser.add_argument("--fold", default="0", help="fold to validate on (its index in the folds file), or 'all'")
+    parser.add_argument("--data", help="data set root (overrides the config's `data`)")
+    parser.add_argument("--folds-csv", help="folds file from kfold.py (default: <data>/folds.csv)")
+    parser.add_argument("--out", help="runs folder (overrides the config's `runs_dir`, default runs)")
+    parser.add_argument("--resume", action="store_true", help="continue each fold from its last.pt")
+    parser.add_argument("--overwrite", action="store_true", help="retrain folds that are already done")
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm bars (logs stay)")
+    return parser.parse_args(argv)
+
+
+def resolve_config(args) -> dict:
+    cfg = load_config(args.config, args.set)
+    for key, value in (("data", args.data), ("folds", args.folds_csv), ("runs_dir", args.out)):
+        if value:
+            cfg[key] = value
+    return cfg
+
+
+def fold_list(spec: str, folds) -> list[int]:
+    available = sorted(int(k) for k in folds["fold"].unique())
+    if spec == "all":
+        return available
+    if not spec.lstrip("-").isdigit() or int(spec) not in available:
+        raise FoldsError(f"--fold {spec}: the folds file has folds {available} (or use --fold all)")
+    return [int(spec)]
+
+
+RUN_FILES = ("done", "summary.json", "log.csv", "curves.png", "best.pt", "last.pt", "oof.csv", "oof.npz")
+
+
+def check_run_dirs(run_root: Path, todo: list[int], args) -> None:
+    """Refuse to silently throw away an unfinished fold: it needs --resume or --overwrite."""
+    for fold in todo:
+        run_dir = run_root / f"fold{fold}"
+        unfinished = (run_dir / "last.pt").exists() and not (run_dir / "done").exists()
+        if unfinished and not (args.resume or args.overwrite):
+            raise ConfigError(f"{run_dir} holds an unfinished run: --resume continues it, --overwrite "
+                              "starts it over")
+
+
+def clear_run_dir(run_dir: Path) -> None:
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from strokekit.engine import train_fold  # torch / timm import after argument errors are out of the way
+
+    try:
+        # config, data index and folds: every mismatch is reported before any training starts
+        cfg = resolve_config(args)
+        index, report = build_index(cfg["data"])
+        folds = read_folds(folds_path(cfg), index)
+        todo = fold_list(str(args.fold), folds)
+        run_root = Path(cfg["runs_dir"]) / cfg["name"]
+        check_run_dirs(run_root, todo, args)
+        summaries = []
+        for fold in todo:
+            run_dir = run_root / f"fold{fold}"
+            if (run_dir / "done").exists() and not args.overwrite:
+                print(f"fold {fold}: {run_dir}/done exists, skipping (--overwrite retrains it)")
+                continue
+            if not args.resume:
+                clear_run_dir(run_dir)
+            save_config(cfg, run_dir / "config.yaml")
+            summaries.append(train_fold(cfg, index, folds, fold, run_dir, resume_run=args.resume,
+                                        progress=not args.no_progress))
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    for s in summaries:
+        print(f"fold {s['fold']}: best {s['metric']} {s['best_metric']:.4f} at epoch {s['best_epoch']} "
+              f"({s['time_s']:.0f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
