@@ -1,7 +1,8 @@
 """Segmentation post-processing: class probabilities (3, H, W) -> class map, pure numpy/scipy.
 
 A post-processing spec is a plain dict (it goes into the ensemble spec YAML). Steps, in this order:
-  1. threshold   a pixel passes class c when p_c >= threshold[c]
+  1. threshold   a pixel passes class c when p_c >= threshold[c]; threshold None = plain argmax over
+                 the three classes (the engine's validation rule, and the default)
   2. closing     per-class binary closing with a digital disk of that radius (0 = off)
   3. overlap     a pixel passing both lesion classes goes to the more probable one ("argmax")
                  or always to one class ("ischemic" / "hemorrhagic")
@@ -26,7 +27,7 @@ from strokekit.data.encodings import BACKGROUND, EIGHT_CONNECTED, HEMORRHAGIC, I
 LESION_CLASSES = {"ischemic": ISCHEMIC, "hemorrhagic": HEMORRHAGIC}
 OVERLAP_RULES = ("argmax", "ischemic", "hemorrhagic")
 DEFAULT_SPEC = {
-    "threshold": 0.5,
+    "threshold": None,
     "closing": 0,
     "overlap": "argmax",
     "min_area": 0,
@@ -56,7 +57,7 @@ def normalise_spec(spec: dict | None) -> dict:
     out.update(copy.deepcopy(spec))
     for key in PER_CLASS_KEYS:
         out[key] = _per_class(out[key], key)
-    out["threshold"] = {k: float(v) for k, v in out["threshold"].items()}
+    out["threshold"] = {k: None if v is None else float(v) for k, v in out["threshold"].items()}
     out["closing"] = {k: int(v) for k, v in out["closing"].items()}
     out["min_area"] = {k: int(v) for k, v in out["min_area"].items()}
     out["keep_largest"] = {k: bool(v) for k, v in out["keep_largest"].items()}
@@ -103,12 +104,20 @@ def close_mask(mask: np.ndarray, radius: int) -> np.ndarray:
     return out
 
 
+def pass_mask(probs: np.ndarray, cls: int, threshold: float | None, argmax: np.ndarray | None = None) -> np.ndarray:
+    """Step 1 for one class: p_cls >= threshold, or argmax == cls when threshold is None (pass a
+    precomputed argmax map to avoid recomputing it)."""
+    if threshold is None:
+        return (probs.argmax(axis=0) if argmax is None else argmax) == cls
+    return probs[cls] >= threshold
+
+
 def lesion_masks(probs: np.ndarray, spec: dict) -> dict[int, np.ndarray]:
     """Steps 1-3: per-class boolean masks after threshold, closing and the overlap rule (disjoint)."""
     spec = normalise_spec(spec)
     masks = {}
     for name, cls in LESION_CLASSES.items():
-        passed = probs[cls] >= spec["threshold"][name]
+        passed = pass_mask(probs, cls, spec["threshold"][name])
         masks[cls] = close_mask(passed, spec["closing"][name])
     resolve_overlap(masks, probs, spec["overlap"])
     return masks

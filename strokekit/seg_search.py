@@ -19,7 +19,7 @@ import pandas as pd
 
 from strokekit import metrics
 from strokekit.postprocess import (LESION_CLASSES, OVERLAP_RULES, apply_postprocess, bounding_box, close_mask,
-                                   components, normalise_spec, resize_probs, resolve_overlap)
+                                   components, normalise_spec, pass_mask, resize_probs, resolve_overlap)
 from strokekit.selection import plateau
 
 SCORES = {"iou": metrics.iou_score, "dice": metrics.dice_score}
@@ -125,7 +125,7 @@ def normalise_grid(grid: dict) -> dict:
 
     A list is searched for each lesion class independently (thresholds [0.3, 0.5] -> 4 pairs); give
     {ischemic: [...], hemorrhagic: [...]} for different lists. `triplet` candidates are None or
-    {high, min_pixels}; `gate` candidates are None or a probability.
+    {high, min_pixels}; `gate` candidates are None or a probability; a threshold None is argmax decoding.
     """
     unknown = sorted(set(grid) - set(normalise_spec(None)))
     if unknown:
@@ -135,7 +135,8 @@ def normalise_grid(grid: dict) -> dict:
     if set(rules) - set(OVERLAP_RULES):
         raise ValueError(f"overlap rules {rules}; valid: {list(OVERLAP_RULES)}")
     out = {"overlap": rules}
-    for key, default, cast in (("threshold", 0.5, float), ("closing", 0, int), ("min_area", 0, int),
+    threshold = lambda v: None if v is None else float(v)          # None: argmax decoding
+    for key, default, cast in (("threshold", None, threshold), ("closing", 0, int), ("min_area", 0, int),
                                ("keep_largest", False, bool)):
         out[key] = {c: [cast(v) for v in vals] for c, vals in _candidates(grid.get(key, default), key).items()}
     gates = _candidates(grid.get("gate", None), "gate")
@@ -180,12 +181,13 @@ def _image_counts(probs: np.ndarray, true: np.ndarray, axes: dict, bases: list) 
     fp = {c: np.zeros(shape[c], np.int64) for c in CLASS_NAME}
     min_areas = {c: np.asarray(axes["min_area"][c]) for c in CLASS_NAME}
     count = lambda c, mask: _component_counts(mask, truth[c], min_areas[c], axes["keep_largest"][c])
-    passed, cached = {}, {}
+    needs_argmax = any(t is None for c in CLASS_NAME for t in axes["threshold"][c])
+    passed, cached, argmax = {}, {}, probs.argmax(axis=0) if needs_argmax else None
     for b, (rule, t1, r1, t2, r2) in enumerate(bases):
         keys = {1: (1, t1, r1), 2: (2, t2, r2)}
         for cls, t, r in keys.values():
             if (cls, t, r) not in passed:
-                passed[cls, t, r] = close_mask(probs[cls] >= t, r)
+                passed[cls, t, r] = close_mask(pass_mask(probs, cls, t, argmax), r)
         masks = {c: passed[key] for c, key in keys.items()}
         if masks[1].any() and masks[2].any() and (masks[1] & masks[2]).any():
             masks = {c: m.copy() for c, m in masks.items()}
@@ -273,7 +275,8 @@ def _grid_table(axes: dict, bases: list, scores: dict, presence_searched: bool) 
     mean = metrics.nanmean(pair, axis=0)                                       # the lesion mean, NaN skipped
     b, a1, a2 = (index.ravel() for index in np.indices(mean.shape))
     base = pd.DataFrame(bases, columns=["overlap", "threshold.ischemic", "closing.ischemic",
-                                        "threshold.hemorrhagic", "closing.hemorrhagic"]).iloc[b]
+                                        "threshold.hemorrhagic", "closing.hemorrhagic"])
+    base = base.astype({"threshold.ischemic": float, "threshold.hemorrhagic": float}).iloc[b]   # NaN = argmax
     first = pd.DataFrame(_class_settings(axes, 1)).iloc[a1]
     second = pd.DataFrame(_class_settings(axes, 2)).iloc[a2]
     table = pd.concat([frame.reset_index(drop=True) for frame in (base, first, second)], axis=1)
@@ -287,7 +290,8 @@ def _grid_table(axes: dict, bases: list, scores: dict, presence_searched: bool) 
 def row_to_spec(row: Mapping) -> dict:
     """The post-processing spec (postprocess.normalise_spec form) of one row of the search table."""
     per = lambda key, cast: {name: cast(row[f"{key}.{name}"]) for name in LESION_CLASSES}
-    spec = {"overlap": row["overlap"], "threshold": per("threshold", float), "closing": per("closing", int),
+    threshold = lambda v: None if pd.isna(v) else float(v)
+    spec = {"overlap": row["overlap"], "threshold": per("threshold", threshold), "closing": per("closing", int),
             "min_area": per("min_area", int), "keep_largest": per("keep_largest", bool)}
     if any(f"gate.{name}" in row and row[f"gate.{name}"] > 0 for name in LESION_CLASSES):
         spec["gate"] = per("gate", float)
@@ -316,13 +320,13 @@ def choose_postprocess(table: pd.DataFrame, tolerance: float = 0.005) -> dict:
     for axis in NUMERIC_AXES:
         for name in LESION_CLASSES:
             col = f"{axis}.{name}"
-            if col not in table or table[col].nunique() < 2:
-                continue
+            if col not in table or table[col].nunique() < 2 or pd.isna(chosen[col]):
+                continue                                 # NaN: argmax decoding / triplet off, not an axis
             line = table[_matches(table, chosen, skip=col) & table[col].notna()]
             if line[col].nunique() < 2 or not np.isfinite(line["score"]).any():
                 continue
             flat = plateau(line[col], line["score"], tolerance)
-            chosen[col] = type(chosen[col])(flat["value"]) if not pd.isna(chosen[col]) else flat["value"]
+            chosen[col] = type(chosen[col])(flat["value"])
             stability[col] = {k: flat[k] for k in ("value", "best_value", "plateau", "width")}
     row = table[_matches(table, chosen)].iloc[0]
     return {"spec": row_to_spec(row), "score": float(row["score"]), "best_score": float(best["score"]),

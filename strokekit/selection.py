@@ -40,7 +40,8 @@ def fold_dirs(run_dir: str | os.PathLike) -> list[Path]:
 
 def load_oof(run_dir: str | os.PathLike) -> pd.DataFrame | dict[str, np.ndarray]:
     """All folds' OOF of a run: a DataFrame (image_id, fold, target, prob) for a classifier, or for a
-    segmenter a dict {image_id (N,), probs (N, 3, S, S) float16, fold (N,)}; both sorted by image_id."""
+    segmenter a dict {image_id (N,), probs (N, 3, S, S) float16, fold (N,), and any other per-image array
+    such as orig_hw (N, 2)}; both sorted by image_id."""
     dirs = fold_dirs(run_dir)
     kinds = {(d / OOF_CSV).exists() for d in dirs}
     if len(kinds) > 1:
@@ -64,20 +65,25 @@ def _load_classifier_oof(dirs: list[Path]) -> pd.DataFrame:
 
 
 def _load_seg_oof(dirs: list[Path]) -> dict[str, np.ndarray]:
-    ids, probs, folds = [], [], []
+    parts = []
     for d in dirs:
         with np.load(d / OOF_NPZ) as data:
             missing = [k for k in ("image_id", "probs") if k not in data]
             if missing:
                 raise ValueError(f"{d / OOF_NPZ}: missing arrays {missing}; expected image_id, probs, fold")
-            ids.append(data["image_id"].astype(np.int64))
-            probs.append(data["probs"])
-            fold = data["fold"] if "fold" in data else np.int64(d.name[4:] or -1)
-            folds.append(np.broadcast_to(fold, ids[-1].shape).astype(np.int64))
-    image_id = np.concatenate(ids)
-    _check_unique(image_id, dirs)
-    order = np.argsort(image_id, kind="stable")
-    return {"image_id": image_id[order], "probs": np.concatenate(probs)[order], "fold": np.concatenate(folds)[order]}
+            part = {k: data[k] for k in data.files}
+        n = len(part["image_id"])
+        fold = part.get("fold", np.int64(d.name[4:] or -1))
+        part["fold"] = np.broadcast_to(fold, (n,)).astype(np.int64)   # a scalar fold is allowed
+        parts.append(part)
+    keys = set(parts[0])
+    if any(set(part) != keys for part in parts):
+        raise ValueError(f"{dirs[0].parent}: the folds' {OOF_NPZ} files hold different arrays")
+    oof = {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}   # orig_hw etc. come along
+    oof["image_id"] = oof["image_id"].astype(np.int64)
+    _check_unique(oof["image_id"], dirs)
+    order = np.argsort(oof["image_id"], kind="stable")
+    return {k: v[order] for k, v in oof.items()}
 
 
 def _check_unique(image_ids: np.ndarray, dirs: list[Path]) -> None:

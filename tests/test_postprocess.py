@@ -29,6 +29,14 @@ def test_thresholds_per_class():
     assert (out == 2).sum() == 0
 
 
+def test_default_is_argmax_decoding():
+    # pixel 0: background most probable; pixel 1: ischemic most probable though below 0.5
+    probs = np.array([[[0.4, 0.3]], [[0.35, 0.45]], [[0.25, 0.25]]], np.float32)
+    assert apply_postprocess(probs)[0].tolist() == [0, 1]
+    assert apply_postprocess(probs, {"threshold": 0.5})[0].tolist() == [0, 0]
+    assert normalise_spec(None)["threshold"] == {"ischemic": None, "hemorrhagic": None}
+
+
 @pytest.mark.parametrize("rule,expected", [("argmax", [1, 2]), ("ischemic", [1, 1]), ("hemorrhagic", [2, 2])])
 def test_overlap_rule(rule, expected):
     # pixel 0: ischemic more probable; pixel 1: hemorrhagic more probable; both pass 0.3 everywhere

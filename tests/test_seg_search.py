@@ -72,16 +72,21 @@ def random_seg_oof(n=10, low=16, size=40, seed=3):
 def test_fast_grid_equals_exact_evaluation(reduction):
     oof, masks = random_seg_oof()
     image_probs = np.linspace(0.1, 0.9, len(oof["image_id"]))
-    grid = {"threshold": [0.2, 0.35, 0.5], "overlap": ["argmax", "ischemic"], "closing": [0, 1],
+    grid = {"threshold": [None, 0.2, 0.5], "overlap": ["argmax", "ischemic"], "closing": [0, 1],
             "min_area": [0, 6], "keep_largest": [False, True], "gate": [None, 0.5],
             "triplet": [None, {"high": 0.7, "min_pixels": 5}]}
     table = search_postprocess(oof, masks, grid, metric="iou", reduction=reduction, image_probs=image_probs)
-    rows = pd.concat([table.head(3), table.sample(25, random_state=0)])
+    rows = pd.concat([table.head(3), table.sample(25, random_state=0),
+                      table[table["threshold.ischemic"].isna()].head(2)])            # argmax decoding
     for _, row in rows.iterrows():
         spec = row_to_spec(row)
         exact = seg_score(evaluate_postprocess(oof, masks, spec, image_probs), "iou", reduction)
         assert row["score"] == pytest.approx(exact["score"], nan_ok=True), spec
         assert row["score.ischemic"] == pytest.approx(exact["ischemic"], nan_ok=True), spec
+    chosen = choose_postprocess(table, tolerance=0.02)         # the choice reproduces its reported score
+    exact = seg_score(evaluate_postprocess(oof, masks, chosen["spec"], image_probs), "iou", reduction)
+    assert chosen["score"] == pytest.approx(exact["score"])
+    assert chosen["score"] >= chosen["best_score"] * (1 - 0.02) ** len(chosen["stability"])
 
 
 def test_seg_fold_scores_group_by_fold():

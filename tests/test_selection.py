@@ -58,9 +58,11 @@ def test_load_seg_oof(tmp_path):
     for k, ids in enumerate(([5, 1], [3])):
         (tmp_path / f"fold{k}").mkdir()
         probs = np.full((len(ids), 3, 4, 4), k, np.float16)
-        np.savez(tmp_path / f"fold{k}" / "oof.npz", image_id=np.array(ids, np.int64), probs=probs, fold=k)
+        np.savez(tmp_path / f"fold{k}" / "oof.npz", image_id=np.array(ids, np.int64), probs=probs, fold=k,
+                 orig_hw=np.array([[512, 500 + i] for i in ids]))
     oof = load_oof(tmp_path)
     assert oof["image_id"].tolist() == [1, 3, 5]
+    assert oof["orig_hw"][:, 1].tolist() == [501, 503, 505]
     assert oof["fold"].tolist() == [0, 1, 0]
     assert oof["probs"].shape == (3, 3, 4, 4) and oof["probs"][1].max() == 1
 
