@@ -1,0 +1,122 @@
+"""Choose an ensemble on out-of-fold predictions and write the spec infer.py runs.
+
+    python ensemble.py --task stroke runs/cfgA runs/cfgB --top-k 3 --greedy --objective recall --target-recall 0.97
+    python ensemble.py --task type runs/typeA --objective f1 --out ensembles/type.yaml
+    python ensemble.py --task seg runs/unetA runs/unetB --greedy --seg-classifier type --out ensembles/seg.yaml
+
+Reads every fold's OOF (runs/<config>/fold<k>/oof.csv | oof.npz), scores each (fold, config), keeps the
+--top-k folds of each config for inference, picks configs and blend weights (--greedy: forward selection
+on OOF), and tunes on OOF only: the decision threshold (stroke / type) or the post-processing grid (seg;
+the table is saved as <out>.postprocess.csv). Writes the spec YAML (members, checkpoints relative to the
+spec, weights, TTA, thresholds / post-processing, the OOF figures that chose them) and prints the tables.
+The ensemble's OOF score is never below its best member's: a blend that scores lower is replaced by that
+member alone. A member's OOF joins all its folds; at test time it averages its kept folds' checkpoints.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+from strokekit.ensemble_build import build_classifier_spec, format_report, read_runs
+from strokekit.ensemble_spec import CLASSIFIER_BLENDS, SpecError, write_spec
+from strokekit.selection import CLASSIFIER_METRICS
+from strokekit.tta import resolve_flips
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", help="run folders runs/<config> (each with fold<k>/ inside)")
+    parser.add_argument("--task", required=True, choices=("stroke", "type", "seg"))
+    parser.add_argument("--out", help="spec YAML to write (default ensembles/<task>.yaml)")
+    parser.add_argument("--top-k", type=int, help="folds kept per config for inference (default: all)")
+    parser.add_argument("--blend", default="mean", choices=(*CLASSIFIER_BLENDS, "auto"),
+                        help="mean | weighted | vote | rank (classifiers), mean | weighted (seg); auto tries "
+                             "each and keeps the best on OOF (default mean)")
+    parser.add_argument("--greedy", action="store_true",
+                        help="greedy forward selection of configs (with replacement: weights) on OOF")
+    parser.add_argument("--metric", help="what ranks folds and members: classifiers "
+                        f"{'/'.join(CLASSIFIER_METRICS)} (default auc); seg dice/iou (default dice)")
+    parser.add_argument("--min-precision", type=float, default=0.9,
+                        help="precision floor of --metric recall_at_precision (default 0.9)")
+    parser.add_argument("--objective", default="f1", choices=("f1", "recall", "youden"),
+                        help="threshold tuning: best F1, best precision at --target-recall, or Youden's J")
+    parser.add_argument("--target-recall", type=float, default=0.97, help="for --objective recall (default 0.97)")
+    parser.add_argument("--tolerance", type=float, default=0.005,
+                        help="near-best band (relative) whose middle gives thresholds / post-processing")
+    parser.add_argument("--tta", default="none,hflip",
+                        help="flips infer.py applies, comma-separated: none,hflip,vflip,hvflip (default none,hflip)")
+    parser.add_argument("--data", help="seg: data set the runs were trained on, for the true masks "
+                                       "(default: the runs' config `data`)")
+    parser.add_argument("--grid", help="seg: YAML file with the post-processing grid (keys threshold, closing, "
+                                       "min_area, keep_largest, overlap, gate, triplet)")
+    parser.add_argument("--seg-classifier", choices=("stroke", "type"),
+                        help="seg: also tune a segmentation-based classifier (stroke needs OOF negatives: "
+                             "seg_val_negatives: true)")
+    parser.add_argument("--seg-feature", default="area", choices=("area", "max", "mean"),
+                        help="seg classifier feature: lesion area, max or mean lesion probability")
+    parser.add_argument("--checkpoint", default="best", choices=("best", "last"), help="which checkpoint per fold")
+    parser.add_argument("--absolute-paths", action="store_true", help="store absolute checkpoint paths")
+    args = parser.parse_args(argv)
+    if args.task == "seg" and args.blend in ("vote", "rank"):
+        parser.error("--blend vote/rank are for classifiers; seg blends probabilities (mean | weighted | auto)")
+    if args.top_k is not None and args.top_k < 1:
+        parser.error("--top-k must be >= 1")
+    return args
+
+
+def build(args) -> tuple[dict, dict, Path]:
+    out = Path(args.out or f"ensembles/{args.task}.yaml")
+    tta = resolve_flips(args.tta.split(","))
+    runs = read_runs(args.runs, args.task, args.checkpoint)
+    common = dict(top_k=args.top_k, greedy=args.greedy, tolerance=args.tolerance, tta=tta,
+                  absolute=args.absolute_paths)
+    if args.task != "seg":
+        options = {"min_precision": args.min_precision} if args.metric == "recall_at_precision" else {}
+        spec, report = build_classifier_spec(runs, args.task, out, metric=args.metric or "auc", blend=args.blend,
+                                             objective=args.objective, target_recall=args.target_recall,
+                                             metric_options=options, **common)
+        return spec, report, out
+    from strokekit.ensemble_seg import build_seg_spec
+
+    grid = yaml.safe_load(Path(args.grid).read_text(encoding="utf-8")) if args.grid else None
+    spec, report = build_seg_spec(runs, out, args.data or runs[0].cfg["data"], metric=args.metric or "dice",
+                                  blend=args.blend, grid=grid, seg_classifier=args.seg_classifier,
+                                  seg_feature=args.seg_feature, objective=args.objective,
+                                  target_recall=args.target_recall, **common)
+    return spec, report, out
+
+
+def save_tables(spec: dict, report: dict, out: Path) -> None:
+    """Per-fold scores (and the seg post-processing grid) as CSV beside the spec, named in it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report["folds"].to_csv(out.with_suffix(".folds.csv"), index=False)
+    spec["oof"]["folds_table"] = out.with_suffix(".folds.csv").name
+    if "grid" in report:
+        report["grid"].to_csv(out.with_suffix(".postprocess.csv"), index=False)
+        spec["postprocess_search"]["table"] = out.with_suffix(".postprocess.csv").name
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        spec, report, out = build(args)
+        if args.task == "seg":
+            from strokekit.ensemble_seg import format_seg_report
+            print(format_seg_report(report))
+        else:
+            print(format_report(report))
+        save_tables(spec, report, out)
+        write_spec(spec, out)
+    except (FileNotFoundError, ValueError, KeyError, SpecError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Run an ensemble spec on the released test images and write a validated TEKNOFEST submission.
+
+    python infer.py --phase 1 --ensemble ensembles/stroke.yaml --data data/YARISMA_1
+    python infer.py --phase 1 --ensemble ensembles/stroke.yaml --data data --split test1 --out submissions/s1
+    python infer.py --phase 2 --ensemble ensembles/seg.yaml --type-ensemble ensembles/type.yaml --data data/YARISMA_2
+
+--data is one test folder (with PNG/ and/or DICOM/; each member reads what its config needs) or a data root
+with --split (default test1 for phase 1, test2 for phase 2). Writes submissions/<name>/:
+  phase 1: asama1.txt (official format) + probs.csv (image_id, prob, label, one column per member)
+  phase 2: <id>.png masks at each image's size + types.csv (per-image stroke type and its source)
+           + probs.npz with --save-probs (side files are not <id>.png, so the validator ignores them)
+  both:    manifest.json (spec, members and checkpoint hashes, TTA, decisions, kit version, time)
+Every phase-2 image holds a lesion, so when post-processing leaves a mask empty the most probable lesion
+region is drawn instead (--no-fallback turns this off). The submission is validated before it is
+reported; an existing folder is only replaced with --overwrite. The logic lives in strokekit.submit.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from strokekit.data.index import DataLayoutError
+from strokekit.data.readers import BadInputError
+from strokekit.ensemble_spec import SpecError
+from strokekit.submission import SubmissionError
+from strokekit.weights import WeightsError
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--phase", type=int, required=True, choices=(1, 2))
+    parser.add_argument("--ensemble", required=True, help="spec YAML from ensemble.py (stroke for phase 1, "
+                                                          "seg for phase 2; a seg spec with a stroke "
+                                                          "seg_classifier also serves phase 1)")
+    parser.add_argument("--type-ensemble", help="phase 2: type spec deciding each image's stroke type")
+    parser.add_argument("--data", required=True, help="test folder (YARISMA_1 ...) or data root with --split")
+    parser.add_argument("--split", choices=("test1", "test2"), help="with a data root: which test set")
+    parser.add_argument("--out", help="submission folder (default submissions/<spec name>_<split>)")
+    parser.add_argument("--tta", help="override the spec's flips, comma-separated: none,hflip,vflip,hvflip")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass (x flips)")
+    parser.add_argument("--device", default=None, help="cpu | cuda (default: CUDA when available)")
+    parser.add_argument("--amp", choices=("bf16", "fp16", "none"), help="CUDA autocast (default: each "
+                                                                        "member's config)")
+    parser.add_argument("--no-fallback", dest="fallback", action="store_false",
+                        help="phase 2: leave a mask empty when post-processing removes everything")
+    parser.add_argument("--fallback-fraction", type=float, default=0.5,
+                        help="phase 2 fallback: region = pixels >= this fraction of the peak lesion probability")
+    parser.add_argument("--save-probs", action="store_true", help="phase 2: also write probs.npz (float16)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing submission folder")
+    return parser.parse_args(argv)
+
+
+def load(spec_path: str, args):
+    from strokekit.predict import EnsemblePredictor
+
+    flips = args.tta.split(",") if args.tta else None
+    return EnsemblePredictor(spec_path, device=args.device, flips=flips, batch_size=args.batch_size, amp=args.amp)
+
+
+def run(args) -> int:
+    from strokekit import submit
+
+    rows, split = submit.find_test_rows(args.data, args.split, args.phase)
+    predictor = load(args.ensemble, args)
+    type_predictor = load(args.type_ensemble, args) if args.type_ensemble else None
+    out = submit.prepare_out_dir(args.out or f"submissions/{Path(args.ensemble).stem}_{split}", args.overwrite)
+    print(f"{len(rows)} {split} images from {args.data}; ensemble {args.ensemble} ({predictor.task}, "
+          f"{len(predictor.members)} members, {predictor.n_checkpoints} checkpoints) on {predictor.device}")
+    for name, p in (("ensemble", predictor), ("type ensemble", type_predictor)):
+        if p is not None:
+            cost = p.cost(len(rows))
+            print(f"{name}: {cost['forward_passes']} forward passes (batch {p.batch_size}, flips "
+                  f"{','.join(cost['flips'])}), {cost['images_through_models']} images through models")
+    if args.phase == 1:
+        decided, seconds = submit.timed(submit.run_phase1, predictor, rows, out)
+        print(f"phase 1: {decided['n_stroke']} of {len(rows)} images stroke at threshold {decided['threshold']:.4f}")
+    else:
+        decided, seconds = submit.timed(submit.run_phase2, predictor, rows, out, type_predictor, args.fallback,
+                                        args.fallback_fraction, args.save_probs)
+        print(f"phase 2: {len(rows)} masks, fallback drew {decided['fallback_images']}; types from "
+              f"{decided['type_source']}")
+    speed = len(rows) / max(seconds, 1e-9)
+    print(f"{seconds:.1f}s, {speed:.1f} images/s")
+    info = {"phase": args.phase, "data": str(Path(args.data).resolve()), "split": split, "n_images": len(rows),
+            "spec": submit.spec_summary(predictor), "tta": predictor.flips, "batch_size": predictor.batch_size,
+            "device": str(predictor.device), "amp": args.amp, "seconds": seconds, "images_per_s": speed, **decided}
+    if type_predictor is not None:
+        info["type_spec"] = submit.spec_summary(type_predictor)
+    submit.write_manifest(out, info)
+    print(f"valid submission: {out}")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except SubmissionError as err:
+        print(f"INVALID submission {err.source}:", file=sys.stderr)
+        for problem in err.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 1
+    except (SpecError, DataLayoutError, BadInputError, WeightsError, FileExistsError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""From blended probabilities to what is submitted: phase-1 labels, phase-2 class maps, stroke types.
+
+Pure numpy/scipy. Every phase-2 test image holds a lesion (FORMATS.md), so an empty mask always scores
+zero there: `phase2_class_map` can fall back to the most probable lesion region when post-processing
+leaves nothing (on by default in infer.py; `--no-fallback` turns it off).
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from strokekit.data.encodings import BACKGROUND, EIGHT_CONNECTED, HEMORRHAGIC, ISCHEMIC
+from strokekit.postprocess import apply_postprocess
+
+TYPE_NAMES = {ISCHEMIC: "ischemic", HEMORRHAGIC: "hemorrhagic"}
+
+
+def phase1_labels(probs, threshold: float) -> np.ndarray:
+    """1 = stroke where the blended probability reaches the OOF-tuned threshold."""
+    return (np.asarray(probs, dtype=float) >= float(threshold)).astype(np.int64)
+
+
+def fallback_region(probs: np.ndarray, fraction: float = 0.5, lesion_class: int | None = None) -> np.ndarray:
+    """A class map holding one region: the 8-connected pixels around the most probable lesion pixel whose
+    lesion probability (p_ischemic + p_hemorrhagic) is >= fraction x that peak.
+
+    Its class is `lesion_class` when given (e.g. a type classifier's decision), else the class with the
+    larger summed probability over the region (ties: hemorrhagic).
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fallback fraction must be in (0, 1], got {fraction}")
+    lesion = probs[ISCHEMIC] + probs[HEMORRHAGIC]
+    peak = np.unravel_index(int(np.argmax(lesion)), lesion.shape)
+    labels, _ = ndimage.label(lesion >= fraction * lesion[peak], structure=EIGHT_CONNECTED)
+    region = labels == labels[peak]
+    if lesion_class is None:
+        lesion_class = ISCHEMIC if probs[ISCHEMIC][region].sum() > probs[HEMORRHAGIC][region].sum() else HEMORRHAGIC
+    class_map = np.full(lesion.shape, BACKGROUND, dtype=np.uint8)
+    class_map[region] = lesion_class
+    return class_map
+
+
+def phase2_class_map(probs: np.ndarray, spec: dict, fallback: bool = True, fraction: float = 0.5,
+                     lesion_class: int | None = None, image_prob=None) -> tuple[np.ndarray, bool]:
+    """(class map, whether the fallback drew it) for one image's (3, H, W) blended probabilities."""
+    class_map = apply_postprocess(probs, spec, image_prob)
+    if fallback and not class_map.any():
+        return fallback_region(probs, fraction, lesion_class), True
+    return class_map, False
+
+
+def mask_type(class_map: np.ndarray) -> str:
+    """'none' | 'ischemic' | 'hemorrhagic' | 'both': the lesion classes a mask holds."""
+    has_isc, has_hem = bool((class_map == ISCHEMIC).any()), bool((class_map == HEMORRHAGIC).any())
+    return {(False, False): "none", (True, False): "ischemic", (False, True): "hemorrhagic",
+            (True, True): "both"}[(has_isc, has_hem)]
+
+
+def type_decision(class_map: np.ndarray, p_hemorrhagic: float | None = None,
+                  threshold: float | None = None) -> str:
+    """One stroke type per image: from an image-level P(hemorrhagic) and its threshold when given,
+    else the lesion class covering more pixels of the mask ('none' for an empty mask)."""
+    if p_hemorrhagic is not None and threshold is not None:
+        return "hemorrhagic" if p_hemorrhagic >= threshold else "ischemic"
+    isc, hem = int((class_map == ISCHEMIC).sum()), int((class_map == HEMORRHAGIC).sum())
+    if isc == hem == 0:
+        return "none"
+    return "ischemic" if isc > hem else "hemorrhagic"
+
+
+def type_class(p_hemorrhagic: float | None, threshold: float | None) -> int | None:
+    """The class a type classifier picks (for the fallback region), or None without one."""
+    if p_hemorrhagic is None or threshold is None:
+        return None
+    return HEMORRHAGIC if p_hemorrhagic >= threshold else ISCHEMIC

@@ -1,0 +1,163 @@
+"""What ensemble.py decides on OOF for segmentation: folds, members, blend weights, post-processing, and an
+optional segmentation-based classifier (stroke or type) read off the blended probabilities.
+
+Scores are strict per-class Dice or IoU at the true masks' resolution, averaged per image and over the
+two lesion classes (seg_search.py). Members are compared and chosen greedily with the neutral
+post-processing (every class at p >= 0.5); the post-processing grid is then searched on the blend, the
+whole table saved as CSV beside the spec, and the setting taken from the middle of its near-best plateau.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from strokekit import selection
+from strokekit.data.index import build_index
+from strokekit.data.readers import load_class_map
+from strokekit.ensemble_build import Run, choose_blend, guard_best_member, member_entry
+from strokekit.ensemble_spec import SEG_BLENDS
+from strokekit.postprocess import resize_probs
+from strokekit.seg_classifier import seg_image_features, targets_from_masks, tune_seg_classifier
+from strokekit.seg_search import choose_postprocess, search_postprocess, seg_fold_scores, seg_scorer
+
+DEFAULT_GRID = {  # min_area in pixels at the masks' own resolution (512 x 512 for the competition)
+    "threshold": [0.3, 0.4, 0.5, 0.6, 0.7],
+    "closing": [0, 2],
+    "min_area": [0, 16, 64, 256],
+    "keep_largest": [False, True],
+    "overlap": ["argmax"],
+}
+
+
+def load_masks(data: str | Path, image_ids) -> dict[int, np.ndarray]:
+    """True class maps (MASK, else decoded OVERLAY) of the OOF images, from the data set they were trained on."""
+    index, _ = build_index(data)
+    rows = index.set_index("image_id")
+    missing = [int(i) for i in image_ids if int(i) not in rows.index]
+    if missing:
+        raise ValueError(f"{data}: OOF images {missing[:5]} ({len(missing)} in all) are not in this data set; "
+                         "pass --data the folder the runs were trained on")
+    masks = {}
+    for image_id in image_ids:
+        row = rows.loc[int(image_id)].to_dict()
+        class_map = load_class_map(row)
+        masks[int(image_id)] = class_map if class_map is not None else _empty_like(row)
+    return masks
+
+
+def _empty_like(row: dict) -> np.ndarray:
+    """A no-stroke slice validated as a negative: an all-background map of the image's size."""
+    from strokekit.data.readers import image_size
+    if row.get("class_name") != "no_stroke":
+        raise ValueError(f"image {row.get('image_id')}: a stroke slice without MASK or OVERLAY in the OOF")
+    return np.zeros(image_size(row["png"]) if row.get("png") else (512, 512), dtype=np.uint8)
+
+
+def aligned_seg_oof(oofs: dict[str, dict]) -> tuple[np.ndarray, dict[str, dict]]:
+    """Every run's seg OOF on the images all of them predicted, at one common (largest) OOF size."""
+    if any(not isinstance(o, dict) for o in oofs.values()):
+        raise ValueError("a seg ensemble needs oof.npz files (segmentation runs)")
+    ids = sorted(set.intersection(*(set(o["image_id"].tolist()) for o in oofs.values())))
+    if not ids:
+        raise ValueError("the runs share no OOF image: were they trained on the same data set?")
+    size = max(o["probs"].shape[-1] for o in oofs.values())
+    aligned = {}
+    for name, oof in oofs.items():
+        pick = np.searchsorted(oof["image_id"], ids)
+        probs = oof["probs"][pick]
+        if probs.shape[-1] != size:
+            probs = np.stack([resize_probs(p, size) for p in probs])
+        aligned[name] = {"image_id": np.asarray(ids), "probs": probs.astype(np.float32),
+                         "fold": oof["fold"][pick]}
+    return np.asarray(ids), aligned
+
+
+def _finite(score_fn):
+    """NaN (no lesion of either class anywhere) scores as 0, so comparisons stay defined."""
+    return lambda probs: float(np.nan_to_num(score_fn(probs), nan=0.0))
+
+
+def build_seg_spec(runs: list[Run], spec_path, data, metric: str = "dice", top_k: int | None = None,
+                   blend: str = "mean", greedy: bool = False, grid: dict | None = None, tolerance: float = 0.005,
+                   tta=("none",), absolute: bool = False, seg_classifier: str | None = None,
+                   seg_feature: str = "area", objective: str = "f1", target_recall: float = 0.97) -> tuple[dict, dict]:
+    """(spec, report) for a segmentation ensemble; report["grid"] is the full post-processing table."""
+    raw = {run.name: selection.load_oof(run.path) for run in runs}
+    ids, oofs = aligned_seg_oof(raw)
+    masks = load_masks(data, sorted(set().union(*(o["image_id"].tolist() for o in raw.values()))))
+    folds, tables = {}, []
+    for run in runs:
+        scores = seg_fold_scores(raw[run.name], masks, metric=metric)
+        scores["score"] = scores["score"].fillna(0.0)
+        folds[run.name] = selection.top_k_folds(scores, top_k)
+        tables.append(scores.assign(member=run.name, chosen=scores["fold"].isin(folds[run.name])))
+    score_fn = _finite(seg_scorer(ids, masks, metric=metric))
+    members = {name: oof["probs"] for name, oof in oofs.items()}
+    singles = {name: score_fn(p) for name, p in members.items()}
+    blends = SEG_BLENDS if blend == "auto" else (blend,)
+    tried = {b: choose_blend(members, b, score_fn, greedy) for b in blends}
+    choice = guard_best_member(max(tried.values(), key=lambda c: c["score"]), members, singles)
+    blended = {"image_id": ids, "probs": choice["blended"].astype(np.float32)}
+    table = search_postprocess(blended, masks, grid or DEFAULT_GRID, metric=metric)
+    post = choose_postprocess(table, tolerance)
+    spec = {"task": "seg", "blend": choice["blend"], "tta": list(tta),
+            "members": [member_entry(run, folds[run.name], choice["weights"][run.name], spec_path, absolute,
+                                     oof={metric: singles[run.name], "n_images": len(ids)})
+                        for run in runs if choice["weights"][run.name] > 0],
+            "postprocess": post["spec"],
+            "oof": {"metric": f"{metric} (strict, per image, mean of the lesion classes)", "n_images": len(ids),
+                    "ensemble_neutral_postprocess": choice["score"], "best_member": max(singles.values()),
+                    "members": singles, "postprocessed": post["score"], "postprocessed_best": post["best_score"],
+                    "per_class": post["scores"], "blends_tried": {b: c["score"] for b, c in tried.items()}},
+            "postprocess_search": {"grid": grid or DEFAULT_GRID, "rows": int(len(table)),
+                                   "tolerance": tolerance, "stability": post["stability"]},
+            "selection": {"top_k": top_k, "greedy": greedy, "history": choice["history"],
+                          "note": choice.get("note", "")}}
+    if seg_classifier:
+        spec["seg_classifier"] = tune_seg_classifier_on_oof(blended, masks, post["spec"], seg_classifier,
+                                                            seg_feature, objective, target_recall, tolerance)
+    report = {"folds": pd.concat(tables, ignore_index=True)[["member", "fold", "n", "score", "chosen"]],
+              "members": singles, "weights": choice["weights"], "ensemble": choice["score"],
+              "metric": metric, "grid": table, "postprocess": post, "note": choice.get("note", ""),
+              "seg_classifier": spec.get("seg_classifier"), "blends_tried": spec["oof"]["blends_tried"]}
+    return spec, report
+
+
+def tune_seg_classifier_on_oof(blended: dict, masks: dict, post_spec: dict, target: str, feature: str,
+                               objective: str, target_recall: float, tolerance: float) -> dict:
+    """Thresholds of a segmentation-based classifier on the blended OOF, features at the masks' size."""
+    ids = blended["image_id"]
+    targets = targets_from_masks(masks, ids, target).dropna()
+    if targets.nunique() < 2:
+        hint = (" (seg OOF holds lesion slices only: train with seg_val_negatives: true to tune a stroke "
+                "classifier)" if target == "stroke" else "")
+        raise ValueError(f"segmentation classifier {target}: OOF targets hold one class only{hint}")
+    size = masks[int(ids[0])].shape
+    features = seg_image_features(blended, post_spec, size=size)
+    tuned = tune_seg_classifier(features, targets, target, feature, spec=post_spec, objective=objective,
+                                target_recall=target_recall, tolerance=tolerance)
+    tuned["n_images"] = int(len(targets))
+    return tuned
+
+
+def format_seg_report(report: dict, top: int = 8) -> str:
+    """The tables ensemble.py prints for a seg ensemble."""
+    from strokekit.ensemble_build import format_report
+
+    lines = [format_report({**report, "threshold": None})]
+    post = report["postprocess"]
+    lines.append(f"\npost-processing grid ({len(report['grid'])} settings), best {top} of "
+                 f"OOF {report['metric']}:")
+    lines.append(report["grid"].head(top).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    lines.append(f"chosen (middle of the near-best plateau): OOF {report['metric']} {post['score']:.4f} "
+                 f"(best row {post['best_score']:.4f}; ischemic {post['scores']['ischemic']:.4f}, "
+                 f"hemorrhagic {post['scores']['hemorrhagic']:.4f})")
+    clf = report.get("seg_classifier")
+    if clf:
+        t = clf["threshold"]
+        lines.append(f"segmentation classifier {clf['target']} by {clf['feature']}: threshold {t['threshold']:.4f}, "
+                     f"OOF recall {t['oof']['recall']:.4f}, specificity {t['oof']['specificity']:.4f}, "
+                     f"balanced accuracy {t['oof']['balanced_accuracy']:.4f}")
+    return "\n".join(lines)

@@ -1,0 +1,188 @@
+"""The one inference path: an ensemble spec's checkpoints -> per-image probabilities, batched, with TTA.
+
+Each checkpoint is loaded once. Images are read and preprocessed once per distinct preprocessing
+(image source, windows, channels, size, mean/std) as each member's own config says, in batches; the next
+batch is read on a thread while the current one runs. Every flip of a batch goes through a model in one
+forward pass (tta.py); on CUDA the models run channels_last under bf16/fp16 autocast; everything runs
+under torch.inference_mode. A member (one config) averages its fold checkpoints; members are blended with
+ensemble_spec.combine. Segmentation probabilities are upsampled to each image's own size before blending.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from strokekit.data.dataset import preprocess
+from strokekit.data.readers import load_image
+from strokekit.ensemble_spec import SpecError, combine, member_thresholds, member_weights, read_spec
+from strokekit.models import load_checkpoint
+from strokekit.tta import forward_passes, predict_with_tta, resolve_flips
+
+PREPROCESS_KEYS = ("image_source", "windows", "in_chans", "img_size", "mean", "std")
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(name: str | None = None) -> torch.device:
+    """'cuda' | 'cpu' | None (= CUDA when available)."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return torch.device(name)
+
+
+def preprocess_key(cfg: dict) -> tuple:
+    """Members whose configs share this key read and preprocess an image identically."""
+    return tuple(repr(cfg[k]) for k in PREPROCESS_KEYS)
+
+
+@dataclass
+class Member:
+    """One config of the ensemble: its fold models (averaged) and the preprocessing they share."""
+    name: str
+    cfg: dict
+    models: list
+    checkpoints: list[str]
+
+
+def load_member(entry: dict, task: str, device: torch.device) -> Member:
+    """Load a spec member's checkpoints (each once); their preprocessing and task must agree."""
+    models, cfg = [], None
+    for path in entry["checkpoint_paths"]:
+        model, ckpt_cfg = load_checkpoint(path, device)
+        if ckpt_cfg["task"] != task:
+            raise SpecError(f"{path}: a {ckpt_cfg['task']} checkpoint in a {task} ensemble")
+        if cfg is not None and preprocess_key(ckpt_cfg) != preprocess_key(cfg):
+            raise SpecError(f"member {entry['name']}: {path} preprocesses images differently from "
+                            f"{entry['checkpoint_paths'][0]} ({', '.join(PREPROCESS_KEYS)}); make them two members")
+        if device.type == "cuda" and ckpt_cfg.get("channels_last", True):
+            model = model.to(memory_format=torch.channels_last)
+        models.append(model)
+        cfg = cfg or ckpt_cfg
+    return Member(entry["name"], cfg, models, list(entry["checkpoint_paths"]))
+
+
+def _autocast(device: torch.device, amp: str | None):
+    if device.type != "cuda" or amp in (None, "none", False):
+        return nullcontext()
+    return torch.autocast("cuda", dtype=AMP_DTYPES[amp])
+
+
+def member_probs(member: Member, batch: torch.Tensor, flips, spatial: bool, amp: str | None) -> torch.Tensor:
+    """Mean over the member's fold models of TTA-averaged softmax: (B,) P(positive) or (B, 3, h, w)."""
+    device = batch.device
+    if device.type == "cuda" and member.cfg.get("channels_last", True):
+        batch = batch.contiguous(memory_format=torch.channels_last)
+    total = None
+    for model in member.models:
+        with _autocast(device, amp):
+            probs = predict_with_tta(model, batch, flips, spatial=spatial, activation="softmax").float()
+        total = probs if total is None else total + probs
+    mean = total / len(member.models)
+    return mean if spatial else mean[:, 1]
+
+
+def upsample(probs: torch.Tensor, sizes: list[tuple[int, int]]) -> list[np.ndarray]:
+    """(B, 3, h, w) -> one (3, H, W) float32 array per image at its own size (bilinear, half-pixel)."""
+    out = []
+    for j, size in enumerate(sizes):
+        p = probs[j:j + 1]
+        if tuple(p.shape[-2:]) != tuple(size):
+            p = F.interpolate(p, size=tuple(size), mode="bilinear", align_corners=False)
+        out.append(p[0].cpu().numpy().astype(np.float32))
+    return out
+
+
+class EnsemblePredictor:
+    """A loaded ensemble spec. `predict_classifier(rows)` / `iter_seg(rows)` give blended probabilities."""
+
+    def __init__(self, spec: dict | str, device: str | None = None, flips=None, batch_size: int = 16,
+                 amp: str | None = None, workers: int = 2):
+        self.spec = read_spec(spec) if not isinstance(spec, dict) else spec
+        self.task = self.spec["task"]
+        self.device = resolve_device(device)
+        self.flips = resolve_flips(flips if flips is not None else self.spec.get("tta"))
+        if batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        self.batch_size, self.amp, self.workers = batch_size, amp, max(1, workers)
+        self.members = [load_member(m, self.task, self.device) for m in self.spec["members"]]
+        self.weights, self.thresholds = member_weights(self.spec), member_thresholds(self.spec)
+
+    @property
+    def n_checkpoints(self) -> int:
+        return sum(len(m.models) for m in self.members)
+
+    def cost(self, n_images: int) -> dict:
+        """Forward passes this run will make (one per batch and checkpoint: flips share a pass)."""
+        return forward_passes(n_images, self.batch_size, self.flips, self.n_checkpoints)
+
+    def _amp(self, member: Member) -> str | None:
+        return self.amp if self.amp is not None else member.cfg.get("amp")
+
+    def _read(self, rows: list[dict]) -> dict:
+        """Raw images of a chunk per preprocessing key, and each image's own (H, W)."""
+        images, sizes = {}, None
+        for member in self.members:
+            key = preprocess_key(member.cfg)
+            if key not in images:
+                images[key] = [load_image(row, member.cfg) for row in rows]
+                sizes = sizes or [im.shape[:2] for im in images[key]]
+        return {"images": images, "sizes": sizes}
+
+    def _chunks(self, rows: pd.DataFrame) -> Iterator[tuple[list[dict], dict]]:
+        """(rows, read images) per batch; batch k+1 is read on a thread while batch k runs."""
+        records = rows.to_dict("records")
+        chunks = [records[i:i + self.batch_size] for i in range(0, len(records), self.batch_size)]
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(self._read, chunks[0]) if chunks else None
+            for k, chunk in enumerate(chunks):
+                read = pending.result()
+                pending = pool.submit(self._read, chunks[k + 1]) if k + 1 < len(chunks) else None
+                yield chunk, read
+
+    @torch.inference_mode()
+    def iter_member_probs(self, rows: pd.DataFrame) -> Iterator[tuple[list[int], list, list]]:
+        """Per batch: image ids, each member's probabilities, and the images' sizes.
+
+        Classifiers: a (B,) float64 array per member; seg: a list of (3, H, W) float32 per member.
+        """
+        spatial = self.task == "seg"
+        for chunk, read in self._chunks(rows):
+            tensors, per_member = {}, []
+            for member in self.members:
+                key = preprocess_key(member.cfg)
+                if key not in tensors:
+                    batch = torch.stack([preprocess(im, member.cfg) for im in read["images"][key]])
+                    tensors[key] = batch.to(self.device, non_blocking=True)
+                probs = member_probs(member, tensors[key], self.flips, spatial, self._amp(member))
+                per_member.append(upsample(probs, read["sizes"]) if spatial
+                                  else probs.cpu().numpy().astype(np.float64))
+            yield [int(r["image_id"]) for r in chunk], per_member, read["sizes"]
+
+    def predict_classifier(self, rows: pd.DataFrame) -> dict:
+        """{image_id (N,), prob (N,) blended, members (M, N)} for a stroke / type ensemble."""
+        if self.task == "seg":
+            raise SpecError("predict_classifier needs a stroke or type ensemble; this spec is seg (use iter_seg)")
+        ids, parts = [], []
+        for batch_ids, per_member, _ in self.iter_member_probs(rows):
+            ids += batch_ids
+            parts.append(np.stack(per_member))
+        members = np.concatenate(parts, axis=1) if parts else np.zeros((len(self.members), 0))
+        prob = combine(members, self.spec["blend"], self.weights, self.thresholds) if len(ids) else np.zeros(0)
+        return {"image_id": np.asarray(ids, dtype=np.int64), "prob": prob, "members": members}
+
+    def iter_seg(self, rows: pd.DataFrame) -> Iterator[tuple[int, np.ndarray]]:
+        """(image_id, blended (3, H, W) float32 probabilities at the image's own size), image by image."""
+        if self.task != "seg":
+            raise SpecError(f"iter_seg needs a seg ensemble; this spec is {self.task}")
+        for batch_ids, per_member, _ in self.iter_member_probs(rows):
+            for j, image_id in enumerate(batch_ids):
+                stacked = np.stack([probs[j] for probs in per_member])
+                yield image_id, combine(stacked, self.spec["blend"], self.weights)

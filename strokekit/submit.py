@@ -1,0 +1,216 @@
+"""What infer.py does: find the test images, run an ensemble spec on them, write and validate a submission.
+
+Phase 1: `asama1.txt` (submission.write_phase1) + `probs.csv` (image_id, prob, label, one column per
+member). Phase 2: one `<id>.png` per image at the image's own size + `types.csv` (per-image stroke type)
+and, when asked, `probs.npz` (float16 probabilities). The side files are not `<id>.png`, so
+submission.validate_phase2 ignores them (it reads `*.png` only); upload the PNGs. Every run writes a
+`manifest.json` (spec, members with checkpoint sha256, TTA, decisions, kit version, command, time).
+A submission folder is never overwritten without `overwrite=True`, and only the files a submission
+consists of are removed then.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from strokekit import __version__
+from strokekit.data import layout
+from strokekit.data.index import DataLayoutError, build_index
+from strokekit.decide import mask_type, phase1_labels, phase2_class_map, type_class, type_decision
+from strokekit.seg_classifier import seg_classifier_prob
+from strokekit.submission import (PHASE1_FILENAME, mask_files, validate_phase2, write_phase1,
+                                  write_phase2_mask)
+
+SIDE_FILES = ("probs.csv", "types.csv", "probs.npz", "manifest.json", PHASE1_FILENAME)
+DEFAULT_SPLIT = {1: "test1", 2: "test2"}
+
+
+# --------------------------------------------------------------------------- test images
+
+
+def find_test_rows(data: str | Path, split: str | None = None, phase: int = 1) -> tuple[pd.DataFrame, str]:
+    """(rows with image_id, png, dicom, split) of the test images, and the split they came from.
+
+    `data` is a data root (any layout build_index knows; `split` picks test1 / test2, default by phase)
+    or one test folder (YARISMA_1, Test Veri Seti_1 ...) holding PNG/ and/or DICOM/.
+    """
+    data = Path(data)
+    if not data.is_dir():
+        raise DataLayoutError(f"test data folder {data} does not exist")
+    split = split or DEFAULT_SPLIT[phase]
+    try:
+        index, _ = build_index(data)
+    except DataLayoutError:
+        index = None  # a test folder alone: build_index needs the data root above it
+    if index is None:
+        rows = scan_test_folder(data)
+    elif (index["split"] == split).any():
+        rows = index[index["split"] == split]
+    else:
+        raise DataLayoutError(f"{data}: no {split} images (splits found: {sorted(index['split'].unique())}); "
+                              "pass --split, or point --data at the test folder itself")
+    return rows.sort_values("image_id").reset_index(drop=True), split
+
+
+def scan_test_folder(folder: Path) -> pd.DataFrame:
+    """Image files of one test folder: `<id>.png` / `<id>.dcm` in its PNG/ and DICOM/ subfolders (or itself)."""
+    found: dict[int, dict] = {}
+    subfolders = [p for p in folder.iterdir() if p.is_dir() and layout.modality_of(p.name) in ("png", "dicom")]
+    for sub in subfolders or [folder]:
+        for path in sorted(sub.iterdir()):
+            kind = {".png": "png", ".dcm": "dicom"}.get(path.suffix.lower())
+            if kind and path.stem.isdigit() and (not subfolders or layout.modality_of(sub.name) == kind):
+                found.setdefault(int(path.stem), {"image_id": int(path.stem), "png": "", "dicom": ""})[kind] = str(path)
+    if not found:
+        raise DataLayoutError(f"{folder}: no <id>.png or <id>.dcm in it or in PNG/ / DICOM/ subfolders")
+    rows = pd.DataFrame(list(found.values()))
+    rows["split"] = layout.test_split_of(folder.name) or "test"
+    return rows
+
+
+# --------------------------------------------------------------------------- output folder
+
+
+def prepare_out_dir(out: str | Path, overwrite: bool) -> Path:
+    """Create the submission folder; an existing one with submission files needs overwrite=True,
+    which removes only those files (`<id>.png`, asama1.txt and the side files), nothing else."""
+    out = Path(out)
+    existing = [p for p in out.glob("*") if p.name in SIDE_FILES] + list(mask_files(out).values()) \
+        if out.is_dir() else []
+    if existing and not overwrite:
+        raise FileExistsError(f"{out} already holds a submission ({len(existing)} files); pass --overwrite "
+                              "to replace it, or choose another --out")
+    for path in existing:
+        path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                              text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def spec_summary(predictor) -> dict:
+    spec = predictor.spec
+    return {"path": spec["path"], "sha256": sha256(spec["path"]), "task": spec["task"], "blend": spec["blend"],
+            "members": [{"name": m["name"], "weight": m["weight"],
+                         "checkpoints": [{"path": p, "sha256": sha256(p)} for p in m["checkpoint_paths"]]}
+                        for m in spec["members"]]}
+
+
+def write_manifest(out: Path, info: dict) -> Path:
+    files = {p.name: sha256(p) for p in sorted(out.iterdir()) if p.is_file() and p.name != "manifest.json"}
+    manifest = {"kit_version": __version__, "git_commit": git_commit(), "command": sys.argv,
+                "time": _dt.datetime.now().astimezone().isoformat(timespec="seconds"), **info, "files": files}
+    path = out / "manifest.json"
+    path.write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------- phase 1
+
+
+def image_probs(predictor, rows: pd.DataFrame, target: str) -> dict:
+    """{image_id, prob, members?} of a classifier spec, or of a seg spec's segmentation classifier."""
+    if predictor.task != "seg":
+        return predictor.predict_classifier(rows)
+    clf = predictor.spec.get("seg_classifier")
+    if not clf or clf["target"] != target:
+        raise ValueError(f"{predictor.spec['path']}: a seg spec gives {target} decisions only with a "
+                         f"seg_classifier for {target} (ensemble.py --seg-classifier {target})")
+    ids, probs = [], []
+    for image_id, p in predictor.iter_seg(rows):
+        ids.append(image_id)
+        probs.append(seg_classifier_prob(p, clf))
+    return {"image_id": np.asarray(ids, dtype=np.int64), "prob": np.asarray(probs)}
+
+
+def decision_threshold(spec: dict) -> float:
+    return float(spec["threshold"]["value"] if spec["task"] != "seg" else
+                 spec["seg_classifier"]["threshold"]["threshold"])
+
+
+def run_phase1(predictor, rows: pd.DataFrame, out: Path) -> dict:
+    """Write asama1.txt (validated against the test ids) and probs.csv; returns what was decided."""
+    result = image_probs(predictor, rows, "stroke")
+    threshold = decision_threshold(predictor.spec)
+    labels = phase1_labels(result["prob"], threshold)
+    write_phase1(out / PHASE1_FILENAME, result["image_id"], labels, expected_ids=rows["image_id"].tolist())
+    table = pd.DataFrame({"image_id": result["image_id"], "prob": result["prob"], "label": labels})
+    for name, member in zip([m["name"] for m in predictor.spec["members"]], result.get("members", [])):
+        table[f"prob:{name}"] = member
+    table.to_csv(out / "probs.csv", index=False)
+    return {"threshold": threshold, "n_stroke": int(labels.sum())}
+
+
+# --------------------------------------------------------------------------- phase 2
+
+
+def run_phase2(predictor, rows: pd.DataFrame, out: Path, type_predictor=None, fallback: bool = True,
+               fraction: float = 0.5, save_probs: bool = False) -> dict:
+    """Write one validated `<id>.png` per image, types.csv and (if asked) probs.npz."""
+    types = type_probs(predictor, type_predictor, rows)
+    spec, records, kept, sizes = predictor.spec, [], {}, set()
+    for image_id, probs in predictor.iter_seg(rows):
+        p_hem, source = types["by_id"].get(image_id), types["source"]
+        if source == "seg_classifier":
+            p_hem = seg_classifier_prob(probs, spec["seg_classifier"])
+        class_map, used = phase2_class_map(probs, spec["postprocess"], fallback, fraction,
+                                           type_class(p_hem, types["threshold"]))
+        height, width = class_map.shape
+        write_phase2_mask(out / f"{image_id}.png", class_map, size=(width, height))
+        sizes.add((width, height))
+        records.append({"image_id": image_id, "type": type_decision(class_map, p_hem, types["threshold"]),
+                        "type_source": source, "p_hemorrhagic": p_hem, "mask_type": mask_type(class_map),
+                        "lesion_pixels": int(np.count_nonzero(class_map)), "fallback": int(used)})
+        if save_probs:
+            kept[image_id] = probs.astype(np.float16)
+    validate_phase2(out, rows["image_id"].tolist(), size=sizes.pop() if len(sizes) == 1 else None)
+    pd.DataFrame(records).to_csv(out / "types.csv", index=False)
+    if save_probs:
+        np.savez_compressed(out / "probs.npz", image_id=np.asarray(list(kept), dtype=np.int64),
+                            **{str(i): p for i, p in kept.items()})
+    return {"postprocess": spec["postprocess"], "fallback": fallback, "fallback_fraction": fraction,
+            "fallback_images": int(sum(r["fallback"] for r in records)), "type_source": types["source"],
+            "type_threshold": types["threshold"]}
+
+
+def type_probs(predictor, type_predictor, rows: pd.DataFrame) -> dict:
+    """Where the per-image type comes from: a type ensemble, the seg spec's type classifier, or the mask."""
+    if type_predictor is not None:
+        if type_predictor.task != "type":
+            raise ValueError(f"--type-ensemble {type_predictor.spec['path']} is a {type_predictor.task} spec, "
+                             "not a type spec")
+        result = type_predictor.predict_classifier(rows)
+        return {"source": "type_ensemble", "threshold": decision_threshold(type_predictor.spec),
+                "by_id": dict(zip(result["image_id"].tolist(), result["prob"].tolist()))}
+    clf = predictor.spec.get("seg_classifier")
+    if clf and clf["target"] == "type":
+        return {"source": "seg_classifier", "threshold": float(clf["threshold"]["threshold"]), "by_id": {}}
+    return {"source": "mask", "threshold": None, "by_id": {}}
+
+
+def timed(fn, *args, **kwargs) -> tuple[dict, float]:
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return result, time.perf_counter() - start
