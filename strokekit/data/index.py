@@ -65,11 +65,12 @@ def scan(root: Path) -> tuple[pd.DataFrame, IndexReport, dict[str, Path]]:
                 used = True
             elif reason == "answer key":
                 answer_keys[meaning["split"]] = path
+                report.mapped[str(rel / name)] = f"{meaning['split']}/answer key"
             elif reason:
                 report.skipped.append((str(path.relative_to(root)), reason))
         if used:
             report.mapped[str(rel)] = _describe(meaning, records[-1]["modality"])
-        elif filenames and rel.parts:
+        elif rel.parts and any(not n.startswith(".") and not layout.is_answer_key(n) for n in filenames):
             report.ignored.append(str(rel))
     return pd.DataFrame.from_records(records), report, answer_keys
 
