@@ -32,6 +32,13 @@ def versions() -> dict:
             "python": platform.python_version()}
 
 
+def build_checkpoint(model: torch.nn.Module, cfg: dict, num_outputs: int, ema: torch.nn.Module | None = None,
+                     **state) -> dict:
+    """The self-describing part every checkpoint has, plus the training `state` (epoch, optimizer ...)."""
+    return {"format": FORMAT, "model": model_state(model), "ema": model_state(ema) if ema is not None else None,
+            "num_outputs": int(num_outputs), "config": cfg, "task": cfg["task"], "versions": versions(), **state}
+
+
 def model_state(model: torch.nn.Module) -> dict:
     """Weights without wrapper prefixes, on the CPU."""
     return strip_prefixes({k: v.detach().cpu() for k, v in model.state_dict().items()})

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import (FORMAT, model_state, read_checkpoint, rng_state, save_atomic, seed_everything,
+from .checkpoint import (build_checkpoint, read_checkpoint, rng_state, save_atomic, seed_everything,
                          set_rng_state, versions)
 from .data.dataset import make_loader
 from .losses import build_loss
@@ -181,14 +181,12 @@ def reseed_epoch(tr: Trainer) -> None:
 
 def checkpoint(tr: Trainer, metrics: dict) -> dict:
     """Everything a resume or infer.py needs, as tensors and plain Python types."""
-    return {"format": FORMAT, "model": model_state(tr.model),
-            "ema": model_state(tr.ema.module) if tr.ema is not None else None,
-            "num_outputs": tr.task.num_outputs, "config": tr.cfg, "task": tr.task.name,
-            "epoch": tr.epoch, "best_metric": tr.best, "best_epoch": tr.best_epoch,
-            "metric_name": tr.metric, "metric_mode": tr.mode, "metrics": metrics,
-            "optimizer": tr.optimizer.state_dict(), "scheduler": tr.schedule.state_dict(),
-            "scaler": tr.scaler.state_dict() if tr.scaler else None, "rng": rng_state(),
-            "seed": tr.cfg["seed"], "versions": versions()}
+    return build_checkpoint(
+        tr.model, tr.cfg, tr.task.num_outputs, ema=tr.ema.module if tr.ema is not None else None,
+        epoch=tr.epoch, best_metric=tr.best, best_epoch=tr.best_epoch, metric_name=tr.metric,
+        metric_mode=tr.mode, metrics=metrics, optimizer=tr.optimizer.state_dict(),
+        scheduler=tr.schedule.state_dict(), scaler=tr.scaler.state_dict() if tr.scaler else None,
+        rng=rng_state(), seed=tr.cfg["seed"])
 
 
 def resume(tr: Trainer, path: Path) -> None:

@@ -53,8 +53,15 @@ def tiny_cnn(cfg: dict, num_outputs: int) -> nn.Module:
     layers = []
     for c_in, c_out in zip(widths, widths[1:]):
         layers += [_conv_block(c_in, c_out), nn.MaxPool2d(2)]
-    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(cfg["drop_rate"]),
-                         nn.Linear(widths[-1], num_outputs))
+    return nn.Sequential(*layers, AvgMaxPool(), nn.Dropout(cfg["drop_rate"]),
+                         nn.Linear(2 * widths[-1], num_outputs))
+
+
+class AvgMaxPool(nn.Module):
+    """Global average and max pooling side by side: the max keeps a small lesion's evidence undiluted."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
 
 
 class TinyUNet(nn.Module):

@@ -1,0 +1,169 @@
+"""models.py: every family builds, runs forward/backward at 64 px, round-trips through a checkpoint, and
+loads weights offline (local files, the hub cache) or fails fast saying how to provide them."""
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from strokekit.checkpoint import build_checkpoint, read_checkpoint, save_atomic
+from strokekit.config import load_config
+from strokekit.models import ModelNameError, build_model, load_checkpoint
+from strokekit.weights import WeightsError
+
+
+def cfg_for(task: str, model: str, encoder: str = "resnet18", **changes) -> dict:
+    cfg = load_config(None, [f"task={task}", f"model={model}", "img_size=64"])
+    cfg["encoder"] = cfg["encoder"] if encoder == "-" else encoder
+    cfg.update(changes)
+    return cfg
+
+
+def forward_backward(model: nn.Module, in_chans: int = 3) -> torch.Tensor:
+    model.train()
+    out = model(torch.randn(2, in_chans, 64, 64))
+    out.float().mean().backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]  # encoders may hold unused layers
+    assert len(grads) > 0.8 * len(list(model.parameters()))
+    assert all(torch.isfinite(g).all() for g in grads)
+    return out
+
+
+@pytest.mark.parametrize("name", ["tiny_cnn", "resnet18", "efficientnet_b0", "tf_efficientnetv2_b0", "densenet121"])
+def test_classifier_forward_backward(name):
+    out = forward_backward(build_model(cfg_for("stroke", name)))
+    assert out.shape == (2, 2)  # two logits: P(positive) = softmax[:, 1]
+
+
+@pytest.mark.parametrize("arch,encoder", [
+    ("Unet", "resnet18"), ("Unet", "resnet34"), ("Unet", "efficientnet-b0"), ("Unet", "densenet121"),
+    ("Unet", "dpn68"), ("Unet", "vgg11"), ("Unet", "tu-resnet18"), ("UnetPlusPlus", "resnet18"),
+    ("FPN", "resnet18"), ("DeepLabV3Plus", "resnet18"), ("tiny_unet", "-"),
+])
+def test_seg_forward_backward(arch, encoder):
+    out = forward_backward(build_model(cfg_for("seg", arch, encoder)))
+    assert out.shape == (2, 3, 64, 64)
+
+
+@pytest.mark.parametrize("in_chans", [1, 2])
+def test_in_chans(in_chans):
+    assert forward_backward(build_model(cfg_for("type", "resnet18", in_chans=in_chans)), in_chans).shape == (2, 2)
+    seg = build_model(cfg_for("seg", "Unet", "resnet18", in_chans=in_chans))
+    assert forward_backward(seg, in_chans).shape == (2, 3, 64, 64)
+
+
+@pytest.mark.parametrize("task,model,encoder,words", [
+    ("stroke", "resnt18", "-", ["resnet18", "tiny_cnn"]),
+    ("seg", "Unett", "resnet18", ["unet", "fpn", "architecture"]),
+    ("seg", "Unet", "resnet35", ["resnet34", "tu-"]),
+    ("seg", "tiny_cnn", "-", ["tiny_unet"]),
+    ("stroke", "tiny_unet", "-", ["tiny_cnn"]),
+])
+def test_unknown_or_mismatched_names_list_valid_ones(task, model, encoder, words):
+    with pytest.raises(ModelNameError) as err:
+        build_model(cfg_for(task, model, encoder))
+    assert all(w in str(err.value) for w in words), str(err.value)
+
+
+class Wrapped(nn.Module):
+    """Gives state-dict keys a `module.` prefix, as DataParallel / DDP do."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+
+@pytest.mark.parametrize("task,model", [("stroke", "resnet18"), ("seg", "Unet"), ("seg", "tiny_unet")])
+def test_checkpoint_round_trip(tmp_path, task, model):
+    cfg = cfg_for(task, model)
+    net = build_model(cfg).eval()
+    ema = build_model(cfg).eval()
+    path = tmp_path / "best.pt"
+    save_atomic(build_checkpoint(Wrapped(net), cfg, 3 if task == "seg" else 2, ema=ema, epoch=1), path)
+    raw = torch.load(path, weights_only=True)  # plain types only
+    assert not any(k.startswith("module.") for k in raw["model"])
+    assert read_checkpoint(path)["config"] == cfg
+    x = torch.randn(2, 3, 64, 64)
+    loaded, loaded_cfg = load_checkpoint(path)  # EMA weights by default
+    assert loaded_cfg == cfg and not loaded.training
+    with torch.no_grad():
+        assert torch.equal(loaded(x), ema(x))
+        assert torch.equal(load_checkpoint(path, use_ema=False)[0](x), net(x))
+
+
+def test_broken_checkpoint_is_a_clear_error(tmp_path):
+    path = tmp_path / "last.pt"
+    path.write_bytes(b"\x80\x02 truncated")
+    with pytest.raises(WeightsError, match="not a loadable checkpoint"):
+        load_checkpoint(path)
+    torch.save({"model": {}}, path)
+    with pytest.raises(WeightsError, match="not a strokekit checkpoint"):
+        load_checkpoint(path)
+
+
+@pytest.fixture
+def empty_caches(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("STROKEKIT_ALLOW_DOWNLOAD", raising=False)
+    return tmp_path / "hf"
+
+
+@pytest.mark.parametrize("task,model,encoder", [("stroke", "resnet18", "-"), ("seg", "Unet", "resnet34"),
+                                                 ("seg", "Unet", "tu-resnet18")])
+def test_pretrained_offline_without_cache_fails_fast(empty_caches, task, model, encoder):
+    start = time.perf_counter()
+    with pytest.raises(WeightsError) as err:
+        build_model(cfg_for(task, model, encoder, pretrained=True))
+    assert time.perf_counter() - start < 5.0
+    message = str(err.value)
+    for hint in ("not in the local cache", "STROKEKIT_ALLOW_DOWNLOAD=1", "weights: /path/to/file", "pretrained=false"):
+        assert hint in message
+
+
+def _fake_hub_file(cache: Path, repo: str, filename: str, write) -> None:
+    """A file in the Hugging Face cache layout: refs/main -> snapshots/<commit>/<filename>."""
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    commit = "0" * 40
+    (folder / "refs").mkdir(parents=True, exist_ok=True)
+    (folder / "refs" / "main").write_text(commit)
+    snapshot = folder / "snapshots" / commit
+    snapshot.mkdir(parents=True, exist_ok=True)
+    write(snapshot / filename)
+
+
+def test_pretrained_loads_from_the_local_hub_cache(empty_caches):
+    import timm
+    from safetensors.torch import save_file
+
+    source = timm.create_model("resnet18", num_classes=1000)
+    state = {k: v.contiguous() for k, v in source.state_dict().items()}
+    repo = timm.models.get_pretrained_cfg("resnet18").hf_hub_id
+    _fake_hub_file(empty_caches, repo, "model.safetensors", lambda p: save_file(state, str(p)))
+    model = build_model(cfg_for("stroke", "resnet18", pretrained=True))
+    assert torch.equal(model.conv1.weight, source.conv1.weight)
+    assert model.fc.out_features == 2  # head re-initialised for our classes
+
+
+def test_weights_file_for_timm_smp_and_in_chans(tmp_path):
+    import timm
+    source = timm.create_model("resnet18", num_classes=1000)
+    torch.save(source.state_dict(), tmp_path / "r18.pth")
+    model = build_model(cfg_for("stroke", "resnet18", weights=str(tmp_path / "r18.pth"), in_chans=1))
+    assert torch.allclose(model.conv1.weight, source.conv1.weight.sum(dim=1, keepdim=True))
+    seg = build_model(cfg_for("seg", "Unet", "resnet18", weights=str(tmp_path / "r18.pth")))
+    assert torch.equal(seg.encoder.layer1[0].conv1.weight, source.layer1[0].conv1.weight)
+
+
+def test_weights_from_a_strokekit_checkpoint(tmp_path):
+    cfg = cfg_for("stroke", "resnet18")
+    trained = build_model(cfg)
+    save_atomic(build_checkpoint(trained, cfg, 2, epoch=3), tmp_path / "best.pt")
+    warm = build_model(cfg_for("type", "resnet18", weights=str(tmp_path / "best.pt")))
+    assert torch.equal(warm.fc.weight, trained.fc.weight)
+
+
+def test_missing_weights_file_is_a_clear_error(tmp_path):
+    with pytest.raises(WeightsError, match="does not exist"):
+        build_model(cfg_for("seg", "Unet", weights=str(tmp_path / "nope.pth")))
