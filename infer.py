@@ -47,6 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="phase 2: leave a mask empty when post-processing removes everything")
     parser.add_argument("--fallback-fraction", type=float, default=0.5,
                         help="phase 2 fallback: region = pixels >= this fraction of the peak lesion probability")
+    parser.add_argument("--fallback-max-area", type=float, default=0.02,
+                        help="phase 2 fallback: at most this share of the image's pixels (default 0.02)")
     parser.add_argument("--save-probs", action="store_true", help="phase 2: also write probs.npz (float16)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing submission folder")
     return parser.parse_args(argv)
@@ -78,7 +80,7 @@ def run(args) -> int:
         print(f"phase 1: {decided['n_stroke']} of {len(rows)} images stroke at threshold {decided['threshold']:.4f}")
     else:
         decided, seconds = submit.timed(submit.run_phase2, predictor, rows, out, type_predictor, args.fallback,
-                                        args.fallback_fraction, args.save_probs)
+                                        args.fallback_fraction, args.fallback_max_area, args.save_probs)
         print(f"phase 2: {len(rows)} masks, fallback drew {decided['fallback_images']}; types from "
               f"{decided['type_source']}")
     speed = len(rows) / max(seconds, 1e-9)

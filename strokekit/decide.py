@@ -20,19 +20,28 @@ def phase1_labels(probs, threshold: float) -> np.ndarray:
     return (np.asarray(probs, dtype=float) >= float(threshold)).astype(np.int64)
 
 
-def fallback_region(probs: np.ndarray, fraction: float = 0.5, lesion_class: int | None = None) -> np.ndarray:
+def fallback_region(probs: np.ndarray, fraction: float = 0.5, lesion_class: int | None = None,
+                    max_area: float = 0.02) -> np.ndarray:
     """A class map holding one region: the 8-connected pixels around the most probable lesion pixel whose
-    lesion probability (p_ischemic + p_hemorrhagic) is >= fraction x that peak.
+    lesion probability (p_ischemic + p_hemorrhagic) is >= fraction x that peak, cut to at most
+    max_area x the image's pixels (the most probable ones), since a flat, unsure map would otherwise
+    paint half the slice.
 
     Its class is `lesion_class` when given (e.g. a type classifier's decision), else the class with the
     larger summed probability over the region (ties: hemorrhagic).
     """
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fallback fraction must be in (0, 1], got {fraction}")
+    if not 0.0 < fraction <= 1.0 or not 0.0 < max_area <= 1.0:
+        raise ValueError(f"fallback fraction and max_area must be in (0, 1], got {fraction}, {max_area}")
     lesion = probs[ISCHEMIC] + probs[HEMORRHAGIC]
     peak = np.unravel_index(int(np.argmax(lesion)), lesion.shape)
-    labels, _ = ndimage.label(lesion >= fraction * lesion[peak], structure=EIGHT_CONNECTED)
-    region = labels == labels[peak]
+    region = _component_at(lesion >= fraction * lesion[peak], peak)
+    cap = max(1, int(max_area * lesion.size))
+    if region.sum() > cap:  # the `cap` most probable pixels, ties broken by nearness to the peak
+        rows, cols = np.nonzero(region)
+        order = np.lexsort((np.hypot(rows - peak[0], cols - peak[1]), -lesion[rows, cols]))[:cap]
+        region = np.zeros_like(region)
+        region[rows[order], cols[order]] = True
+        region = _component_at(region, peak)
     if lesion_class is None:
         lesion_class = ISCHEMIC if probs[ISCHEMIC][region].sum() > probs[HEMORRHAGIC][region].sum() else HEMORRHAGIC
     class_map = np.full(lesion.shape, BACKGROUND, dtype=np.uint8)
@@ -40,12 +49,18 @@ def fallback_region(probs: np.ndarray, fraction: float = 0.5, lesion_class: int 
     return class_map
 
 
+def _component_at(mask: np.ndarray, pixel: tuple) -> np.ndarray:
+    labels, _ = ndimage.label(mask, structure=EIGHT_CONNECTED)
+    return labels == labels[pixel]
+
+
 def phase2_class_map(probs: np.ndarray, spec: dict, fallback: bool = True, fraction: float = 0.5,
-                     lesion_class: int | None = None, image_prob=None) -> tuple[np.ndarray, bool]:
+                     lesion_class: int | None = None, max_area: float = 0.02,
+                     image_prob=None) -> tuple[np.ndarray, bool]:
     """(class map, whether the fallback drew it) for one image's (3, H, W) blended probabilities."""
     class_map = apply_postprocess(probs, spec, image_prob)
     if fallback and not class_map.any():
-        return fallback_region(probs, fraction, lesion_class), True
+        return fallback_region(probs, fraction, lesion_class, max_area), True
     return class_map, False
 
 

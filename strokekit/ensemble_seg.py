@@ -3,7 +3,7 @@ optional segmentation-based classifier (stroke or type) read off the blended pro
 
 Scores are strict per-class Dice or IoU at the true masks' resolution, averaged per image and over the
 two lesion classes (seg_search.py). Members are compared and chosen greedily with the neutral
-post-processing (every class at p >= 0.5); the post-processing grid is then searched on the blend, the
+post-processing (plain argmax decoding, as the engine validates); the post-processing grid is then searched on the blend, the
 whole table saved as CSV beside the spec, and the setting taken from the middle of its near-best plateau.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from strokekit.seg_classifier import seg_image_features, targets_from_masks, tun
 from strokekit.seg_search import choose_postprocess, search_postprocess, seg_fold_scores, seg_scorer
 
 DEFAULT_GRID = {  # min_area in pixels at the masks' own resolution (512 x 512 for the competition)
-    "threshold": [0.3, 0.4, 0.5, 0.6, 0.7],
+    "threshold": [None, 0.3, 0.4, 0.5, 0.6, 0.7],     # None: argmax over the three classes
     "closing": [0, 2],
     "min_area": [0, 16, 64, 256],
     "keep_largest": [False, True],

@@ -167,7 +167,7 @@ def run_phase1(predictor, rows: pd.DataFrame, out: Path) -> dict:
 
 
 def run_phase2(predictor, rows: pd.DataFrame, out: Path, type_predictor=None, fallback: bool = True,
-               fraction: float = 0.5, save_probs: bool = False) -> dict:
+               fraction: float = 0.5, max_area: float = 0.02, save_probs: bool = False) -> dict:
     """Write one validated `<id>.png` per image, types.csv and (if asked) probs.npz."""
     types = type_probs(predictor, type_predictor, rows)
     spec, records, kept, sizes = predictor.spec, [], {}, set()
@@ -176,7 +176,7 @@ def run_phase2(predictor, rows: pd.DataFrame, out: Path, type_predictor=None, fa
         if source == "seg_classifier":
             p_hem = seg_classifier_prob(probs, spec["seg_classifier"])
         class_map, used = phase2_class_map(probs, spec["postprocess"], fallback, fraction,
-                                           type_class(p_hem, types["threshold"]))
+                                           type_class(p_hem, types["threshold"]), max_area)
         height, width = class_map.shape
         write_phase2_mask(out / f"{image_id}.png", class_map, size=(width, height))
         sizes.add((width, height))
@@ -190,7 +190,7 @@ def run_phase2(predictor, rows: pd.DataFrame, out: Path, type_predictor=None, fa
     if save_probs:
         np.savez_compressed(out / "probs.npz", image_id=np.asarray(list(kept), dtype=np.int64),
                             **{str(i): p for i, p in kept.items()})
-    return {"postprocess": spec["postprocess"], "fallback": fallback, "fallback_fraction": fraction,
+    return {"postprocess": spec["postprocess"], "fallback": fallback, "fallback_fraction": fraction, "fallback_max_area": max_area,
             "fallback_images": int(sum(r["fallback"] for r in records)), "type_source": types["source"],
             "type_threshold": types["threshold"]}
 
