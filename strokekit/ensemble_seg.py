@@ -148,8 +148,8 @@ def format_seg_report(report: dict, top: int = 8) -> str:
 
     lines = [format_report({**report, "threshold": None})]
     post = report["postprocess"]
-    lines.append(f"\npost-processing grid ({len(report['grid'])} settings), best {top} of "
-                 f"OOF {report['metric']}:")
+    lines.append(f"\npost-processing grid ({len(report['grid'])} settings; threshold NaN = argmax), best {top} "
+                 f"of OOF {report['metric']}:")
     lines.append(report["grid"].head(top).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     lines.append(f"chosen (middle of the near-best plateau): OOF {report['metric']} {post['score']:.4f} "
                  f"(best row {post['best_score']:.4f}; ischemic {post['scores']['ischemic']:.4f}, "
