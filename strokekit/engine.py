@@ -212,8 +212,12 @@ def is_better(value: float, best: float | None, mode: str) -> bool:
 
 
 def train_fold(cfg: dict, index, folds, fold: int, run_dir, resume_run: bool = False,
-               progress: bool = True, log=print) -> dict:
-    """Train one fold into run_dir (see module docstring); returns the summary written to summary.json."""
+               progress: bool = True, log=print, on_epoch_end=None) -> dict:
+    """Train one fold into run_dir (see module docstring); returns the summary written to summary.json.
+
+    `on_epoch_end(epoch, row)`, if given, sees each epoch's log.csv row after last.pt is saved; an
+    exception it raises (tune.py's pruning) ends the fold there, leaving the run unfinished (no `done`).
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -249,6 +253,8 @@ def train_fold(cfg: dict, index, folds, fold: int, run_dir, resume_run: bool = F
             log(f"fold {fold} epoch {tr.epoch}/{cfg['epochs']}: train_loss {row['train_loss']:.4f} "
                 f"val_loss {row.get('val_loss', float('nan')):.4f} {tr.metric} {value:.4f}"
                 f"{' *' if improved else ''} ({row['time_s']:.0f}s)")
+            if on_epoch_end is not None:
+                on_epoch_end(tr.epoch, row)
             if cfg["early_stop"] and tr.epoch - tr.best_epoch >= cfg["early_stop"]:
                 log(f"fold {fold}: early stop, no better {tr.metric} for {cfg['early_stop']} epochs")
                 break
