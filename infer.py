@@ -61,6 +61,13 @@ def load(spec_path: str, args):
     return EnsemblePredictor(spec_path, device=args.device, flips=flips, batch_size=args.batch_size, amp=args.amp)
 
 
+def amp_used(predictor, amp: str | None) -> str:
+    """What autocast ran: none on the CPU, else --amp or each member's config `amp`."""
+    if predictor.device.type != "cuda":
+        return "none"
+    return amp or ", ".join(sorted({str(m.cfg.get("amp")) for m in predictor.members}))
+
+
 def run(args) -> int:
     from strokekit import submit
 
@@ -87,7 +94,8 @@ def run(args) -> int:
     print(f"{seconds:.1f}s, {speed:.1f} images/s")
     info = {"phase": args.phase, "data": str(Path(args.data).resolve()), "split": split, "n_images": len(rows),
             "spec": submit.spec_summary(predictor), "tta": predictor.flips, "batch_size": predictor.batch_size,
-            "device": str(predictor.device), "amp": args.amp, "seconds": seconds, "images_per_s": speed, **decided}
+            "device": str(predictor.device), "amp": amp_used(predictor, args.amp), "seconds": seconds,
+            "images_per_s": speed, **decided}
     if type_predictor is not None:
         info["type_spec"] = submit.spec_summary(type_predictor)
     submit.write_manifest(out, info)

@@ -134,7 +134,7 @@ def resolve_checkpoint(ref: str, spec_path: str | os.PathLike) -> Path:
     if not checkpoint.is_file():
         raise SpecError(f"{spec_path}: checkpoint {ref} not found (looked at {checkpoint}); paths in a spec "
                         "are relative to the spec's folder — move them together or rerun ensemble.py")
-    return checkpoint
+    return checkpoint.resolve()
 
 
 def validate_spec(spec, path) -> None:
