@@ -107,7 +107,7 @@ def build_model(cfg: dict, num_outputs: int | None = None) -> nn.Module:
             raise ModelNameError(f"model {name!r} is a {CUSTOM_KINDS[name]} model; task {cfg['task']} needs a "
                                  f"{wanted} (strokekit ones: {', '.join(fits)})")
         model = CUSTOM_MODELS[name](cfg, num_outputs)
-        if cfg["pretrained"] and not cfg["weights"]:
+        if cfg["pretrained"] and not cfg["weights"] and not getattr(model, "pretrained_loaded", False):
             raise WeightsError(f"model {name!r} is a strokekit model without pretrained weights: "
                                "set pretrained: false, or weights: PATH")
     elif cfg["task"] == "seg":
@@ -171,8 +171,14 @@ def _build_smp(cfg: dict, num_outputs: int) -> nn.Module:
         if path is None and not downloads_allowed():
             raise WeightsError(missing_weights_message(f"smp encoder {encoder}", source))
         encoder_weights = True if encoder.startswith("tu-") else "imagenet"
-    return smp.create_model(arch, encoder_name=encoder, encoder_weights=encoder_weights,
-                            in_channels=cfg["in_chans"], classes=num_outputs)
+    options = {"decoder_attention_type": cfg["decoder_attention"]} if cfg["decoder_attention"] else {}
+    if options and arch.lower() not in ("unet", "unetplusplus"):
+        raise ModelNameError(f"decoder_attention works with Unet and UnetPlusPlus, not {arch}")
+    model = smp.create_model(arch, encoder_name=encoder, encoder_weights=encoder_weights,
+                             in_channels=cfg["in_chans"], classes=num_outputs, **options)
+    if cfg["drop_rate"]:  # spatial dropout: whole decoder channels dropped before the head
+        model.segmentation_head = nn.Sequential(nn.Dropout2d(cfg["drop_rate"]), *model.segmentation_head)
+    return model
 
 
 def _is_strokekit_checkpoint(path) -> bool:
@@ -197,3 +203,6 @@ def load_checkpoint(path, device: str | torch.device = "cpu", use_ema: bool = Tr
     except RuntimeError as err:
         raise WeightsError(f"{path}: weights do not fit {cfg['model']} as its config describes: {err}") from None
     return model.to(device).eval(), ckpt["config"]
+
+
+from . import recipe_models  # noqa: E402,F401  registers simple_cnn and hypercolumn_unet (published systems)
