@@ -150,3 +150,10 @@ def test_fold_name_is_normalisation_free():
     assert fold_name("YARIŞMA") == fold_name("yarisma") == fold_name(unicodedata.normalize("NFD", "Yarışma"))
     assert describe_path(("TRAINING", "KANAMA", "MASK")) == {"split": "train", "class_name": "hemorrhagic",
                                                              "modality": "mask"}
+
+
+def test_a_test_folder_can_be_the_root(tmp_path):
+    root = make_tree(tmp_path, COMPETITION)
+    (root / "YARISMA_1" / "ASAMA1_Cevaplar.txt").write_bytes(b"40\t1\r\n41\t0\r\n")
+    index, _ = build_index(root / "YARISMA_1", cache=False)
+    assert index.split.tolist() == ["test1", "test1"] and index.stroke.tolist() == [1, 0]

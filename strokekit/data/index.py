@@ -55,7 +55,7 @@ def scan(root: Path) -> tuple[pd.DataFrame, IndexReport, dict[str, Path]]:
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         rel = Path(dirpath).relative_to(root)
-        meaning = layout.describe_path(rel.parts)
+        meaning = layout.describe_path((root.resolve().name,) + rel.parts)  # the root may be YARISMA_1 itself
         used = False
         for name in sorted(filenames):
             path = Path(dirpath) / name
