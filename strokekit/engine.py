@@ -128,13 +128,19 @@ def setup(cfg: dict, index, folds, fold: int) -> Trainer:
 
 
 def train_one_epoch(tr: Trainer, progress: bool = True) -> dict:
-    """One pass over the training loader with accumulation, clipping, AMP and EMA; returns the mean loss."""
+    """One pass over the training loader with accumulation, clipping, AMP and EMA.
+
+    Returns the mean loss and `data_wait`: the share of the pass spent waiting for the loader's next batch
+    (worker start-up and the first batch included). Near 0, the model sets the pace, not the input pipeline.
+    """
     cfg, model, accum = tr.cfg, tr.model, tr.cfg["accum_steps"]
     model.train()
-    total, seen = 0.0, 0
+    total, seen, wait = 0.0, 0, 0.0
     bar = tqdm(tr.train_loader, desc=f"epoch {tr.epoch + 1}/{cfg['epochs']}", leave=False, disable=not progress)
     tr.optimizer.zero_grad(set_to_none=True)
+    started = ready = time.perf_counter()
     for i, batch in enumerate(bar):
+        wait += time.perf_counter() - ready
         images = batch["image"].to(tr.device, non_blocking=True)
         if tr.device.type == "cuda" and cfg["channels_last"]:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -149,7 +155,9 @@ def train_one_epoch(tr: Trainer, progress: bool = True) -> dict:
             optimizer_step(tr)
         total, seen = total + loss.item() * len(images), seen + len(images)
         bar.set_postfix(loss=f"{total / seen:.4f}", lr=f"{tr.schedule.lr():.2e}")
-    return {"train_loss": total / max(seen, 1)}
+        ready = time.perf_counter()  # loss.item() above waited for the step, so the wait starts here
+    elapsed = time.perf_counter() - started
+    return {"train_loss": total / max(seen, 1), "data_wait": round(wait / elapsed, 4) if elapsed > 0 else 0.0}
 
 
 def optimizer_step(tr: Trainer) -> None:
@@ -262,6 +270,8 @@ def train_fold(cfg: dict, index, folds, fold: int, run_dir, resume_run: bool = F
         log(f"\nfold {fold}: interrupted after epoch {tr.epoch}; best {tr.metric}={tr.best} at epoch "
             f"{tr.best_epoch} in {run_dir / 'best.pt'}; continue with --resume")
         raise
+    waits = [r["data_wait"] for r in epochs_log.rows if isinstance(r.get("data_wait"), (int, float))]
+    tr.info["data_wait"] = round(float(np.mean(waits)), 4) if waits else None  # mean of log.csv's column
     return finish_fold(tr, fold, run_dir, started, log)
 
 
