@@ -61,6 +61,8 @@ DEFAULTS: dict[str, Any] = {
     "metric": None,            # selection metric; None = the task's default (auc for classifiers, dice for seg)
     "seed": 42,
     "num_workers": 2,
+    "cache": True,             # preprocessing cache: decode, window and resize each image once (strokekit/data/cache.py)
+    "cache_dir": None,         # where; None = <data>/.strokekit/cache (no cache when that data folder does not exist)
     "oof_size": 128,           # seg OOF probabilities saved at this resolution (float16)
     "aug": {
         "hflip": 0.5,

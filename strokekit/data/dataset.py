@@ -3,7 +3,8 @@
 Each item: image (C, S, S) float normalised with cfg mean/std, image_id, and, when asked, target (class
 label), mask (S, S) class map at the training size, and mask_full (H, W) uint8 at the file's own resolution
 (for metrics computed where the organisers compute them). Masks are resized and augmented with
-nearest-neighbour interpolation only, and their label set is checked after augmentation.
+nearest-neighbour interpolation only, and their label set is checked after augmentation. With `cache: true`
+images and class maps are read from the preprocessing cache (cache.py), equal to decoding the files.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
+from .cache import open_cache, resize_step
 from .readers import load_class_map, load_image
 
 LABELS = {0, 1, 2}
@@ -24,7 +26,7 @@ LABELS = {0, 1, 2}
 def build_transform(cfg: dict, train: bool) -> A.Compose:
     """Resize to img_size (+ the config's `aug.*` when training). Normalisation happens afterwards."""
     size, aug = cfg["img_size"], cfg["aug"]
-    steps = [A.Resize(size, size, interpolation=cv2.INTER_AREA, mask_interpolation=cv2.INTER_NEAREST)]
+    steps = [resize_step(size)]
     if train:
         steps += [
             A.HorizontalFlip(p=aug["hflip"]),
@@ -72,13 +74,32 @@ class SliceDataset(Dataset):
         self.targets = None if targets is None else np.asarray(targets, dtype=np.int64)
         self.masks, self.full_masks = masks, full_masks
         self.transform = build_transform(cfg, train)
+        self.cache = open_cache(cfg)  # None when cfg says no cache
+        self.epoch_seed = torch.zeros(1, dtype=torch.int64).share_memory_()  # written by reseed, read by workers
+        self.worker_seed = None  # in a worker: the (epoch seed, worker id) its streams were seeded from
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def reseed(self, seed: int) -> None:
-        """Fix the augmentation stream (albumentations keeps its own RNG, apart from numpy's and torch's)."""
+        """Fix the augmentation stream (albumentations keeps its own RNG, apart from numpy's and torch's).
+
+        Called in the main process each epoch. Workers, persistent ones included, see the new seed through
+        shared memory and reseed themselves from (seed, worker id) at their next item, so the stream is the
+        same whether workers were restarted or not (a resumed epoch sees the same augmentations).
+        """
+        self.epoch_seed[0] = int(seed)
         self.transform.set_random_seed(int(seed) % 2**32)
+
+    def follow_epoch_seed(self) -> None:
+        info = get_worker_info()
+        key = None if info is None else (int(self.epoch_seed[0]) % 2**63, info.id)
+        if key is not None and key != self.worker_seed:
+            self.worker_seed = key
+            seed = int(np.random.SeedSequence(key).generate_state(1)[0])
+            self.transform.set_random_seed(seed)
+            np.random.seed(seed)
+            random.seed(seed)
 
     def class_map(self, i: int, shape) -> np.ndarray:
         row = self.rows[i]
@@ -89,15 +110,33 @@ class SliceDataset(Dataset):
             class_map = np.zeros(shape[:2], dtype=np.uint8)
         return class_map
 
+    def load(self, i: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(image, mask for the transform, class map at the file's resolution; masks None unless asked).
+
+        From the preprocessing cache, image and mask are already at img_size (the transform's resize then
+        changes nothing); without it they are the files' own size.
+        """
+        row, want_masks = self.rows[i], self.masks or self.full_masks
+        if self.cache is None:
+            image = load_image(row, self.cfg)
+            hw = image.shape[:2]
+            mask = full = self.class_map(i, hw) if want_masks else None
+            mask_hw = None if full is None else full.shape
+        else:
+            image, hw = self.cache.image(row)
+            mask, full, mask_hw = (self.cache.class_maps(row, lambda: self.class_map(i, hw), self.full_masks)
+                                   if want_masks else (None, None, None))
+        if mask_hw is not None and tuple(mask_hw) != tuple(hw):
+            raise ValueError(f"image {row['image_id']}: mask {tuple(mask_hw)} and image {tuple(hw)} differ")
+        return image, mask, full
+
     def __getitem__(self, i: int) -> dict:
         row = self.rows[i]
-        image = load_image(row, self.cfg)
+        self.follow_epoch_seed()
+        image, mask, full = self.load(i)
         item = {"image_id": int(row["image_id"]), "index": i}
-        if self.masks or self.full_masks:
-            full = self.class_map(i, image.shape)
-            if full.shape != image.shape[:2]:
-                raise ValueError(f"image {row['image_id']}: mask {full.shape} and image {image.shape[:2]} differ")
-            out = self.transform(image=image, mask=full)
+        if mask is not None:
+            out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
             labels = set(np.unique(mask).tolist())
             if not labels <= LABELS:
@@ -129,14 +168,11 @@ def collate(batch: list[dict]) -> dict:
 
 
 def worker_init_fn(worker_id: int) -> None:
-    """Each worker: its own seed for numpy, random and albumentations; no OpenCV thread pool."""
+    """Each worker: its own seed for numpy and random (SliceDataset reseeds per epoch); no OpenCV threads."""
     cv2.setNumThreads(0)
-    seed = torch.initial_seed() % 2**32  # base seed of this epoch's iterator + worker id
+    seed = torch.initial_seed() % 2**32  # base seed of this iterator + worker id
     np.random.seed(seed)
     random.seed(seed)
-    info = get_worker_info()
-    if info is not None and hasattr(info.dataset, "reseed"):
-        info.dataset.reseed(seed)
 
 
 # ---- samplers ----

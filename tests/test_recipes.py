@@ -1,0 +1,170 @@
+"""configs/recipes: every published system's config loads, names its paper and figure, holds only differences
+from the defaults, and trains one step in a shrunken form (64 px, few images, no ImageNet download) with its
+own model, loss, class weights, optimizer, schedule and sampler. The DPN-U-Net system also runs end to end
+through the scripts with the commands the README documents (train -> ensemble with flip TTA, top-k by IoU,
+closing grid, segmentation-based classifiers -> infer)."""
+import importlib
+import re
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from strokekit.config import DEFAULTS, load_config
+from strokekit.data.index import build_index
+from strokekit.ensemble_spec import read_spec
+from strokekit.engine import optimizer_step, setup
+from strokekit.folds import make_folds, read_folds, write_folds
+from strokekit.models import build_model
+from strokekit.phantom import make_phantom
+from strokekit.recipe_models import HypercolumnUNet
+from strokekit.submission import validate_phase1
+from strokekit.weights import WeightsError
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "configs" / "recipes").glob("*/*.yaml"))
+SYSTEMS = {"multitask", "vgg_unet", "deep_ensemble", "dpn_unet"}
+SMALLEST_INPUT = {"inception_v3": 96, "inception_resnet_v2": 96}  # their stems need > 75 px
+SHRINK = ["batch_size=2", "epochs=1", "num_workers=0", "pretrained=false"]
+OPTIMIZERS = {"adamw": torch.optim.AdamW, "sgd": torch.optim.SGD, "rmsprop": torch.optim.RMSprop}
+
+
+def variants(path: Path) -> list[list[str]]:
+    """The recipe as shipped plus each `# variant: --set k=v ...` line its header documents."""
+    found = [[]]
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("# variant:"):
+            words = shlex.split(line.split(":", 1)[1])
+            assert words[0] == "--set", f"{path}: a variant line reads '# variant: --set key=value ...'"
+            found.append(words[1:])
+    return found
+
+
+CASES = [pytest.param(path, sets, id=f"{path.parent.name}/{path.stem}{'+' + '+'.join(sets) if sets else ''}")
+         for path in RECIPES for sets in variants(path)]
+
+
+def shrink(path: Path, sets: list[str], data: Path) -> dict:
+    """The recipe at test size: same model, loss, optimizer, schedule and sampler; tiny images and batches."""
+    model = load_config(path, sets)["model"]
+    size = SMALLEST_INPUT.get(model, 64)
+    return load_config(path, [*sets, *SHRINK, f"img_size={size}", f"oof_size={size}", f"data={data}"])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared, loaded 2-core machine two threads spin-wait for each other (7x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory) -> Path:
+    root = make_phantom(tmp_path_factory.mktemp("recipes") / "data", n=48, seed=0, size=64, n_test1=6, n_test2=4)
+    index, _ = build_index(root)
+    write_folds(make_folds(index, n_folds=2, seed=0), Path(root) / "folds.csv")
+    return Path(root)
+
+
+def test_every_system_has_recipes_with_unique_names():
+    assert {p.parent.name for p in RECIPES} == SYSTEMS
+    names = [load_config(p)["name"] for p in RECIPES]
+    assert len(set(names)) == len(names), names
+    assert all(name.startswith(p.parent.name) for name, p in zip(names, RECIPES))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_recipe_names_its_system_and_figure_and_holds_only_changes(path):
+    text = path.read_text(encoding="utf-8")
+    assert text.startswith('# Recipe "'), f"{path} must open with a comment naming the system it reproduces"
+    header = "".join(line for line in text.splitlines() if line.startswith("#"))
+    assert "Published:" in header and re.search(r"Published:[^.]*\d", header), f"{path}: no published figure"
+    raw = yaml.safe_load(text)
+    for key, value in raw.items():
+        if isinstance(value, dict) and isinstance(DEFAULTS.get(key), dict):
+            assert all(v != DEFAULTS[key][k] for k, v in value.items()), f"{path}: {key} repeats a default"
+        else:
+            assert value != DEFAULTS[key], f"{path}: {key}: {value!r} is the default; leave it out"
+
+
+@pytest.mark.parametrize("path,sets", CASES)
+def test_recipe_trains_one_step_shrunken(path, sets, phantom):
+    cfg = shrink(path, sets, phantom)
+    index, _ = build_index(phantom)
+    tr = setup(cfg, index, read_folds(phantom / "folds.csv", index), fold=0)
+    assert isinstance(tr.optimizer, OPTIMIZERS[cfg["optimizer"]]) and tr.schedule.kind == cfg["scheduler"]
+    if cfg["class_weights"] == "balanced":  # inverse class frequency of this fold's training images
+        counts = np.bincount(tr.train_loader.dataset.targets, minlength=2)
+        assert np.allclose(tr.info["class_weights"], counts.sum() / (2 * counts))
+    batch = next(iter(tr.train_loader))
+    if cfg["sampler"] == "lesion":
+        with_lesion = (batch["mask"] > 0).flatten(1).any(dim=1)
+        assert int(with_lesion.sum()) == round(cfg["lesion_share"] * cfg["batch_size"]), with_lesion
+    before = [p.detach().clone() for p in tr.model.parameters()]
+    tr.model.train()
+    target = batch["mask" if cfg["task"] == "seg" else "target"]
+    loss = tr.loss_fn(tr.model(batch["image"]), target)
+    assert torch.isfinite(loss), f"{path.stem}: loss {loss}"
+    loss.backward()
+    optimizer_step(tr)
+    moved = sum(not torch.equal(b, p) for b, p in zip(before, tr.model.parameters()))
+    assert moved > 0.5 * len(before), f"{path.stem}: only {moved}/{len(before)} tensors changed"
+    if cfg["scheduler"] == "exponential":
+        assert tr.optimizer.param_groups[0]["lr"] == pytest.approx(cfg["lr"] * cfg["lr_gamma"])
+
+
+def test_hypercolumn_unet_sees_every_decoder_stage():
+    """The head reads all decoder stages at input size (dpn68/92 themselves train in the recipe tests)."""
+    cfg = load_config(None, ["task=seg", "model=hypercolumn_unet", "encoder=resnet18", "drop_rate=0.3"])
+    model = build_model(cfg).train()
+    assert isinstance(model, HypercolumnUNet)
+    assert model.head[1][0].in_channels == sum(HypercolumnUNet.SLIM_DECODER)  # all stages concatenated
+    x = torch.randn(2, 3, 64, 96, requires_grad=True)
+    out = model(x)
+    assert out.shape == (2, 3, 64, 96)
+    out[:, 1].sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.blocks.parameters())
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_hypercolumn_unet_pretrained_offline_fails_fast(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("STROKEKIT_ALLOW_DOWNLOAD", raising=False)
+    cfg = load_config(ROOT / "configs/recipes/dpn_unet/seg_dpn68_hypercolumn.yaml")
+    with pytest.raises(WeightsError, match="dpn68"):
+        build_model(cfg)
+
+
+def script(name: str, *args) -> None:
+    """Run a top-level script's main() in this process (one import of torch for the whole test)."""
+    code = importlib.import_module(name).main([str(a) for a in args])
+    assert code == 0, f"{name}.py {' '.join(map(str, args))} exited {code}"
+
+
+def test_dpn_unet_system_end_to_end(phantom, tmp_path):
+    """The README's DPN-U-Net commands on the phantom, shrunken: 2 folds x 1 epoch at 64 px."""
+    recipe = ROOT / "configs/recipes/dpn_unet/seg_dpn68_hypercolumn.yaml"
+    script("train", "--config", recipe, "--fold", "all", "--out", tmp_path / "runs", "--no-progress", "--set",
+           *SHRINK, "img_size=64", "oof_size=64", f"data={phantom}")
+    run_dir = tmp_path / "runs" / "dpn_unet_seg_dpn68_hypercolumn"
+    common = ["--task", "seg", run_dir, "--top-k", 1, "--metric", "iou", "--tta", "none,hflip,vflip,hvflip",
+              "--grid", ROOT / "configs/grids/dpn_unet_closing.yaml"]
+    script("ensemble", *common, "--seg-classifier", "stroke", "--out", tmp_path / "ens/dpn_stroke.yaml")
+    script("ensemble", *common, "--seg-classifier", "type", "--out", tmp_path / "ens/dpn_seg.yaml")
+    stroke, seg = read_spec(tmp_path / "ens/dpn_stroke.yaml"), read_spec(tmp_path / "ens/dpn_seg.yaml")
+    for spec in (stroke, seg):
+        assert spec["tta"] == ["none", "hflip", "vflip", "hvflip"]
+        assert [len(m["folds"]) for m in spec["members"]] == [1]              # the best 1 of 2 folds
+        assert all(r >= 1 for r in spec["postprocess"]["closing"].values())  # closing always on
+    assert (stroke["seg_classifier"]["target"], seg["seg_classifier"]["target"]) == ("stroke", "type")
+    script("infer", "--phase", 1, "--ensemble", tmp_path / "ens/dpn_stroke.yaml", "--data", phantom,
+           "--split", "test1", "--out", tmp_path / "sub1")
+    index, _ = build_index(phantom)
+    test_ids = set(index.loc[index["split"] == "test1", "image_id"].tolist())
+    assert set(validate_phase1(tmp_path / "sub1" / "asama1.txt", test_ids)) == test_ids
