@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .atomic import write_atomic  # noqa: F401  (re-exported: engine, tasks and runlog write through it)
 from .weights import WeightsError, strip_prefixes
 
 FORMAT = "strokekit-checkpoint-v1"
@@ -44,38 +45,9 @@ def model_state(model: torch.nn.Module) -> dict:
     return strip_prefixes({k: v.detach().cpu() for k, v in model.state_dict().items()})
 
 
-def write_atomic(path: str | os.PathLike, write, text: bool = False) -> None:
-    """Call write(file) on a temporary file in the same folder, fsync it, rename it over `path`."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w" if text else "wb", **({"encoding": "utf-8", "newline": ""} if text else {})) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
-
-
 def save_atomic(obj, path: str | os.PathLike) -> None:
     """torch.save to `path` all or nothing: a kill leaves the previous file whole."""
     write_atomic(path, lambda f: torch.save(obj, f))
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .atomic import write_text_atomic
 from .checkpoint import (build_checkpoint, read_checkpoint, rng_state, save_atomic, seed_everything,
                          set_rng_state, versions)
 from .data.dataset import make_loader
@@ -25,7 +26,7 @@ from .models import build_model
 from .optim import LrSchedule, build_optimizer
 from .runlog import EpochLog, plot_curves, write_json
 from .tasks import get_task, selection_metric
-from .weights import strip_prefixes
+from .weights import WeightsError, strip_prefixes
 
 
 def pick_device() -> torch.device:
@@ -197,11 +198,16 @@ def checkpoint(tr: Trainer, metrics: dict) -> dict:
         rng=rng_state(), seed=tr.cfg["seed"])
 
 
+SHAPE_KEYS = ("task", "model", "encoder", "in_chans")  # config keys that change the weights' shapes
+
+
 def resume(tr: Trainer, path: Path) -> None:
     ckpt = read_checkpoint(path)  # on the CPU: RNG states must stay CPU tensors
-    if ckpt["config"]["task"] != tr.cfg["task"] or ckpt["config"]["model"] != tr.cfg["model"]:
-        raise ValueError(f"{path} was trained for {ckpt['config']['task']}/{ckpt['config']['model']}, "
-                         f"not {tr.cfg['task']}/{tr.cfg['model']}; use another run directory")
+    keys = [k for k in SHAPE_KEYS if k != "encoder" or tr.cfg["task"] == "seg"]  # classifiers have no encoder
+    changed = [f"{k}: {ckpt['config'].get(k)!r} -> {tr.cfg[k]!r}" for k in keys if ckpt["config"].get(k) != tr.cfg[k]]
+    if changed:
+        raise WeightsError(f"{path} cannot be resumed with this config ({', '.join(changed)}); "
+                           "use another run name or --overwrite")
     tr.model.load_state_dict(strip_prefixes(ckpt["model"]))
     if tr.ema is not None and ckpt["ema"] is not None:
         tr.ema.module.load_state_dict(ckpt["ema"])
@@ -287,6 +293,6 @@ def finish_fold(tr: Trainer, fold: int, run_dir: Path, started: float, log=print
                "final_metrics": metrics, "oof": Path(oof).name, "seed": tr.cfg["seed"],
                "time_s": round(time.time() - started, 1), **tr.info, "versions": versions()}
     write_json(run_dir / "summary.json", summary)
-    (run_dir / "done").write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+    write_text_atomic(run_dir / "done", time.strftime("%Y-%m-%dT%H:%M:%S\n"))
     log(f"fold {fold}: best {tr.metric}={tr.best:.4f} at epoch {tr.best_epoch}; OOF -> {oof}")
     return summary

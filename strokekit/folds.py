@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
+from .atomic import write_atomic
 from .data.index import group_ids, lesion_type
 
 FOLD_COLUMNS = ["image_id", "fold", "group", "stratum"]
@@ -49,9 +50,7 @@ def make_folds(index: pd.DataFrame, n_folds: int = 5, seed: int = 42) -> pd.Data
 def write_folds(folds: pd.DataFrame, path: str | os.PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    folds.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: folds.to_csv(f, index=False), text=True)
 
 
 def read_folds(path: str | os.PathLike, index: pd.DataFrame | None = None) -> pd.DataFrame:

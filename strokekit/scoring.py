@@ -16,6 +16,7 @@ from typing import Iterable
 import numpy as np
 
 from strokekit import metrics, official
+from strokekit.atomic import write_text_atomic
 from strokekit.data.encodings import CLASS_NAMES, class_map_to_rgb
 from strokekit.submission import (PHASE1_FILENAME, SubmissionError, check_phase2_mask, mask_files,
                                   read_labels, read_phase2_mask, validate_phase1, validate_phase2)
@@ -65,9 +66,7 @@ def submission_name(pred: os.PathLike | str) -> str:
 def write_json(path: os.PathLike | str, data: dict) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(_plain(data), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(_plain(data), indent=2, allow_nan=False) + "\n")
     return path
 
 

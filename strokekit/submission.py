@@ -16,6 +16,7 @@ from typing import Iterable, Mapping
 import numpy as np
 from PIL import Image
 
+from strokekit.atomic import write_atomic
 from strokekit.data.encodings import MASK_COLOURS, class_map_to_rgb, rgb_to_class_map
 
 PHASE1_FILENAME = "asama1.txt"
@@ -41,12 +42,7 @@ def _listed(kind: str, items: Iterable) -> str:
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, lambda f: f.write(data))
 
 
 def _id_set_problems(found: Iterable[int], expected: Iterable[int] | None) -> list[str]:
