@@ -122,14 +122,28 @@ def suggest(trial: optuna.Trial, space: dict) -> dict:
 # --------------------------------------------------------------------------- the study
 
 
-def open_study(study_dir: Path, space: dict, direction: str, seed: int, random_trials: int,
-               startup_trials: int, warmup_epochs: int) -> optuna.Study:
-    """Create or continue the study in study_dir/study.db (one tune.py per study at a time: see `StudyLock`)."""
-    saved = study_dir / "space.yaml"
-    if saved.is_file() and yaml.safe_load(saved.read_text(encoding="utf-8")) != space:
-        raise TuneError(f"{study_dir} holds a study over another search space ({saved}); use a new --study-dir")
+PATH_KEYS = ("data", "folds", "runs_dir", "num_workers")  # may change between sessions of one study
+
+
+def record_start(study_dir: Path, space: dict, cfg: dict) -> None:
+    """space.yaml and base_config.yaml on the first run; a later run must bring the same (paths aside)."""
     study_dir.mkdir(parents=True, exist_ok=True)
-    saved.write_text(yaml.safe_dump(space, sort_keys=False), encoding="utf-8")
+    base = {k: v for k, v in cfg.items() if k not in PATH_KEYS}
+    for name, wanted in (("space.yaml", space), ("base_config.yaml", base)):
+        path = study_dir / name
+        if not path.is_file():
+            path.write_text(yaml.safe_dump(wanted, sort_keys=False), encoding="utf-8")
+            continue
+        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if saved != wanted:
+            keys = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+            raise TuneError(f"{study_dir} was started with another {name[:-5].replace('_', ' ')} ({path}; "
+                            f"differs in {', '.join(keys)}): trials would not compare; use a new --study-dir")
+
+
+def open_study(study_dir: Path, direction: str, seed: int, random_trials: int, startup_trials: int,
+               warmup_epochs: int) -> optuna.Study:
+    """Create or continue the study in study_dir/study.db (one tune.py per study at a time: see `StudyLock`)."""
     study = optuna.create_study(
         study_name=study_dir.name, storage=f"sqlite:///{(study_dir / 'study.db').resolve()}", load_if_exists=True,
         # steps are 1-based epochs: epoch e may be pruned once e > warmup_epochs
@@ -209,7 +223,8 @@ def run_search(cfg: dict, space: dict, n_trials: int, folds_to_run: list[int], s
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial says the same
     metric, mode = selection_metric(cfg)
     with StudyLock(study_dir):
-        study = open_study(study_dir, space, "maximize" if mode == "max" else "minimize",
+        record_start(study_dir, space, cfg)
+        study = open_study(study_dir, "maximize" if mode == "max" else "minimize",
                            cfg["seed"] if seed is None else seed, random_trials, startup_trials, warmup_epochs)
         retry_interrupted(study, log)
 

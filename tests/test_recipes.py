@@ -102,9 +102,10 @@ def test_recipe_trains_one_step_shrunken(path, sets, phantom):
         counts = np.bincount(tr.train_loader.dataset.targets, minlength=2)
         assert np.allclose(tr.info["class_weights"], counts.sum() / (2 * counts))
     batch = next(iter(tr.train_loader))
-    if cfg["sampler"] == "lesion":
-        with_lesion = (batch["mask"] > 0).flatten(1).any(dim=1)
-        assert int(with_lesion.sum()) == round(cfg["lesion_share"] * cfg["batch_size"]), with_lesion
+    if cfg["sampler"] == "lesion":  # the index's lesion flags of the batch's images
+        rows = index.set_index("image_id").loc[batch["image_id"].tolist()]
+        with_lesion = int(((rows["has_ischemic"] == 1) | (rows["has_hemorrhagic"] == 1)).sum())
+        assert with_lesion == round(cfg["lesion_share"] * cfg["batch_size"]), rows
     before = [p.detach().clone() for p in tr.model.parameters()]
     tr.model.train()
     target = batch["mask" if cfg["task"] == "seg" else "target"]

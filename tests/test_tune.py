@@ -55,7 +55,7 @@ def load_study(study_dir: Path) -> optuna.Study:
     return optuna.load_study(study_name=study_dir.name, storage=f"sqlite:///{study_dir / 'study.db'}")
 
 
-def test_three_trials_are_runs_and_the_best_becomes_a_config(phantom, tmp_path):
+def test_three_trials_are_runs_and_the_best_becomes_a_config(phantom, tmp_path, capsys):
     study_dir, sets = tmp_path / "tunes" / "tiny", tiny(phantom, tmp_path)
     args = ["--set", *sets, "--space", write_space(tmp_path), "--trials", "3", "--study-dir", study_dir]
     assert tune.main([str(a) for a in args]) == 0
@@ -82,6 +82,10 @@ def test_three_trials_are_runs_and_the_best_becomes_a_config(phantom, tmp_path):
     assert [t.number for t in resumed] == [0, 1, 2, 3] and resumed[3].state.is_finished()
     assert (tmp_path / "runs/tiny_t3/fold0/log.csv").is_file()  # completed or pruned after epoch 2
     assert all((tmp_path / f"runs/tiny_t{n}/fold0/summary.json").stat().st_mtime == s for n, s in stamps.items())
+
+    args[args.index("epochs=2")] = "epochs=3"  # another base config: its trials would not compare
+    assert tune.main([str(a) for a in args]) == 2
+    assert "started with another base config" in capsys.readouterr().err
 
     again = tmp_path / "tunes" / "again"  # same seed, fresh study: the same first suggestion
     args = ["--set", *tiny(phantom, tmp_path), "--space", write_space(tmp_path), "--trials", "1", "--study-dir", again]
