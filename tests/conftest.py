@@ -25,3 +25,17 @@ def real_samples() -> Path:
     assert path is not None and path.is_dir(), (
         "real samples not found: tests read them from ../shared/real-samples or $STROKEKIT_REAL_SAMPLES")
     return path
+
+
+@pytest.fixture(scope="session")
+def train_phantom(tmp_path_factory) -> Path:
+    """A 128-px phantom (competition layout) with its 5-fold folds.csv, shared by the training tests."""
+    from strokekit.data.index import build_index
+    from strokekit.folds import make_folds, write_folds
+    from strokekit.phantom import make_phantom
+
+    root = make_phantom(tmp_path_factory.mktemp("train_phantom") / "data", n=600, seed=0, size=128,
+                        n_test1=4, n_test2=4)
+    index, _ = build_index(root)
+    write_folds(make_folds(index, n_folds=5, seed=42), Path(root) / "folds.csv")
+    return Path(root)
