@@ -12,7 +12,10 @@ with --split (default test1 for phase 1, test2 for phase 2). Writes submissions/
   both:    manifest.json (spec, members and checkpoint hashes, TTA, decisions, kit version, time)
 Every phase-2 image holds a lesion, so when post-processing leaves a mask empty the most probable lesion
 region is drawn instead (--no-fallback turns this off). The submission is validated before it is
-reported; an existing folder is only replaced with --overwrite. The logic lives in strokekit.submit.
+reported; an existing folder is only replaced with --overwrite. Every test image is checked from its header
+first: --on-bad-input fail (default) stops at a bad file; skip leaves it out of the submission and lists it in
+skipped.csv (the organisers score a missing phase-1 id as wrong, a missing phase-2 mask as empty).
+The logic lives in strokekit.submit.
 """
 from __future__ import annotations
 
@@ -51,6 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="phase 2 fallback: at most this share of the image's pixels (default 0.02)")
     parser.add_argument("--save-probs", action="store_true", help="phase 2: also write probs.npz (float16)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing submission folder")
+    parser.add_argument("--on-bad-input", choices=("fail", "skip"), default="fail",
+                        help="a bad test image stops the run (fail, default) or is left out (skip)")
     return parser.parse_args(argv)
 
 
@@ -74,7 +79,12 @@ def run(args) -> int:
     rows, split = submit.find_test_rows(args.data, args.split, args.phase)
     predictor = load(args.ensemble, args)
     type_predictor = load(args.type_ensemble, args) if args.type_ensemble else None
+    rows, check = submit.check_test_rows(rows, (predictor, type_predictor), args.on_bad_input)
+    print(check.summary())
     out = submit.prepare_out_dir(args.out or f"submissions/{Path(args.ensemble).stem}_{split}", args.overwrite)
+    if check.bad:  # only reached with --on-bad-input skip
+        check.write_skipped(out / "skipped.csv")
+        print(f"{len(check.bad_ids)} bad images left out of the submission, listed in {out / 'skipped.csv'}")
     print(f"{len(rows)} {split} images from {args.data}; ensemble {args.ensemble} ({predictor.task}, "
           f"{len(predictor.members)} members, {predictor.n_checkpoints} checkpoints) on {predictor.device}")
     for name, p in (("ensemble", predictor), ("type ensemble", type_predictor)):
@@ -95,7 +105,7 @@ def run(args) -> int:
     info = {"phase": args.phase, "data": str(Path(args.data).resolve()), "split": split, "n_images": len(rows),
             "spec": submit.spec_summary(predictor), "tta": predictor.flips, "batch_size": predictor.batch_size,
             "device": str(predictor.device), "amp": amp_used(predictor, args.amp), "seconds": seconds,
-            "images_per_s": speed, **decided}
+            "images_per_s": speed, "skipped_images": sorted(check.bad_ids), **decided}
     if type_predictor is not None:
         info["type_spec"] = submit.spec_summary(type_predictor)
     submit.write_manifest(out, info)

@@ -12,6 +12,8 @@ The task (stroke | type | seg) comes from the config. Each fold writes runs/<nam
     oof.npz       seg: image_id, probs (N,3,S,S) float16, fold, orig_hw
     summary.json  best epoch / metric, final metrics, seed, time     done   written last
 A sweep (`--fold all`) skips folds whose `done` exists (pass --overwrite to retrain them).
+Before training, every training image (and, for seg, every MASK / OVERLAY) is checked from its header:
+--on-bad-input fail (default) stops at a bad file, skip leaves it out and lists it in fold<k>/skipped.csv.
 Pretrained weights are never downloaded unless STROKEKIT_ALLOW_DOWNLOAD=1; see the README.
 """
 from __future__ import annotations
@@ -21,6 +23,7 @@ import sys
 from pathlib import Path
 
 from strokekit.config import ConfigError, add_config_args, folds_path, load_config, save_config
+from strokekit.data.check import apply_policy, check_files
 from strokekit.data.index import DataLayoutError, build_index
 from strokekit.data.readers import BadInputError
 from strokekit.folds import FoldsError, read_folds
@@ -40,6 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--folds-csv", help="folds file from kfold.py (default: <data>/folds.csv)")
     parser.add_argument("--out", help="runs folder (overrides the config's `runs_dir`, default runs)")
     parser.add_argument("--resume", action="store_true", help="continue each fold from its last.pt")
+    parser.add_argument("--on-bad-input", choices=("fail", "skip"),
+                        help="a bad data file stops the run (fail, the config default) or is left out (skip)")
     parser.add_argument("--overwrite", action="store_true", help="retrain folds that are already done")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bars (logs stay)")
     return parser.parse_args(argv)
@@ -47,7 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def resolve_config(args) -> dict:
     cfg = load_config(args.config, args.set)
-    for key, value in (("data", args.data), ("folds", args.folds_csv), ("runs_dir", args.out)):
+    for key, value in (("data", args.data), ("folds", args.folds_csv), ("runs_dir", args.out),
+                       ("on_bad_input", args.on_bad_input)):
         if value:
             cfg[key] = value
     return cfg
@@ -62,7 +68,8 @@ def fold_list(spec: str, folds) -> list[int]:
     return [int(spec)]
 
 
-RUN_FILES = ("done", "summary.json", "log.csv", "curves.png", "best.pt", "last.pt", "oof.csv", "oof.npz")
+RUN_FILES = ("done", "summary.json", "log.csv", "curves.png", "best.pt", "last.pt", "oof.csv", "oof.npz",
+             "skipped.csv")
 
 
 def check_run_dirs(run_root: Path, todo: list[int], args) -> None:
@@ -92,6 +99,10 @@ def main(argv=None) -> int:
         todo = fold_list(str(args.fold), folds)
         run_root = Path(cfg["runs_dir"]) / cfg["name"]
         check_run_dirs(run_root, todo, args)
+        check = check_files(index[index["split"] == "train"], cfg["image_source"], masks=cfg["task"] == "seg",
+                            report=report)
+        print(check.summary())
+        index = apply_policy(index, check, cfg["on_bad_input"])
         summaries = []
         for fold in todo:
             run_dir = run_root / f"fold{fold}"
@@ -101,6 +112,11 @@ def main(argv=None) -> int:
             if not args.resume:
                 clear_run_dir(run_dir)
             save_config(cfg, run_dir / "config.yaml")
+            if check.bad:  # only reached with on_bad_input: skip
+                check.write_skipped(run_dir / "skipped.csv")
+                print(f"fold {fold}: {len(check.bad_ids)} bad images left out, listed in {run_dir / 'skipped.csv'}")
+            else:
+                (run_dir / "skipped.csv").unlink(missing_ok=True)
             summaries.append(train_fold(cfg, index, folds, fold, run_dir, resume_run=args.resume,
                                         progress=not args.no_progress))
     except USER_ERRORS as err:

@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from .atomic import write_text_atomic
+
 # Every key a config may hold, with its default. A config file only lists what it changes.
 DEFAULTS: dict[str, Any] = {
     "name": None,              # run name; defaults to the config file's stem
@@ -19,6 +21,7 @@ DEFAULTS: dict[str, Any] = {
     "data": "data/phantom",    # data set root (competition or public-release layout)
     "folds": None,             # folds CSV written by kfold.py; None = <data>/folds.csv
     "runs_dir": "runs",        # runs/<name>/fold<k>/
+    "on_bad_input": "fail",    # fail: a bad data file stops the run before training | skip: leave it out (skipped.csv)
     # input
     "image_source": "png",     # png | dicom
     "windows": [[40, 80]],     # DICOM HU windows [center, width], one channel each (brain 40/80, subdural 80/200, stroke 32/8)
@@ -90,8 +93,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
             path = path.with_suffix(".yaml")
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        with open(path, encoding="utf-8") as f:
-            from_file = yaml.safe_load(f) or {}
+        from_file = _yaml(path.read_text(encoding="utf-8"), str(path)) or {}
         if not isinstance(from_file, dict):
             raise ConfigError(f"{path}: a config must be a mapping of keys to values")
         merge(cfg, from_file, source=str(path))
@@ -101,11 +103,18 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         key, sep, text = item.partition("=")
         if not sep:
             raise ConfigError(f"override {item!r} must look like key=value")
-        set_key(cfg, key.strip(), yaml.safe_load(text), source="--set")
+        set_key(cfg, key.strip(), _yaml(text, f"--set {item}"), source="--set")
     if cfg["name"] is None:
         cfg["name"] = f"{cfg['task']}_{cfg['model']}"
     validate(cfg)
     return cfg
+
+
+def _yaml(text: str, source: str):
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source}: not valid YAML ({err})".replace("\n", " ")) from None
 
 
 def merge(cfg: dict, changes: dict, source: str) -> None:
@@ -187,6 +196,12 @@ TASKS = ("stroke", "type", "seg")
 def validate(cfg: dict) -> None:
     if cfg["task"] not in TASKS:
         raise ConfigError(f"task must be one of {TASKS}, got {cfg['task']!r}")
+    name = str(cfg["name"])
+    if name in ("", ".", "..") or any(sep in name for sep in ("/", "\\", "\0")):
+        raise ConfigError(f"name {name!r} must be a plain folder name (runs go to <runs_dir>/<name>/, never "
+                          "outside runs_dir)")
+    if cfg["on_bad_input"] not in ("fail", "skip"):
+        raise ConfigError(f"on_bad_input must be fail or skip, got {cfg['on_bad_input']!r}")
     if cfg["image_source"] not in ("png", "dicom"):
         raise ConfigError(f"image_source must be png or dicom, got {cfg['image_source']!r}")
     windows = cfg["windows"]
@@ -213,10 +228,7 @@ def folds_path(cfg: dict) -> Path:
 def save_config(cfg: dict, path: str | os.PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        yaml.safe_dump(cfg, f, sort_keys=False, allow_unicode=True)
-    os.replace(tmp, path)
+    write_text_atomic(path, yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
 
 
 def add_config_args(parser) -> None:

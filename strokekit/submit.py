@@ -22,14 +22,16 @@ import numpy as np
 import pandas as pd
 
 from strokekit import __version__
+from strokekit.atomic import write_atomic, write_text_atomic
 from strokekit.data import layout
+from strokekit.data.check import InputCheck, apply_policy, check_files
 from strokekit.data.index import DataLayoutError, build_index
 from strokekit.decide import mask_type, phase1_labels, phase2_class_map, type_class, type_decision
 from strokekit.seg_classifier import seg_classifier_prob
 from strokekit.submission import (PHASE1_FILENAME, mask_files, validate_phase2, write_phase1,
                                   write_phase2_mask)
 
-SIDE_FILES = ("probs.csv", "types.csv", "probs.npz", "manifest.json", PHASE1_FILENAME)
+SIDE_FILES = ("probs.csv", "types.csv", "probs.npz", "manifest.json", "skipped.csv", PHASE1_FILENAME)
 DEFAULT_SPLIT = {1: "test1", 2: "test2"}
 
 
@@ -74,6 +76,22 @@ def scan_test_folder(folder: Path) -> pd.DataFrame:
     rows = pd.DataFrame(list(found.values()))
     rows["split"] = layout.test_split_of(folder.name) or "test"
     return rows
+
+
+def check_test_rows(rows: pd.DataFrame, predictors, policy: str = "fail") -> tuple[pd.DataFrame, InputCheck]:
+    """Check the image files the predictors' members read (PNG and / or DICOM) from their headers; `fail`
+    raises at the first bad one, `skip` returns the rows without the bad images."""
+    sources = sorted({m.cfg["image_source"] for p in predictors if p is not None for m in p.members})
+    check = InputCheck(n_images=len(rows))
+    for source in sources:
+        part = check_files(rows, source)
+        check.bad += part.bad
+        check.warnings += part.warnings
+        check.seconds += part.seconds
+    kept = apply_policy(rows, check, policy)
+    if kept.empty:
+        raise DataLayoutError(f"no readable test image is left ({len(check.bad_ids)} bad)")
+    return kept, check
 
 
 # --------------------------------------------------------------------------- output folder
@@ -123,7 +141,7 @@ def write_manifest(out: Path, info: dict) -> Path:
     manifest = {"kit_version": __version__, "git_commit": git_commit(), "command": sys.argv,
                 "time": _dt.datetime.now().astimezone().isoformat(timespec="seconds"), **info, "files": files}
     path = out / "manifest.json"
-    path.write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
+    write_text_atomic(path, json.dumps(manifest, indent=2, default=str) + "\n")
     return path
 
 
@@ -159,7 +177,7 @@ def run_phase1(predictor, rows: pd.DataFrame, out: Path) -> dict:
     table = pd.DataFrame({"image_id": result["image_id"], "prob": result["prob"], "label": labels})
     for name, member in zip([m["name"] for m in predictor.spec["members"]], result.get("members", [])):
         table[f"prob:{name}"] = member
-    table.to_csv(out / "probs.csv", index=False)
+    write_atomic(out / "probs.csv", lambda f: table.to_csv(f, index=False), text=True)
     return {"threshold": threshold, "n_stroke": int(labels.sum())}
 
 
@@ -186,10 +204,10 @@ def run_phase2(predictor, rows: pd.DataFrame, out: Path, type_predictor=None, fa
         if save_probs:
             kept[image_id] = probs.astype(np.float16)
     validate_phase2(out, rows["image_id"].tolist(), size=sizes.pop() if len(sizes) == 1 else None)
-    pd.DataFrame(records).to_csv(out / "types.csv", index=False)
+    write_atomic(out / "types.csv", lambda f: pd.DataFrame(records).to_csv(f, index=False), text=True)
     if save_probs:
-        np.savez_compressed(out / "probs.npz", image_id=np.asarray(list(kept), dtype=np.int64),
-                            **{str(i): p for i, p in kept.items()})
+        write_atomic(out / "probs.npz", lambda f: np.savez_compressed(
+            f, image_id=np.asarray(list(kept), dtype=np.int64), **{str(i): p for i, p in kept.items()}))
     return {"postprocess": spec["postprocess"], "fallback": fallback, "fallback_fraction": fraction, "fallback_max_area": max_area,
             "fallback_images": int(sum(r["fallback"] for r in records)), "type_source": types["source"],
             "type_threshold": types["threshold"]}

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from .cache import open_cache, resize_step
-from .readers import load_class_map, load_image
+from .readers import BadInputError, load_class_map, load_image
 
 LABELS = {0, 1, 2}
 
@@ -106,7 +106,7 @@ class SliceDataset(Dataset):
         class_map = load_class_map(row) if (row.get("mask") or row.get("overlay")) else None
         if class_map is None:
             if row.get("class_name") != "no_stroke":
-                raise ValueError(f"image {row['image_id']}: a stroke slice without MASK or OVERLAY")
+                raise BadInputError(row.get("png") or row.get("dicom"), "a stroke slice without MASK or OVERLAY")
             class_map = np.zeros(shape[:2], dtype=np.uint8)
         return class_map
 
@@ -127,7 +127,8 @@ class SliceDataset(Dataset):
             mask, full, mask_hw = (self.cache.class_maps(row, lambda: self.class_map(i, hw), self.full_masks)
                                    if want_masks else (None, None, None))
         if mask_hw is not None and tuple(mask_hw) != tuple(hw):
-            raise ValueError(f"image {row['image_id']}: mask {tuple(mask_hw)} and image {tuple(hw)} differ")
+            raise BadInputError(row.get("mask") or row.get("overlay"),
+                                f"mask {tuple(mask_hw)} and its image {tuple(hw)} differ in size")
         return image, mask, full
 
     def __getitem__(self, i: int) -> dict:

@@ -15,12 +15,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..atomic import write_atomic, write_text_atomic
 from . import layout
 from .readers import BadInputError, load_class_map, read_dicom_header
 
 COLUMNS = ["image_id", "split", "class_name", "png", "dicom", "mask", "overlay", "stroke",
            "has_ischemic", "has_hemorrhagic", "patient_id", "study_uid", "series_uid"]
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: the cache also keeps the files whose labels could not be read
 
 
 class DataLayoutError(ValueError):
@@ -33,6 +34,7 @@ class IndexReport:
     root: str
     mapped: dict[str, str] = field(default_factory=dict)    # folder -> "split/class/modality"
     ignored: list[str] = field(default_factory=list)        # folders with no data files
+    empty: list[str] = field(default_factory=list)          # folders with nothing in them
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
 
     def summary(self, max_items: int = 10) -> str:
@@ -40,6 +42,8 @@ class IndexReport:
         lines += [f"  {folder} -> {meaning}" for folder, meaning in sorted(self.mapped.items())]
         if self.ignored:
             lines.append(f"  ignored {len(self.ignored)} folders: {', '.join(sorted(self.ignored)[:max_items])}")
+        if self.empty:
+            lines.append(f"  empty folders ({len(self.empty)}): {', '.join(sorted(self.empty)[:max_items])}")
         if self.skipped:
             lines.append(f"  skipped {len(self.skipped)} files:")
             lines += [f"    {path}: {why}" for path, why in self.skipped[:max_items]]
@@ -72,6 +76,8 @@ def scan(root: Path) -> tuple[pd.DataFrame, IndexReport, dict[str, Path]]:
             report.mapped[str(rel)] = _describe(meaning, records[-1]["modality"])
         elif rel.parts and any(not n.startswith(".") and not layout.is_answer_key(n) for n in filenames):
             report.ignored.append(str(rel))
+        elif rel.parts and not dirnames and not any(not n.startswith(".") for n in filenames):
+            report.empty.append(str(rel))  # e.g. a KANAMA/PNG whose copy never arrived
     return pd.DataFrame.from_records(records), report, answer_keys
 
 
@@ -131,12 +137,14 @@ def build_index(root: str | os.PathLike, lesion_labels: bool = True, headers: bo
     signature = _signature(records, answer_keys, lesion_labels, headers)
     cached = _read_cache(root, signature) if cache else None
     if cached is not None:
-        index = cached
+        index, label_problems = cached
+        report.skipped += label_problems
     else:
         index = pair_files(records)
+        n_scanned = len(report.skipped)
         index = _add_labels(index, answer_keys, lesion_labels, headers, report)
-        if cache:
-            _write_cache(root, signature, index)
+        if cache:  # with the files whose labels could not be read: a cached index reports them again
+            _write_cache(root, signature, index, report.skipped[n_scanned:])
     if verbose:
         print(report.summary())
     return index, report
@@ -148,9 +156,13 @@ def _add_labels(index: pd.DataFrame, answer_keys: dict, lesion_labels: bool, hea
     index["stroke"] = np.where(index.split == "train", (index.class_name != "no_stroke").astype(int), -1)
     index.loc[index.split == "test2", "stroke"] = 1  # every phase-2 image holds a lesion
     if "test1" in answer_keys:
-        from ..submission import read_labels
+        from ..submission import SubmissionError, read_labels
 
-        key = read_labels(answer_keys["test1"])
+        try:
+            key = read_labels(answer_keys["test1"])
+        except (SubmissionError, OSError) as err:  # the test images stay, without labels
+            report.skipped.append((str(answer_keys["test1"]), f"answer key not used: {err}"))
+            key = {}
         is_test1 = index.split == "test1"
         index.loc[is_test1, "stroke"] = index.loc[is_test1, "image_id"].map(key).fillna(-1).astype(int)
     index["has_ischemic"] = index["has_hemorrhagic"] = -1
@@ -222,23 +234,24 @@ def _cache_paths(root: Path) -> tuple[Path, Path]:
     return root / ".strokekit" / "index.csv", root / ".strokekit" / "index.json"
 
 
-def _read_cache(root: Path, signature: str) -> pd.DataFrame | None:
+def _read_cache(root: Path, signature: str) -> tuple[pd.DataFrame, list[tuple[str, str]]] | None:
     table, meta = _cache_paths(root)
     try:
-        if json.loads(meta.read_text())["signature"] != signature:
+        info = json.loads(meta.read_text())
+        if info["signature"] != signature:
             return None
-        return pd.read_csv(table, keep_default_na=False, dtype={"patient_id": str, "study_uid": str,
-                                                                "series_uid": str, "class_name": str})[COLUMNS]
-    except (OSError, ValueError, KeyError):
+        index = pd.read_csv(table, keep_default_na=False, dtype={"patient_id": str, "study_uid": str,
+                                                                 "series_uid": str, "class_name": str})[COLUMNS]
+        return index, [(str(path), str(why)) for path, why in info.get("skipped", [])]
+    except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def _write_cache(root: Path, signature: str, index: pd.DataFrame) -> None:
+def _write_cache(root: Path, signature: str, index: pd.DataFrame, skipped: list[tuple[str, str]]) -> None:
     table, meta = _cache_paths(root)
     try:
         table.parent.mkdir(exist_ok=True)
-        index.to_csv(table.with_suffix(".tmp"), index=False)
-        os.replace(table.with_suffix(".tmp"), table)
-        meta.write_text(json.dumps({"signature": signature}))
+        write_atomic(table, lambda f: index.to_csv(f, index=False), text=True)
+        write_text_atomic(meta, json.dumps({"signature": signature, "skipped": skipped}))
     except OSError:
         pass  # a read-only data set simply is not cached
