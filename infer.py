@@ -15,7 +15,8 @@ region is drawn instead (--no-fallback turns this off). The submission is valida
 reported; an existing folder is only replaced with --overwrite. Every test image is checked from its header
 first: --on-bad-input fail (default) stops at a bad file; skip leaves it out of the submission and lists it in
 skipped.csv (the organisers score a missing phase-1 id as wrong, a missing phase-2 mask as empty).
-The logic lives in strokekit.submit.
+Checkpoint paths in a spec must stay inside the spec's folder, the folder above it or the current directory
+(--allow-outside lifts this for a spec you trust). The logic lives in strokekit.submit.
 """
 from __future__ import annotations
 
@@ -56,6 +57,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing submission folder")
     parser.add_argument("--on-bad-input", choices=("fail", "skip"), default="fail",
                         help="a bad test image stops the run (fail, default) or is left out (skip)")
+    parser.add_argument("--allow-outside", action="store_true",
+                        help="let a spec name checkpoints outside its folder, the folder above and the cwd")
     return parser.parse_args(argv)
 
 
@@ -63,7 +66,8 @@ def load(spec_path: str, args):
     from strokekit.predict import EnsemblePredictor
 
     flips = args.tta.split(",") if args.tta else None
-    return EnsemblePredictor(spec_path, device=args.device, flips=flips, batch_size=args.batch_size, amp=args.amp)
+    return EnsemblePredictor(spec_path, device=args.device, flips=flips, batch_size=args.batch_size, amp=args.amp,
+                             allow_outside=args.allow_outside)
 
 
 def amp_used(predictor, amp: str | None) -> str:

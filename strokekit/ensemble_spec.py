@@ -2,7 +2,9 @@
 
 Every decision taken on OOF data lives here (which folds of which config, blend weights, the threshold or
 the post-processing, the OOF figures that chose them); infer.py derives nothing again. Checkpoint paths are
-stored relative to the spec's folder (or absolute) and resolved against it when read. `combine` is the one
+stored relative to the spec's folder (or absolute) and resolved against it when read; a spec is a file that
+travels, so a path that leads outside `allowed_roots` (the spec's folder, the folder above it, the current
+directory) is refused unless the caller allows it (infer.py --allow-outside). `combine` is the one
 blend used both on OOF (ensemble.py) and on test images (predict.py), so the two cannot drift apart.
 """
 from __future__ import annotations
@@ -16,6 +18,7 @@ import yaml
 from scipy.stats import rankdata
 
 from strokekit import __version__
+from strokekit.atomic import write_text_atomic
 from strokekit.postprocess import normalise_spec
 from strokekit.tta import resolve_flips
 
@@ -103,17 +106,14 @@ def write_spec(spec: dict, path: str | os.PathLike) -> Path:
                    "created": _dt.datetime.now().astimezone().isoformat(timespec="seconds"), **spec})
     validate_spec(spec, path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        yaml.safe_dump(spec, f, sort_keys=False, allow_unicode=True, width=110)
-    os.replace(tmp, path)
+    write_text_atomic(path, yaml.safe_dump(spec, sort_keys=False, allow_unicode=True, width=110))
     return path
 
 
 # --------------------------------------------------------------------------- reading
 
 
-def read_spec(path: str | os.PathLike) -> dict:
+def read_spec(path: str | os.PathLike, allow_outside: bool = False) -> dict:
     """Load and validate a spec; every member gains `checkpoint_paths`, absolute and existing."""
     path = Path(path)
     if not path.is_file():
@@ -122,15 +122,27 @@ def read_spec(path: str | os.PathLike) -> dict:
         spec = yaml.safe_load(f)
     validate_spec(spec, path)
     for member in spec["members"]:
-        member["checkpoint_paths"] = [str(resolve_checkpoint(c, path)) for c in member["checkpoints"]]
+        member["checkpoint_paths"] = [str(resolve_checkpoint(c, path, allow_outside)) for c in member["checkpoints"]]
     spec["path"] = str(path.resolve())
     return spec
 
 
-def resolve_checkpoint(ref: str, spec_path: str | os.PathLike) -> Path:
+def allowed_roots(spec_path: str | os.PathLike) -> list[Path]:
+    """Folders a spec's checkpoints may lie in: its own folder, the one above (ensembles/ beside runs/), the cwd."""
+    spec_dir = Path(spec_path).resolve().parent
+    return [spec_dir, spec_dir.parent, Path(os.path.abspath(os.getcwd())), Path.cwd().resolve()]
+
+
+def resolve_checkpoint(ref: str, spec_path: str | os.PathLike, allow_outside: bool = False) -> Path:
     checkpoint = Path(ref)
     if not checkpoint.is_absolute():
         checkpoint = Path(spec_path).resolve().parent / checkpoint
+    where = Path(os.path.abspath(checkpoint))  # '..' collapsed as written; symlinks inside a root are trusted
+    roots = allowed_roots(spec_path)
+    if not allow_outside and not any(where.is_relative_to(root) for root in roots):
+        raise SpecError(f"{spec_path}: checkpoint {ref} leads to {where}, outside the folders a spec may name "
+                        f"({', '.join(dict.fromkeys(str(r) for r in roots))}); move the checkpoints there, or "
+                        "pass --allow-outside if you trust this spec")
     if not checkpoint.is_file():
         raise SpecError(f"{spec_path}: checkpoint {ref} not found (looked at {checkpoint}); paths in a spec "
                         "are relative to the spec's folder — move them together or rerun ensemble.py")

@@ -201,7 +201,8 @@ def load_checkpoint(path, device: str | torch.device = "cpu", use_ema: bool = Tr
     try:
         model.load_state_dict(strip_prefixes(state))
     except RuntimeError as err:
-        raise WeightsError(f"{path}: weights do not fit {cfg['model']} as its config describes: {err}") from None
+        raise WeightsError(f"{path}: weights do not fit {cfg['model']} as its config describes (in_chans="
+                           f"{cfg['in_chans']}, {ckpt['num_outputs']} outputs): {err}") from None
     return model.to(device).eval(), ckpt["config"]
 
 

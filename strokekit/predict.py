@@ -106,8 +106,8 @@ class EnsemblePredictor:
     """A loaded ensemble spec. `predict_classifier(rows)` / `iter_seg(rows)` give blended probabilities."""
 
     def __init__(self, spec: dict | str, device: str | None = None, flips=None, batch_size: int = 16,
-                 amp: str | None = None, workers: int = 2):
-        self.spec = read_spec(spec) if not isinstance(spec, dict) else spec
+                 amp: str | None = None, workers: int = 2, allow_outside: bool = False):
+        self.spec = read_spec(spec, allow_outside) if not isinstance(spec, dict) else spec
         self.task = self.spec["task"]
         self.device = resolve_device(device)
         self.flips = resolve_flips(flips if flips is not None else self.spec.get("tta"))
