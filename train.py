@@ -87,6 +87,12 @@ def clear_run_dir(run_dir: Path) -> None:
         (run_dir / name).unlink(missing_ok=True)
 
 
+def remove_stale_temp_files(run_dir: Path) -> None:
+    """Half-written `.<file>.tmp<pid>` files a killed run left behind (one run per fold folder at a time)."""
+    for stale in run_dir.glob(".*.tmp*"):
+        stale.unlink(missing_ok=True)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from strokekit.engine import train_fold  # torch / timm import after argument errors are out of the way
@@ -111,6 +117,7 @@ def main(argv=None) -> int:
                 continue
             if not args.resume:
                 clear_run_dir(run_dir)
+            remove_stale_temp_files(run_dir)
             save_config(cfg, run_dir / "config.yaml")
             if check.bad:  # only reached with on_bad_input: skip
                 check.write_skipped(run_dir / "skipped.csv")

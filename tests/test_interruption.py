@@ -99,6 +99,7 @@ def test_sweep_skips_finished_folds_and_resumes_an_unfinished_one(small_data, tm
         train_fold(cfg, index, read_folds(small_data / "folds.csv", index), 1, fold1, progress=False,
                    log=lambda *_: None, on_epoch_end=stop_after_first_epoch)
     assert read_checkpoint(fold1 / "last.pt")["epoch"] == 1 and not (fold1 / "done").exists()
+    (fold1 / ".last.pt.tmp4242").write_bytes(b"half a checkpoint")  # what a kill inside save_atomic leaves
     capsys.readouterr()
 
     assert run_train(small_data, tmp_path, "--fold", "all") == 2  # never silently restarted
@@ -109,6 +110,7 @@ def test_sweep_skips_finished_folds_and_resumes_an_unfinished_one(small_data, tm
     assert {name: (fold0 / name).stat().st_mtime_ns for name in stamp} == stamp  # fold 0 untouched
     assert pd.read_csv(fold1 / "log.csv")["epoch"].tolist() == [1, 2]
     assert (fold1 / "done").exists() and read_checkpoint(fold1 / "best.pt")["epoch"] in (1, 2)
+    assert not list(fold1.glob(".*.tmp*"))  # the killed write's leftover is cleaned up on resume
     assert set(pd.read_csv(fold1 / "oof.csv")["image_id"]) == set(
         pd.read_csv(small_data / "folds.csv").query("fold == 1")["image_id"])
 
