@@ -12,8 +12,10 @@ def find_real_samples() -> Path | None:
     """../shared/real-samples (or $STROKEKIT_REAL_SAMPLES): real data files, never copied into the repo."""
     if os.environ.get("STROKEKIT_REAL_SAMPLES"):
         return Path(os.environ["STROKEKIT_REAL_SAMPLES"])
-    for parent in ROOT.parents:
-        candidate = parent / "shared" / "real-samples"
+    # a clone next to shared/ (the usual checkout), or anywhere else on the project's machines
+    candidates = [parent / "shared" / "real-samples" for parent in ROOT.parents]
+    candidates.append(Path("/work/shared/real-samples"))
+    for candidate in candidates:
         if candidate.is_dir():
             return candidate
     return None
