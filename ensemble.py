@@ -9,7 +9,7 @@ Reads every fold's OOF (runs/<config>/fold<k>/oof.csv | oof.npz), scores each (f
 on OOF), and tunes on OOF only: the decision threshold (stroke / type) or the post-processing grid (seg;
 the table is saved as <out>.postprocess.csv). Writes the spec YAML (members, checkpoints relative to the
 spec, weights, TTA, thresholds / post-processing, the OOF figures that chose them) and prints the tables.
-The ensemble's OOF score is never below its best member's: a blend that scores lower is replaced by that
+The ensemble's OOF score is never below its best member's (unless --keep-blend): a blend that scores lower is replaced by that
 member alone. A member's OOF joins all its folds; at test time it averages its kept folds' checkpoints.
 """
 from __future__ import annotations
@@ -36,6 +36,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--blend", default="mean", choices=(*CLASSIFIER_BLENDS, "auto"),
                         help="mean | weighted | vote | rank (classifiers), mean | weighted (seg); auto tries "
                              "each and keeps the best on OOF (default mean)")
+    parser.add_argument("--keep-blend", action="store_true",
+                        help="classifiers: keep the asked --blend (e.g. a published majority vote) even when the "
+                             "best member alone scores higher on OOF (default: keep that member)")
     parser.add_argument("--greedy", action="store_true",
                         help="greedy forward selection of configs (with replacement: weights) on OOF")
     parser.add_argument("--metric", help="what ranks folds and members: classifiers "
@@ -78,7 +81,7 @@ def build(args) -> tuple[dict, dict, Path]:
         options = {"min_precision": args.min_precision} if args.metric == "recall_at_precision" else {}
         spec, report = build_classifier_spec(runs, args.task, out, metric=args.metric or "auc", blend=args.blend,
                                              objective=args.objective, target_recall=args.target_recall,
-                                             metric_options=options, **common)
+                                             metric_options=options, keep_blend=args.keep_blend, **common)
         return spec, report, out
     from strokekit.ensemble_seg import build_seg_spec
 

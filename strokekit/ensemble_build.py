@@ -121,8 +121,12 @@ def guard_best_member(choice: dict, members: dict[str, np.ndarray], singles: dic
 def build_classifier_spec(runs: list[Run], task: str, spec_path, metric: str = "auc", top_k: int | None = None,
                           blend: str = "mean", greedy: bool = False, objective: str = "f1",
                           target_recall: float = 0.97, tolerance: float = 0.005, tta=("none",),
-                          absolute: bool = False, metric_options: dict | None = None) -> tuple[dict, dict]:
-    """(spec, report) for a stroke / type ensemble of `runs`; see the module docstring."""
+                          absolute: bool = False, metric_options: dict | None = None,
+                          keep_blend: bool = False) -> tuple[dict, dict]:
+    """(spec, report) for a stroke / type ensemble of `runs`; see the module docstring.
+
+    keep_blend=True keeps the asked blend (e.g. a published system's majority vote) even when the best
+    member alone scores higher on OOF; the spec's selection note then says by how much."""
     options = dict(metric_options or {})
     score = lambda y, p: selection.classifier_score(y, p, metric, **options)
     oofs = {run.name: selection.load_oof(run.path) for run in runs}
@@ -139,7 +143,13 @@ def build_classifier_spec(runs: list[Run], task: str, spec_path, metric: str = "
              for n, p in members.items()}
     blends = CLASSIFIER_BLENDS if blend == "auto" else (blend,)
     tried = {b: choose_blend(members, b, lambda s: score(y, s), greedy, own_t) for b in blends}
-    choice = guard_best_member(max(tried.values(), key=lambda c: c["score"]), members, singles)
+    choice = max(tried.values(), key=lambda c: c["score"])
+    if keep_blend:
+        best = max(singles.values())
+        choice["note"] = "" if choice["score"] >= best else (
+            f"kept blend {choice['blend']} ({choice['score']:.4f}) below the best member ({best:.4f}): --keep-blend")
+    else:
+        choice = guard_best_member(choice, members, singles)
     tuned = selection.tune_classifier_threshold(y, choice["blended"], objective, target_recall, tolerance)
     used = [run for run in runs if choice["weights"][run.name] > 0]
     spec = {"task": task, "blend": choice["blend"], "tta": list(tta),

@@ -1,0 +1,32 @@
+"""ensemble.py --keep-blend: a published system's majority vote survives even when one member is better."""
+import numpy as np
+import pandas as pd
+import yaml
+
+from strokekit.ensemble_build import build_classifier_spec, read_runs
+
+
+def fake_run(root, name, target, prob):
+    fold = root / name / "fold0"
+    fold.mkdir(parents=True)
+    (fold / "config.yaml").write_text(yaml.safe_dump({"task": "stroke", "model": name}))
+    (fold / "best.pt").write_bytes(b"")
+    (fold / "done").write_text("")
+    pd.DataFrame({"image_id": np.arange(len(target)), "fold": 0, "target": target, "prob": prob}).to_csv(
+        fold / "oof.csv", index=False)
+    return root / name
+
+
+def test_vote_is_kept_only_when_asked(tmp_path):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    dirs = [fake_run(tmp_path, "good", y, np.clip(y * 0.3 + rng.random(200) * 0.7, 0, 1)),
+            fake_run(tmp_path, "noise1", y, rng.random(200)),
+            fake_run(tmp_path, "noise2", y, rng.random(200))]
+    runs = read_runs(dirs, "stroke")
+    guarded, _ = build_classifier_spec(runs, "stroke", tmp_path / "e.yaml", blend="vote")
+    assert [m["name"] for m in guarded["members"]] == ["good"]  # the vote lost to its best member
+    kept, _ = build_classifier_spec(runs, "stroke", tmp_path / "e.yaml", blend="vote", keep_blend=True)
+    assert kept["blend"] == "vote" and len(kept["members"]) == 3
+    assert "--keep-blend" in kept["selection"]["note"]
+    assert kept["oof"]["ensemble"] < kept["oof"]["best_member"]
