@@ -41,3 +41,26 @@ def train_phantom(tmp_path_factory) -> Path:
     index, _ = build_index(root)
     write_folds(make_folds(index, n_folds=5, seed=42), Path(root) / "folds.csv")
     return Path(root)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread: on a shared, loaded 2-core machine two threads spin-wait for each other (7x slower)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def small_phantom(folder: Path, n: int, seed: int, size: int, n_test1: int, n_test2: int, n_folds: int = 2) -> Path:
+    """A tiny phantom with its folds.csv, for module-scoped fixtures."""
+    from strokekit.data.index import build_index
+    from strokekit.folds import make_folds, write_folds
+    from strokekit.phantom import make_phantom
+
+    root = make_phantom(folder / "data", n=n, seed=seed, size=size, n_test1=n_test1, n_test2=n_test2)
+    index, _ = build_index(root)
+    write_folds(make_folds(index, n_folds=n_folds, seed=0), Path(root) / "folds.csv")
+    return Path(root)

@@ -17,12 +17,12 @@ from strokekit.config import DEFAULTS, load_config
 from strokekit.data.index import build_index
 from strokekit.ensemble_spec import read_spec
 from strokekit.engine import optimizer_step, setup
-from strokekit.folds import make_folds, read_folds, write_folds
+from strokekit.folds import read_folds
 from strokekit.models import build_model
-from strokekit.phantom import make_phantom
 from strokekit.recipe_models import HypercolumnUNet
 from strokekit.submission import validate_phase1
 from strokekit.weights import WeightsError
+from conftest import small_phantom
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "configs" / "recipes").glob("*/*.yaml"))
@@ -54,21 +54,12 @@ def shrink(path: Path, sets: list[str], data: Path) -> dict:
     return load_config(path, [*sets, *SHRINK, f"img_size={size}", f"oof_size={size}", f"data={data}"])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared, loaded 2-core machine two threads spin-wait for each other (7x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory) -> Path:
-    root = make_phantom(tmp_path_factory.mktemp("recipes") / "data", n=48, seed=0, size=64, n_test1=6, n_test2=4)
-    index, _ = build_index(root)
-    write_folds(make_folds(index, n_folds=2, seed=0), Path(root) / "folds.csv")
-    return Path(root)
+    return small_phantom(tmp_path_factory.mktemp("recipes"), n=48, seed=0, size=64, n_test1=6, n_test2=4)
 
 
 def test_every_system_has_recipes_with_unique_names():

@@ -7,15 +7,14 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
-import torch
 import yaml
 
 import tune
 from strokekit.config import load_config
 from strokekit.data.index import build_index
-from strokekit.folds import make_folds, read_folds, write_folds
-from strokekit.phantom import make_phantom
+from strokekit.folds import read_folds
 from strokekit.tuning import StudyLock, TuneError, apply_params, check_space, read_space, run_search
+from conftest import small_phantom
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = {"lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True},
@@ -23,21 +22,12 @@ SPACE = {"lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True},
          "aug.brightness_contrast": {"type": "float", "low": 0.0, "high": 0.5}}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared, loaded 2-core machine two threads spin-wait for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory) -> Path:
-    root = make_phantom(tmp_path_factory.mktemp("tune") / "data", n=48, seed=1, size=64, n_test1=2, n_test2=2)
-    index, _ = build_index(root)
-    write_folds(make_folds(index, n_folds=2, seed=0), Path(root) / "folds.csv")
-    return Path(root)
+    return small_phantom(tmp_path_factory.mktemp("tune"), n=48, seed=1, size=64, n_test1=2, n_test2=2)
 
 
 def tiny(phantom: Path, tmp_path: Path, *extra: str) -> list[str]:
