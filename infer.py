@@ -43,7 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--split", choices=("test1", "test2"), help="with a data root: which test set")
     parser.add_argument("--out", help="submission folder (default submissions/<spec name>_<split>)")
     parser.add_argument("--tta", help="override the spec's flips, comma-separated: none,hflip,vflip,hvflip")
-    parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass (x flips)")
+    parser.add_argument("--batch-size", type=int, help="images per forward pass (x flips); default 16 on CUDA, "
+                                                       "8 // flips on CPU (where ~8-image passes run fastest)")
     parser.add_argument("--device", default=None, help="cpu | cuda (default: CUDA when available)")
     parser.add_argument("--amp", choices=("bf16", "fp16", "none"), help="CUDA autocast (default: each "
                                                                         "member's config)")
