@@ -116,6 +116,15 @@ def table(rows: list[list], header: list[str]) -> str:
     return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
 
 
+def wait_for_quiet(max_load: float | None, timeout: float = 600.0) -> dict:
+    """On a shared machine, wait (up to `timeout` s) until the 1-minute load average is <= max_load before
+    a timed run; returns the load it started at, for the JSON. max_load None: no wait."""
+    start = time.perf_counter()
+    while max_load is not None and os.getloadavg()[0] > max_load and time.perf_counter() - start < timeout:
+        time.sleep(5)
+    return {"load_1min": round(os.getloadavg()[0], 2), "waited_s": round(time.perf_counter() - start, 1)}
+
+
 def _cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"

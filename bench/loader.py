@@ -6,8 +6,9 @@ spent waiting for data (the engine's `data_wait`), for resnet18 @224 and Unet-re
     python bench/loader.py --models resnet18@224 --epoch-images 64 --note "quiet box"
 
 Loader rates are over --batches batches after the first (worker start-up excluded; the training slices are
-repeated when fewer); "main process" rates use num_workers=0 and show what one worker delivers. Epoch rows run engine.train_one_epoch on --epoch-images training slices (first
-batch and worker start included, as in training). The goal: data_wait <= 5 % with the cache.
+repeated when fewer); "main process" rates use num_workers=0 and show what one worker delivers. Epoch rows
+run engine.train_one_epoch on --epoch-images training slices (first batch and worker start included, as in
+training). The goal: data_wait <= 5 % with the cache.
 Writes bench/results/loader_<device>.json.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ import shutil
 import time
 from pathlib import Path
 
-from common import DEFAULT_WORK, MODELS, Timer, bench_config, machine, phantom, table, write_result
+from common import DEFAULT_WORK, MODELS, Timer, bench_config, machine, phantom, table, wait_for_quiet, write_result
 
 import pandas as pd  # noqa: E402  (after common, which puts the repo on sys.path)
 import torch  # noqa: E402
@@ -81,7 +82,9 @@ def bench_model(name: str, index, folds, args, device) -> dict:
     tr = setup(cfg, small, folds, 0)
     n_epoch = len(tr.train_loader.dataset)
     print(f"{name}: {n_epoch} training slices per epoch, batch {cfg['batch_size']}, {cfg['num_workers']} workers")
+    out["loads"] = [wait_for_quiet(args.quiet_load)]
     out["train_step_images_per_s"] = step_rate(tr, args.steps)
+    out["loads"].append(wait_for_quiet(args.quiet_load))
     with Timer() as t:
         epoch = train_one_epoch(tr, progress=False)
     out["epoch_files"] = {"images_per_s": n_epoch / t.seconds, "data_wait": epoch["data_wait"]}
@@ -91,6 +94,7 @@ def bench_model(name: str, index, folds, args, device) -> dict:
     filled = prepare.fill(cached_cfg, rows, workers=args.workers, progress=False)
     out["prepare_images_per_s"] = filled["rows"] / filled["seconds"]
     tr = setup(cached_cfg, small, folds, 0)
+    out["loads"].append(wait_for_quiet(args.quiet_load))
     with Timer() as t:
         epoch = train_one_epoch(tr, progress=False)
     out["epoch_cache"] = {"images_per_s": n_epoch / t.seconds, "data_wait": epoch["data_wait"]}
@@ -100,6 +104,7 @@ def bench_model(name: str, index, folds, args, device) -> dict:
     for label, c in (("files", cfg), ("cache", cached_cfg)):
         for workers in (args.workers, 0):
             c_w = dict(c, num_workers=workers)
+            out["loads"].append(wait_for_quiet(args.quiet_load))
             rates = [loader_rate(task, rows_df, c_w, device, args.batches) for _ in range(args.repeats)]
             out[f"loader_{label}_{'workers' if workers else 'main'}_images_per_s"] = max(rates)
     shutil.rmtree(cache_dir, ignore_errors=True)
@@ -135,6 +140,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=16, help="batches timed per loader measurement")
     parser.add_argument("--repeats", type=int, default=2, help="loader measurements kept at their best")
     parser.add_argument("--steps", type=int, default=3, help="timed train steps on a held batch")
+    parser.add_argument("--quiet-load", type=float, help="wait until the 1-min load average is <= this "
+                                                         "before each timed part (shared machines)")
     parser.add_argument("--note", default="", help="what else ran on the machine, for the JSON")
     args = parser.parse_args()
     device = pick_device()
