@@ -7,7 +7,7 @@ For each run: the main process's peak RSS (the kernel's own figure, from wait4),
 process tree's PSS (DataLoader workers and infer.py's reading thread included; PSS splits shared pages
 between processes, so the sum is what the tree really holds), sampled from /proc every 0.1 s.
 train.py trains one epoch on an 80-slice 512-px phantom (cache on, filled by the epoch); infer.py runs a
-2-model x 4-flip ensemble on the phantom's test folder. Writes bench/results/memory_<device>.json.
+2-model x 4-flip ensemble on the phantom's test folder at its default batch size. Writes bench/results/memory_<device>.json.
 """
 from __future__ import annotations
 
@@ -98,13 +98,13 @@ def main() -> None:
         phase, folder = (1, "YARISMA_1") if cfg["task"] == "stroke" else (2, "YARISMA_2")
         out = args.work / f"memory_submission_{cfg['task']}"
         infer = [python, "infer.py", "--phase", str(phase), "--ensemble", spec, "--data", str(root / folder),
-                 "--out", str(out), "--overwrite", "--batch-size", "16"]
+                 "--out", str(out), "--overwrite"]
         results[f"infer {name}"] = measure(infer, args.work / f"memory_infer_{name}.log")
     print(table([[k, r["peak_rss_main_mib"], r["peak_pss_tree_mib"], r["seconds"]] for k, r in results.items()],
                 ["run", "peak RSS main (MiB)", "peak PSS tree (MiB)", "seconds"]))
     write_result(f"memory_{device}", {"machine": info, "device": device, "train": "1 epoch, 64-slice fold, batch 16, "
                                       "2 workers", "infer": f"{args.infer_images} images, 2 models x 4 flips, "
-                                      "batch 16", "results": results})
+                                      "infer.py's default batch", "results": results})
 
 
 if __name__ == "__main__":
