@@ -29,6 +29,7 @@ from strokekit.data.readers import BadInputError
 from strokekit.folds import FoldsError, read_folds
 from strokekit.losses import LossNameError
 from strokekit.models import ModelNameError
+from strokekit.runlog import INTERRUPTED, exit_process
 from strokekit.weights import WeightsError
 
 USER_ERRORS = (ConfigError, DataLayoutError, FoldsError, BadInputError, WeightsError, ModelNameError,
@@ -131,7 +132,7 @@ def main(argv=None) -> int:
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED
     for s in summaries:
         print(f"fold {s['fold']}: best {s['metric']} {s['best_metric']:.4f} at epoch {s['best_epoch']} "
               f"({s['time_s']:.0f}s)")
@@ -139,4 +140,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -23,6 +23,7 @@ from strokekit.data.index import DataLayoutError, build_index
 from strokekit.folds import FoldsError, read_folds
 from strokekit.losses import LossNameError
 from strokekit.models import ModelNameError
+from strokekit.runlog import INTERRUPTED, exit_process
 from strokekit.tuning import TuneError, read_space, run_search, write_results
 from strokekit.weights import WeightsError
 
@@ -84,7 +85,7 @@ def main(argv=None) -> int:
         return 2
     except KeyboardInterrupt:
         print("interrupted: run the same command again to continue the study", file=sys.stderr)
-        return 130
+        return INTERRUPTED
     print(f"\n{study_dir / 'trials.csv'}: {len(study.trials)} trials")
     if tuned is None:
         print("no trial completed (all pruned or failed): nothing to write")
@@ -96,4 +97,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -8,6 +8,8 @@ import csv
 import io
 import json
 import math
+import os
+import sys
 from pathlib import Path
 
 from .checkpoint import write_atomic
@@ -84,3 +86,16 @@ def _plain(value):
     if hasattr(value, "item"):
         return value.item()
     return str(value)
+
+
+INTERRUPTED = 130  # the shell's code for a run stopped by Ctrl-C
+
+
+def exit_process(code: int) -> None:
+    """End a script with `code`. After Ctrl-C, skip the interpreter's teardown: every checkpoint is on disk
+    already, and torch objects freed during teardown after an interrupt can abort the process (exit -6)."""
+    if code == INTERRUPTED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(INTERRUPTED)
+    sys.exit(code)
