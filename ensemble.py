@@ -3,6 +3,8 @@
     python ensemble.py --task stroke runs/cfgA runs/cfgB --top-k 3 --greedy --objective recall --target-recall 0.97
     python ensemble.py --task type runs/typeA --objective f1 --out ensembles/type.yaml
     python ensemble.py --task seg runs/unetA runs/unetB --greedy --seg-classifier type --out ensembles/seg.yaml
+    python ensemble.py --task seg runs/unetA --metric official_iou --robust p10 --test-size 97
+    python ensemble.py --task stroke runs/cfgA --objective f1 --test-prior 0.5 --test-size 192
 
 Reads every fold's OOF (runs/<config>/fold<k>/oof.csv | oof.npz), scores each (fold, config), keeps the
 --top-k folds of each config for inference, picks configs and blend weights (--greedy: forward selection
@@ -11,6 +13,10 @@ the table is saved as <out>.postprocess.csv). Writes the spec YAML (members, che
 spec, weights, TTA, thresholds / post-processing, the OOF figures that chose them) and prints the tables.
 The ensemble's OOF score is never below its best member's (unless --keep-blend): a blend that scores lower is replaced by that
 member alone. A member's OOF joins all its folds; at test time it averages its kept folds' checkpoints.
+Seg post-processing is searched jointly on --metric (strict dice / iou, or the organisers' tolerant
+official_iou / official_dice), for phase 2 by default (never-empty masks, lesion-bearing OOF slices only),
+and picked by a bootstrap statistic at the test set's size. Headline figures carry 95 % intervals from
+resamples of --test-size images.
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ import yaml
 
 from strokekit.ensemble_build import build_classifier_spec, format_report, read_runs
 from strokekit.ensemble_spec import CLASSIFIER_BLENDS, SpecError, write_spec
+from strokekit.seg_objectives import OBJECTIVES
 from strokekit.selection import CLASSIFIER_METRICS
 from strokekit.tta import resolve_flips
 
@@ -42,7 +49,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--greedy", action="store_true",
                         help="greedy forward selection of configs (with replacement: weights) on OOF")
     parser.add_argument("--metric", help="what ranks folds and members: classifiers "
-                        f"{'/'.join(CLASSIFIER_METRICS)} (default auc); seg dice/iou (default dice)")
+                        f"{'/'.join(CLASSIFIER_METRICS)} (default auc); seg: the post-processing objective "
+                        f"{'/'.join(OBJECTIVES)} (default dice; official_* = score.py's tolerant counting; "
+                        "folds and members are ranked by its strict kind)")
     parser.add_argument("--min-precision", type=float, default=0.9,
                         help="precision floor of --metric recall_at_precision (default 0.9)")
     parser.add_argument("--objective", default="f1", choices=("f1", "recall", "youden"),
@@ -61,6 +70,22 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "seg_val_negatives: true)")
     parser.add_argument("--seg-feature", default="area", choices=("area", "max", "mean"),
                         help="seg classifier feature: lesion area, max or mean lesion probability")
+    parser.add_argument("--no-phase2-prior", dest="phase2", action="store_false",
+                        help="seg: do not assume every test image holds a lesion (no never-empty rule in the "
+                             "search, all OOF slices searched)")
+    parser.add_argument("--all-slices", action="store_true",
+                        help="seg: search on every OOF slice, not only the lesion-bearing ones (the "
+                             "never-empty rule stays)")
+    parser.add_argument("--robust", default="p10", choices=("p10", "p25", "median", "mean", "off"),
+                        help="seg: bootstrap statistic picking the post-processing setting (default p10: the "
+                             "10th percentile at --test-size); off = the point score")
+    parser.add_argument("--test-size", type=int,
+                        help="images per bootstrap resample (default: the test set's size, 192 for stroke, 97 "
+                             "for type and seg)")
+    parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    parser.add_argument("--test-prior", type=float,
+                        help="stroke (or --seg-classifier stroke): positive share expected in the test set; the "
+                             "threshold is tuned for it (OOF reweighted), besides --objective / --target-recall")
     parser.add_argument("--checkpoint", default="best", choices=("best", "last"), help="which checkpoint per fold")
     parser.add_argument("--absolute-paths", action="store_true", help="store absolute checkpoint paths")
     args = parser.parse_args(argv)
@@ -68,6 +93,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--blend vote/rank are for classifiers; seg blends probabilities (mean | weighted | auto)")
     if args.top_k is not None and args.top_k < 1:
         parser.error("--top-k must be >= 1")
+    if args.task == "seg" and args.metric and args.metric not in OBJECTIVES:
+        parser.error(f"--metric for seg: one of {', '.join(OBJECTIVES)}")
+    if args.test_prior is not None and not 0 < args.test_prior < 1:
+        parser.error("--test-prior must be a share between 0 and 1 (exclusive)")
+    if (args.test_size is not None and args.test_size < 1) or args.n_boot < 1:
+        parser.error("--test-size and --n-boot must be >= 1")
     return args
 
 
@@ -76,7 +107,8 @@ def build(args) -> tuple[dict, dict, Path]:
     tta = resolve_flips(args.tta.split(","))
     runs = read_runs(args.runs, args.task, args.checkpoint)
     common = dict(top_k=args.top_k, greedy=args.greedy, tolerance=args.tolerance, tta=tta,
-                  absolute=args.absolute_paths)
+                  absolute=args.absolute_paths, test_size=args.test_size, n_boot=args.n_boot,
+                  test_prior=args.test_prior)
     if args.task != "seg":
         options = {"min_precision": args.min_precision} if args.metric == "recall_at_precision" else {}
         spec, report = build_classifier_spec(runs, args.task, out, metric=args.metric or "auc", blend=args.blend,
@@ -89,7 +121,9 @@ def build(args) -> tuple[dict, dict, Path]:
     spec, report = build_seg_spec(runs, out, args.data or runs[0].cfg["data"], metric=args.metric or "dice",
                                   blend=args.blend, grid=grid, seg_classifier=args.seg_classifier,
                                   seg_feature=args.seg_feature, objective=args.objective,
-                                  target_recall=args.target_recall, **common)
+                                  target_recall=args.target_recall, phase2=args.phase2,
+                                  lesion_only=args.phase2 and not args.all_slices,
+                                  robust=None if args.robust == "off" else args.robust, **common)
     return spec, report, out
 
 

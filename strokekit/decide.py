@@ -1,8 +1,10 @@
 """From blended probabilities to what is submitted: phase-1 labels, phase-2 class maps, stroke types.
 
-Pure numpy/scipy. Every phase-2 test image holds a lesion (FORMATS.md), so an empty mask always scores
-zero there: `phase2_class_map` can fall back to the most probable lesion region when post-processing
-leaves nothing (on by default in infer.py; `--no-fallback` turns it off).
+Pure numpy/scipy. Every phase-2 test image holds a lesion (FORMATS.md; the organisers' paper), so an
+empty mask always scores zero there: when post-processing leaves nothing, `phase2_class_map` keeps the
+most probable component of the more likely class (`fill_region`; post-processing step 8, on when the
+spec's `never_empty` is, the default; infer.py `--no-fallback` turns it off). The OOF search
+(seg_search.py) scores exactly this rule, so its figures are what infer.py's masks earn.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import numpy as np
 from scipy import ndimage
 
 from strokekit.data.encodings import BACKGROUND, EIGHT_CONNECTED, HEMORRHAGIC, ISCHEMIC
-from strokekit.postprocess import apply_postprocess
+from strokekit.postprocess import apply_postprocess, more_likely_class, most_probable_component, normalise_spec
 
 TYPE_NAMES = {ISCHEMIC: "ischemic", HEMORRHAGIC: "hemorrhagic"}
 
@@ -54,13 +56,29 @@ def _component_at(mask: np.ndarray, pixel: tuple) -> np.ndarray:
     return labels == labels[pixel]
 
 
+def fill_region(probs: np.ndarray, spec: dict, lesion_class: int | None = None, fraction: float = 0.5,
+                max_area: float = 0.02) -> np.ndarray:
+    """Step 8's class map for an image post-processing left empty: the most probable component of the
+    more likely class (`lesion_class` when given, e.g. a type classifier's decision) in that class's
+    mask after threshold, closing and overlap; when that mask is empty too, `fallback_region`."""
+    cls = more_likely_class(probs) if lesion_class is None else int(lesion_class)
+    region = most_probable_component(probs, spec, cls)
+    if region is None:
+        return fallback_region(probs, fraction, cls, max_area)
+    class_map = np.full(region.shape, BACKGROUND, dtype=np.uint8)
+    class_map[region] = cls
+    return class_map
+
+
 def phase2_class_map(probs: np.ndarray, spec: dict, fallback: bool = True, fraction: float = 0.5,
                      lesion_class: int | None = None, max_area: float = 0.02,
                      image_prob=None) -> tuple[np.ndarray, bool]:
-    """(class map, whether the fallback drew it) for one image's (3, H, W) blended probabilities."""
+    """(class map, whether step 8 drew it) for one image's (3, H, W) blended probabilities; step 8 runs
+    when `fallback` (infer.py's default) and the spec's `never_empty` (its default) are both on."""
+    spec = normalise_spec(spec)
     class_map = apply_postprocess(probs, spec, image_prob)
-    if fallback and not class_map.any():
-        return fallback_region(probs, fraction, lesion_class, max_area), True
+    if fallback and spec["never_empty"] and not class_map.any():
+        return fill_region(probs, spec, lesion_class, fraction, max_area), True
     return class_map, False
 
 

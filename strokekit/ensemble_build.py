@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from strokekit import selection
+from strokekit import bootstrap, selection
 from strokekit.ensemble_spec import CLASSIFIER_BLENDS, checkpoint_ref, combine, member_scores
 
 CHECKPOINTS = ("best", "last")
@@ -122,11 +122,15 @@ def build_classifier_spec(runs: list[Run], task: str, spec_path, metric: str = "
                           blend: str = "mean", greedy: bool = False, objective: str = "f1",
                           target_recall: float = 0.97, tolerance: float = 0.005, tta=("none",),
                           absolute: bool = False, metric_options: dict | None = None,
-                          keep_blend: bool = False) -> tuple[dict, dict]:
+                          keep_blend: bool = False, test_prior: float | None = None,
+                          test_size: int | None = None, n_boot: int = 1000, seed: int = 0) -> tuple[dict, dict]:
     """(spec, report) for a stroke / type ensemble of `runs`; see the module docstring.
 
     keep_blend=True keeps the asked blend (e.g. a published system's majority vote) even when the best
-    member alone scores higher on OOF; the spec's selection note then says by how much."""
+    member alone scores higher on OOF; the spec's selection note then says by how much.
+    test_prior: the test set's expected positive share, the final threshold is tuned for it (prior.py);
+    test_size: images per bootstrap resample for the 95 % intervals of the headline figures (default:
+    phase 1's 192 for stroke, phase 2's 97 for type)."""
     options = dict(metric_options or {})
     score = lambda y, p: selection.classifier_score(y, p, metric, **options)
     oofs = {run.name: selection.load_oof(run.path) for run in runs}
@@ -150,7 +154,11 @@ def build_classifier_spec(runs: list[Run], task: str, spec_path, metric: str = "
             f"kept blend {choice['blend']} ({choice['score']:.4f}) below the best member ({best:.4f}): --keep-blend")
     else:
         choice = guard_best_member(choice, members, singles)
-    tuned = selection.tune_classifier_threshold(y, choice["blended"], objective, target_recall, tolerance)
+    tuned = selection.tune_classifier_threshold(y, choice["blended"], objective, target_recall, tolerance,
+                                                test_prior)
+    size = test_size or bootstrap.PHASE_TEST_SIZES[1 if task == "stroke" else 2]
+    intervals = bootstrap.classifier_intervals(y, choice["blended"], tuned["threshold"], size, n_boot, seed,
+                                               test_prior=test_prior)
     used = [run for run in runs if choice["weights"][run.name] > 0]
     spec = {"task": task, "blend": choice["blend"], "tta": list(tta),
             "members": [member_entry(run, folds[run.name], choice["weights"][run.name], spec_path, absolute,
@@ -160,12 +168,12 @@ def build_classifier_spec(runs: list[Run], task: str, spec_path, metric: str = "
             "threshold": {"value": tuned.pop("threshold"), **tuned},
             "oof": {"metric": metric, "metric_options": options, "n_images": int(len(y)),
                     "positives": int(y.sum()), "ensemble": choice["score"],
-                    "best_member": max(singles.values()), "members": singles,
+                    "best_member": max(singles.values()), "members": singles, "intervals": intervals,
                     "blends_tried": {b: c["score"] for b, c in tried.items()}},
             "selection": {"top_k": top_k, "greedy": greedy, "history": choice["history"],
                           "note": choice.get("note", "")}}
     report = {"folds": pd.concat(tables, ignore_index=True), "members": singles, "weights": choice["weights"],
-              "ensemble": choice["score"], "metric": metric, "threshold": spec["threshold"],
+              "ensemble": choice["score"], "metric": metric, "threshold": spec["threshold"], "intervals": intervals,
               "blends_tried": spec["oof"]["blends_tried"], "note": choice.get("note", "")}
     return spec, report
 
@@ -198,4 +206,18 @@ def decision_lines(report: dict) -> list[str]:
             + (f", recall >= {t['target_recall']}" if "target_recall" in t else "")
             + f"; plateau {t['plateau'][0]:.3f}-{t['plateau'][1]:.3f}): OOF recall {oof['recall']:.4f}, "
               f"precision {oof['precision']:.4f}, specificity {oof['specificity']:.4f}, F1 {oof['f1']:.4f}, "
-              f"balanced accuracy {oof['balanced_accuracy']:.4f}"]
+              f"balanced accuracy {oof['balanced_accuracy']:.4f}"
+            + (f" (OOF reweighted to a test positive share of {t['test_prior']:.3f}; OOF's own "
+               f"{t['oof_prior']:.3f})" if "test_prior" in t else "")] + interval_lines(report.get("intervals"))
+
+
+def interval_lines(intervals: dict | None) -> list[str]:
+    """Headline figures with their bootstrap interval at the test set's size."""
+    if not intervals:
+        return []
+    first = next(iter(intervals.values()))
+    lines = [f"95 % intervals on resamples of {first['size']} images (the test set's size), "
+             f"{first['n_boot']} resamples:"]
+    for name, value in intervals.items():
+        lines.append(f"  {name:<18} {value['estimate']:.4f}  [{value['low']:.4f}, {value['high']:.4f}]")
+    return lines

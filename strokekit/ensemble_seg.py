@@ -1,10 +1,15 @@
 """What ensemble.py decides on OOF for segmentation: folds, members, blend weights, post-processing, and an
 optional segmentation-based classifier (stroke or type) read off the blended probabilities.
 
-Scores are strict per-class Dice or IoU at the true masks' resolution, averaged per image and over the
-two lesion classes (seg_search.py). Members are compared and chosen greedily with the neutral
-post-processing (plain argmax decoding, as the engine validates); the post-processing grid is then searched on the blend, the
-whole table saved as CSV beside the spec, and the setting taken from the middle of its near-best plateau.
+Members and folds are ranked by strict per-class Dice or IoU at the true masks' resolution, averaged per
+image and over the two lesion classes, with the neutral post-processing (plain argmax decoding, as the
+engine validates). The post-processing grid is then searched jointly on the blend (seg_search.py) under
+the chosen objective — strict Dice / IoU or the organisers' tolerant counting (official_iou = score.py's
+DEIoU, official_dice) — the whole table saved as CSV beside the spec. Phase 2 (the default): every test
+image holds a lesion, so the search scores the never-empty rule (decide.fill_region) and runs on the
+lesion-bearing OOF slices only. The setting is the middle of the near-best plateau of a bootstrap
+statistic (the 10th percentile by default) at the test set's size (bootstrap.py), and every headline
+figure is given with its 95 % interval at that size.
 """
 from __future__ import annotations
 
@@ -13,14 +18,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from strokekit import selection
+from strokekit import bootstrap, selection
 from strokekit.data.index import build_index
 from strokekit.data.readers import load_class_map
 from strokekit.ensemble_build import Run, choose_blend, guard_best_member, member_entry
 from strokekit.ensemble_spec import SEG_BLENDS
 from strokekit.postprocess import resize_probs
 from strokekit.seg_classifier import seg_image_features, targets_from_masks, tune_seg_classifier
-from strokekit.seg_search import choose_postprocess, search_postprocess, seg_fold_scores, seg_scorer
+from strokekit.seg_objectives import OBJECTIVES
+from strokekit.seg_search import choose_postprocess, run_search, seg_fold_scores, seg_scorer, setting_columns
 
 DEFAULT_GRID = {  # min_area in pixels at the masks' own resolution (512 x 512 for the competition)
     "threshold": [None, 0.3, 0.4, 0.5, 0.6, 0.7],     # None: argmax over the three classes
@@ -82,51 +88,113 @@ def _finite(score_fn):
 def build_seg_spec(runs: list[Run], spec_path, data, metric: str = "dice", top_k: int | None = None,
                    blend: str = "mean", greedy: bool = False, grid: dict | None = None, tolerance: float = 0.005,
                    tta=("none",), absolute: bool = False, seg_classifier: str | None = None,
-                   seg_feature: str = "area", objective: str = "f1", target_recall: float = 0.97) -> tuple[dict, dict]:
-    """(spec, report) for a segmentation ensemble; report["grid"] is the full post-processing table."""
+                   seg_feature: str = "area", objective: str = "f1", target_recall: float = 0.97,
+                   phase2: bool = True, lesion_only: bool | None = None, robust: str | None = "p10",
+                   test_size: int | None = bootstrap.PHASE_TEST_SIZES[2], n_boot: int = 1000,
+                   seed: int = 0, test_prior: float | None = None) -> tuple[dict, dict]:
+    """(spec, report) for a segmentation ensemble; report["grid"] is the full post-processing table.
+
+    metric: the post-processing objective (seg_objectives.OBJECTIVES); folds and members are ranked by its
+    strict kind. phase2: score the never-empty rule; lesion_only (default: phase2): search on the OOF
+    slices that hold a lesion. robust: bootstrap statistic that picks the setting (None: the point score).
+    """
+    if metric not in OBJECTIVES:
+        raise KeyError(f"unknown seg metric {metric!r}; valid: {list(OBJECTIVES)}")
+    rank_metric = "dice" if metric.endswith("dice") else "iou"
+    lesion_only = phase2 if lesion_only is None else lesion_only
     raw = {run.name: selection.load_oof(run.path) for run in runs}
     ids, oofs = aligned_seg_oof(raw)
     masks = load_masks(data, sorted(set().union(*(o["image_id"].tolist() for o in raw.values()))))
     folds, tables = {}, []
     for run in runs:
-        scores = seg_fold_scores(raw[run.name], masks, metric=metric)
+        scores = seg_fold_scores(raw[run.name], masks, metric=rank_metric)
         scores["score"] = scores["score"].fillna(0.0)
         folds[run.name] = selection.top_k_folds(scores, top_k)
         tables.append(scores.assign(member=run.name, chosen=scores["fold"].isin(folds[run.name])))
-    score_fn = _finite(seg_scorer(ids, masks, metric=metric))
+    score_fn = _finite(seg_scorer(ids, masks, metric=rank_metric))
     members = {name: oof["probs"] for name, oof in oofs.items()}
     singles = {name: score_fn(p) for name, p in members.items()}
     blends = SEG_BLENDS if blend == "auto" else (blend,)
     tried = {b: choose_blend(members, b, score_fn, greedy) for b in blends}
     choice = guard_best_member(max(tried.values(), key=lambda c: c["score"]), members, singles)
     blended = {"image_id": ids, "probs": choice["blended"].astype(np.float32)}
-    table = search_postprocess(blended, masks, grid or DEFAULT_GRID, metric=metric)
-    post = choose_postprocess(table, tolerance)
+    searched = lesion_subset(blended, masks) if lesion_only else blended
+    search = run_search(searched, masks, grid or DEFAULT_GRID, metric, never_empty=phase2)
+    table = search.table
+    size = test_size or bootstrap.PHASE_TEST_SIZES[2]
+    if robust:
+        post = bootstrap.robust_choice(search, robust, size, n_boot, tolerance, seed=seed)
+    else:
+        post = choose_postprocess(table, tolerance)
+        post["interval"] = bootstrap.chosen_interval(search, post["row"], size, n_boot, seed)
+    best_by = best_settings(search, size, n_boot, seed)
     spec = {"task": "seg", "blend": choice["blend"], "tta": list(tta),
             "members": [member_entry(run, folds[run.name], choice["weights"][run.name], spec_path, absolute,
-                                     oof={metric: singles[run.name], "n_images": len(ids)})
+                                     oof={rank_metric: singles[run.name], "n_images": len(ids)})
                         for run in runs if choice["weights"][run.name] > 0],
             "postprocess": post["spec"],
-            "oof": {"metric": f"{metric} (strict, per image, mean of the lesion classes)", "n_images": len(ids),
+            "oof": {"metric": f"{metric} ({_describe(metric)})", "n_images": len(ids),
+                    "n_images_searched": len(searched["image_id"]),
                     "ensemble_neutral_postprocess": choice["score"], "best_member": max(singles.values()),
-                    "members": singles, "postprocessed": post["score"], "postprocessed_best": post["best_score"],
-                    "per_class": post["scores"], "blends_tried": {b: c["score"] for b, c in tried.items()}},
-            "postprocess_search": {"grid": grid or DEFAULT_GRID, "rows": int(len(table)),
+                    "members": singles, "members_metric": f"{rank_metric} (strict, per image, lesion mean)",
+                    "postprocessed": post["score"], "postprocessed_best": float(table["score"].max()),
+                    "postprocessed_interval": post["interval"], "objectives": post["objectives"],
+                    "per_class": post["scores"], "best_by_objective": {k: v["summary"] for k, v in best_by.items()},
+                    "blends_tried": {b: c["score"] for b, c in tried.items()}},
+            "postprocess_search": {"grid": grid or DEFAULT_GRID, "rows": int(len(table)), "objective": metric,
+                                   "phase2": phase2, "lesion_only": lesion_only, "robust": robust or "off",
+                                   "test_size": size, "n_boot": n_boot,
                                    "tolerance": tolerance, "stability": post["stability"]},
             "selection": {"top_k": top_k, "greedy": greedy, "history": choice["history"],
                           "note": choice.get("note", "")}}
     if seg_classifier:
         spec["seg_classifier"] = tune_seg_classifier_on_oof(blended, masks, post["spec"], seg_classifier,
-                                                            seg_feature, objective, target_recall, tolerance)
+                                                            seg_feature, objective, target_recall, tolerance,
+                                                            test_prior)
     report = {"folds": pd.concat(tables, ignore_index=True)[["member", "fold", "n", "score", "chosen"]],
               "members": singles, "weights": choice["weights"], "ensemble": choice["score"],
-              "metric": metric, "grid": table, "postprocess": post, "note": choice.get("note", ""),
+              "metric": rank_metric, "objective": metric, "grid": table.drop(columns=[c for c in table if c.startswith("_")]),
+              "postprocess": post, "note": choice.get("note", ""), "best_by": best_by,
+              "n_searched": len(searched["image_id"]), "n_images": len(ids),
               "seg_classifier": spec.get("seg_classifier"), "blends_tried": spec["oof"]["blends_tried"]}
     return spec, report
 
 
+def _describe(metric: str) -> str:
+    if metric.startswith("official"):
+        return "organisers' tolerant counting, 3x3 element, region rule, mean over images"
+    return "strict, per image, mean of the lesion classes"
+
+
+def lesion_subset(oof: dict, masks: dict) -> dict:
+    """The OOF images whose true mask holds a lesion (phase 2's test images all do)."""
+    keep = np.array([bool(np.asarray(masks[int(i)]).any()) for i in oof["image_id"]])
+    if not keep.any():
+        raise ValueError("no OOF image holds a lesion: nothing to tune phase-2 post-processing on")
+    return {k: np.asarray(v)[keep] for k, v in oof.items()}
+
+
+def best_settings(search, size: int, n_boot: int, seed: int,
+                  objectives=("official_iou", "dice")) -> dict[str, dict]:
+    """The best setting under each objective (the official and the strict rule pick differently), with
+    every objective's score there and its own interval, for the report."""
+    out = {}
+    for name in objectives:
+        row = search.table.loc[search.table[f"score.{name}"].idxmax()]
+        out[name] = {"row": row, "summary": {
+            "setting": {c: _plain(row[c]) for c in setting_columns(search.table)},
+            "scores": {o: float(row[f"score.{o}"]) for o in OBJECTIVES},
+            "interval": bootstrap.chosen_interval(search, row, size, n_boot, seed, objective=name)}}
+    return out
+
+
+def _plain(value):
+    return None if pd.isna(value) else value.item() if hasattr(value, "item") else value
+
+
 def tune_seg_classifier_on_oof(blended: dict, masks: dict, post_spec: dict, target: str, feature: str,
-                               objective: str, target_recall: float, tolerance: float) -> dict:
+                               objective: str, target_recall: float, tolerance: float,
+                               test_prior: float | None = None) -> dict:
     """Thresholds of a segmentation-based classifier on the blended OOF, features at the masks' size."""
     ids = blended["image_id"]
     targets = targets_from_masks(masks, ids, target).dropna()
@@ -137,7 +205,7 @@ def tune_seg_classifier_on_oof(blended: dict, masks: dict, post_spec: dict, targ
     size = masks[int(ids[0])].shape
     features = seg_image_features(blended, post_spec, size=size)
     tuned = tune_seg_classifier(features, targets, target, feature, spec=post_spec, objective=objective,
-                                target_recall=target_recall, tolerance=tolerance)
+                                target_recall=target_recall, tolerance=tolerance, test_prior=test_prior)
     tuned["n_images"] = int(len(targets))
     return tuned
 
@@ -147,13 +215,21 @@ def format_seg_report(report: dict, top: int = 8) -> str:
     from strokekit.ensemble_build import format_report
 
     lines = [format_report({**report, "threshold": None})]
-    post = report["postprocess"]
-    lines.append(f"\npost-processing grid ({len(report['grid'])} settings; threshold NaN = argmax), best {top} "
-                 f"of OOF {report['metric']}:")
-    lines.append(report["grid"].head(top).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    lines.append(f"chosen (middle of the near-best plateau): OOF {report['metric']} {post['score']:.4f} "
-                 f"(best row {post['best_score']:.4f}; ischemic {post['scores']['ischemic']:.4f}, "
-                 f"hemorrhagic {post['scores']['hemorrhagic']:.4f})")
+    post, grid = report["postprocess"], report["grid"]
+    shown = [c for c in grid.columns if c in ("score.official_iou", "score.dice") or not c.startswith("score.")]
+    lines.append(f"\npost-processing grid ({len(grid)} settings on {report['n_searched']} of {report['n_images']} "
+                 f"OOF images; threshold NaN = argmax), best {top} by OOF {report['objective']}:")
+    lines.append(grid.head(top)[shown].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    how = (f"bootstrap {post['statistic']} at n = {post['size']}" if "statistic" in post else "point score")
+    lines.append(f"chosen (middle of the near-best plateau of the {how}): OOF {report['objective']} "
+                 f"{bootstrap.format_interval(post['interval'])}; best row {grid['score'].max():.4f}")
+    lines.append("  " + ", ".join(f"{k} {v:.4f}" for k, v in post["objectives"].items()))
+    lines.append("\nbest setting by each rule (the tolerant counting forgives inside the lesion, not outside):")
+    for name, best in report.get("best_by", {}).items():
+        summary = best["summary"]
+        scores = ", ".join(f"{k} {v:.4f}" for k, v in summary["scores"].items())
+        lines.append(f"  best by {name}: {bootstrap.format_interval(summary['interval'])}; {scores}")
+        lines.append("    " + ", ".join(f"{k}={v}" for k, v in summary["setting"].items()))
     clf = report.get("seg_classifier")
     if clf:
         t = clf["threshold"]

@@ -11,6 +11,9 @@ A post-processing spec is a plain dict (it goes into the ensemble spec YAML). St
   6. triplet     class c is kept only if >= min_pixels[c] pixels have p_c >= high[c] (SIIM-ACR winners'
                  rule: decide presence with a high threshold, draw with the lower one of step 1)
   7. gate        class c is kept only if the image-level probability for it is >= gate[c]
+  8. never_empty phase 2 only (decide.phase2_class_map, not apply_postprocess): when steps 1-7 leave the
+                 map empty, keep the most probable component of the more likely class
+                 (decide.fill_region; the peak region when that class's mask is empty)
 Steps 6-7 decide presence per class and only ever remove a whole class, so a grid search can apply
 them to precomputed counts (see seg_search.py). Per-class values may be given as one number for both.
 """
@@ -34,6 +37,7 @@ DEFAULT_SPEC = {
     "keep_largest": False,
     "triplet": None,   # {"high": 0.8, "min_pixels": 50}
     "gate": None,      # 0.5, or {"ischemic": 0.4, "hemorrhagic": 0.6}
+    "never_empty": True,  # phase 2: every test image holds a lesion (step 8)
 }
 PER_CLASS_KEYS = ("threshold", "closing", "min_area", "keep_largest")
 
@@ -61,6 +65,7 @@ def normalise_spec(spec: dict | None) -> dict:
     out["closing"] = {k: int(v) for k, v in out["closing"].items()}
     out["min_area"] = {k: int(v) for k, v in out["min_area"].items()}
     out["keep_largest"] = {k: bool(v) for k, v in out["keep_largest"].items()}
+    out["never_empty"] = bool(out["never_empty"])
     if out["overlap"] not in OVERLAP_RULES:
         raise ValueError(f"post-processing overlap rule {out['overlap']!r}; valid: {list(OVERLAP_RULES)}")
     if out["gate"] is not None:
@@ -200,6 +205,22 @@ def apply_postprocess(probs: np.ndarray, spec: dict | None = None, image_prob=No
         keep = kept_components(areas, spec["min_area"][name], spec["keep_largest"][name])
         class_map[box][keep[labels]] = cls
     return class_map
+
+
+def more_likely_class(probs: np.ndarray) -> int:
+    """The lesion class with the higher peak pixel probability (ties: hemorrhagic)."""
+    return ISCHEMIC if float(probs[ISCHEMIC].max()) > float(probs[HEMORRHAGIC].max()) else HEMORRHAGIC
+
+
+def most_probable_component(probs: np.ndarray, spec: dict, cls: int) -> np.ndarray | None:
+    """Step 8's region: of class `cls`'s mask after steps 1-3, the 8-connected component holding the
+    highest p_cls (ties: the first in raster order); None when that mask is empty."""
+    mask = lesion_masks(probs, spec)[cls]
+    if not mask.any():
+        return None
+    labels, areas = components(mask)
+    peaks = ndimage.maximum(probs[cls], labels, np.arange(1, len(areas)))
+    return labels == 1 + int(np.argmax(peaks))
 
 
 @functools.lru_cache(maxsize=32)

@@ -1,31 +1,36 @@
-"""Segmentation post-processing chosen on OOF: exact evaluation, and a fast grid search reported as a table.
+"""Segmentation post-processing chosen on OOF: exact evaluation, and a fast joint grid search as a table.
 
-Every score is strict per-class IoU or Dice at the true masks' resolution (OOF probabilities are
-upsampled bilinearly first), reduced by metrics.py with a named reduction, then averaged over the two
-lesion classes (metrics.lesion_mean). The grid search gives the same numbers as `evaluate_postprocess`
-on every setting (a test pins this) but labels connected components once per (class, threshold,
-closing) and image: min-area and keep-largest are then sums over the component table, and the triplet
-rule and image gate are per-image switches on the counts. The organisers' tolerant counting
-(official.py) is additive over components too (each pixel is TP, FP or FN by GT2/GT3, and the region rule
-is one flag per component), so it can join as a second per-component counter.
+Scores are taken at the true masks' resolution (OOF probabilities are upsampled bilinearly first) under
+four objectives (seg_objectives.py): strict per-class Dice / IoU (metrics.py's reductions, mean of the two
+lesion classes) and the organisers' tolerant counting (official.py: score.py's DEIoU and its Dice). The
+grid search gives the same numbers as `evaluate_objectives` on every setting (tests pin this) but labels
+connected components once per (class, threshold, closing) and image (seg_counts.py): min-area and
+keep-largest are sums over a component table, the triplet rule and the image gate per-image switches on
+the counts, and phase 2's never-empty rule a per-image replacement where a setting leaves nothing.
 """
 from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from strokekit import metrics
-from strokekit.postprocess import (LESION_CLASSES, OVERLAP_RULES, apply_postprocess, bounding_box, close_mask,
-                                   components, normalise_spec, pass_mask, resize_probs, resolve_overlap)
+from strokekit import official
+from strokekit.decide import phase2_class_map
+from strokekit.postprocess import LESION_CLASSES, OVERLAP_RULES, apply_postprocess, normalise_spec, resize_probs
+from strokekit.seg_counts import base_settings, gather_counts
+from strokekit.seg_objectives import OBJECTIVES, SettingCounts, check_objective, combine, presence
 from strokekit.selection import plateau
 
 SCORES = {"iou": metrics.iou_score, "dice": metrics.dice_score}
 CLASS_NAME = {cls: name for name, cls in LESION_CLASSES.items()}
 # axes searched per class, in the order choose_postprocess walks their plateaus
 NUMERIC_AXES = ("threshold", "min_area", "closing", "gate", "triplet_high", "triplet_min_pixels")
+INDEX_COLUMNS = ("_base", "_setting.ischemic", "_setting.hemorrhagic")   # where a row's counts are
+GRID_KEYS = tuple(k for k in normalise_spec(None) if k != "never_empty")
 
 
 def mask_getter(masks) -> Callable[[int], np.ndarray]:
@@ -61,17 +66,43 @@ def aligned_image_probs(image_probs, image_ids) -> np.ndarray | None:
 # --------------------------------------------------------------------------- exact evaluation
 
 
-def evaluate_postprocess(oof: dict, masks, spec: dict | None = None, image_probs=None) -> metrics.SegStats:
-    """Per-image strict counts (N, 3) of `spec` applied to every OOF image at its true mask's size."""
+def class_maps(oof: dict, masks, spec: dict | None = None, image_probs=None, phase2: bool = False):
+    """(image_id, predicted class map, true class map) of every OOF image at its true mask's size: the
+    functions infer.py applies (phase2: decide.phase2_class_map, never-empty rule as the spec says)."""
     get_mask, spec = mask_getter(masks), normalise_spec(spec)
     probs_by_image = aligned_image_probs(image_probs, oof["image_id"])
-    stats = []
     for i, image_id in enumerate(oof["image_id"]):
         true = get_mask(image_id)
         probs = resize_probs(oof["probs"][i], true.shape)
         image_prob = None if probs_by_image is None else probs_by_image[i]
-        stats.append(metrics.seg_stats(apply_postprocess(probs, spec, image_prob), true))
+        pred = (phase2_class_map(probs, spec, image_prob=image_prob)[0] if phase2
+                else apply_postprocess(probs, spec, image_prob))
+        yield image_id, pred, true
+
+
+def evaluate_postprocess(oof: dict, masks, spec: dict | None = None, image_probs=None,
+                         phase2: bool = False) -> metrics.SegStats:
+    """Per-image strict counts (N, 3) of `spec` applied to every OOF image at its true mask's size."""
+    stats = [metrics.seg_stats(pred, true) for _, pred, true in class_maps(oof, masks, spec, image_probs, phase2)]
     return metrics.SegStats(*(np.concatenate(parts) for parts in zip(*stats)))
+
+
+def evaluate_objectives(oof: dict, masks, spec: dict | None = None, image_probs=None, phase2: bool = False,
+                        reduction: str = "macro-imagewise", se_size: int = 3, region_rule: bool = True,
+                        official_empty: float = 1.0) -> dict[str, float]:
+    """Every objective of one setting, image by image with score.py's counting (the search's reference)."""
+    strict, tolerant = [], []
+    for _, pred, true in class_maps(oof, masks, spec, image_probs, phase2):
+        strict.append(metrics.seg_stats(pred, true))
+        tolerant.append(official.tolerant_counts(pred, true, se_size, region_rule))
+    stats = metrics.SegStats(*(np.concatenate(parts) for parts in zip(*strict)))
+    tp, fp, fn, tn = (np.array(column, dtype=np.int64) for column in zip(*tolerant))
+    if reduction == "micro":
+        tp, fp, fn, tn = (a.sum() for a in (tp, fp, fn, tn))
+    per_image = official.tolerant_scores(tp, fp, fn, tn, empty=official_empty)
+    return {"dice": seg_score(stats, "dice", reduction)["score"], "iou": seg_score(stats, "iou", reduction)["score"],
+            "official_iou": float(metrics.nanmean(per_image["iou"], axis=0)),
+            "official_dice": float(metrics.nanmean(per_image["dice"], axis=0))}
 
 
 def seg_score(stats: metrics.SegStats, metric: str = "dice", reduction: str = "macro-imagewise",
@@ -127,9 +158,9 @@ def normalise_grid(grid: dict) -> dict:
     {ischemic: [...], hemorrhagic: [...]} for different lists. `triplet` candidates are None or
     {high, min_pixels}; `gate` candidates are None or a probability; a threshold None is argmax decoding.
     """
-    unknown = sorted(set(grid) - set(normalise_spec(None)))
+    unknown = sorted(set(grid) - set(GRID_KEYS))
     if unknown:
-        raise KeyError(f"unknown grid key(s) {unknown}; valid keys: {sorted(normalise_spec(None))}")
+        raise KeyError(f"unknown grid key(s) {unknown}; valid keys: {sorted(GRID_KEYS)}")
     rules = grid.get("overlap", "argmax")
     rules = [rules] if isinstance(rules, str) else list(rules)
     if set(rules) - set(OVERLAP_RULES):
@@ -149,111 +180,63 @@ def normalise_grid(grid: dict) -> dict:
     return out
 
 
-def _component_counts(mask: np.ndarray, truth: np.ndarray, min_areas: np.ndarray,
-                      keep_largest: list[bool]) -> tuple[np.ndarray, np.ndarray]:
-    """tp, fp of one class mask for every (min_area, keep_largest): arrays (n_min_area, n_keep)."""
-    tp = np.zeros((len(min_areas), len(keep_largest)), np.int64)
-    fp = tp.copy()
-    if not mask.any():
-        return tp, fp
-    box = bounding_box(mask)
-    labels, areas = components(mask[box])
-    hits = np.bincount(labels.ravel(), weights=truth[box].ravel(), minlength=len(areas)).astype(np.int64)
-    areas, hits = areas[1:], hits[1:]
-    kept = areas[None, :] >= min_areas[:, None]                     # (n_min_area, n_components)
-    largest = np.arange(len(areas)) == np.argmax(areas)              # first of equal largest, as postprocess
-    for k, only_largest in enumerate(keep_largest):
-        keep = kept & largest[None, :] if only_largest else kept
-        tp[:, k] = keep @ hits
-        fp[:, k] = keep @ areas - tp[:, k]
-    return tp, fp
+@dataclass
+class Search:
+    """A searched grid: the table (one row per setting, best first) and the counts behind it, so any rows
+    can be rescored on any objective or bootstrap resample (`terms`) without labelling again."""
+    table: pd.DataFrame
+    counts: SettingCounts
+    objective: str
+    reduction: str
+    n_images: int
+
+    def terms(self, rows: pd.DataFrame | None = None, objective: str | None = None,
+              reduction: str | None = None) -> list[tuple]:
+        """Per-image (num, den) terms (N, S) of `rows` (default: the whole table)."""
+        rows = self.table if rows is None else rows
+        index = [rows[c].to_numpy() for c in INDEX_COLUMNS]
+        return self.counts.terms(*index, objective or self.objective, reduction or self.reduction)
 
 
-def _image_counts(probs: np.ndarray, true: np.ndarray, axes: dict, bases: list) -> tuple[dict, dict]:
-    """tp, fp per class for every base setting (overlap, t1, r1, t2, r2) x min_area x keep_largest.
-
-    Class c's mask depends on the other class only where both pass; elsewhere its component counts are
-    computed once per (class, threshold, closing) and reused for every base that shares them.
-    """
-    truth = {c: true == c for c in CLASS_NAME}
-    shape = {c: (len(bases), len(axes["min_area"][c]), len(axes["keep_largest"][c])) for c in CLASS_NAME}
-    tp = {c: np.zeros(shape[c], np.int64) for c in CLASS_NAME}
-    fp = {c: np.zeros(shape[c], np.int64) for c in CLASS_NAME}
-    min_areas = {c: np.asarray(axes["min_area"][c]) for c in CLASS_NAME}
-    count = lambda c, mask: _component_counts(mask, truth[c], min_areas[c], axes["keep_largest"][c])
-    needs_argmax = any(t is None for c in CLASS_NAME for t in axes["threshold"][c])
-    passed, cached, argmax = {}, {}, probs.argmax(axis=0) if needs_argmax else None
-    for b, (rule, t1, r1, t2, r2) in enumerate(bases):
-        keys = {1: (1, t1, r1), 2: (2, t2, r2)}
-        for cls, t, r in keys.values():
-            if (cls, t, r) not in passed:
-                passed[cls, t, r] = close_mask(pass_mask(probs, cls, t, argmax), r)
-        masks = {c: passed[key] for c, key in keys.items()}
-        if masks[1].any() and masks[2].any() and (masks[1] & masks[2]).any():
-            masks = {c: m.copy() for c, m in masks.items()}
-            resolve_overlap(masks, probs, rule)          # these masks belong to this pair of settings only
-            for c in keys:
-                tp[c][b], fp[c][b] = count(c, masks[c])
-            continue
-        for c, key in keys.items():
-            if key not in cached:
-                cached[key] = count(c, masks[c])
-            tp[c][b], fp[c][b] = cached[key]
-    return tp, fp
-
-
-def _presence(options: list, cls: int, image_probs, high_counts: np.ndarray, highs: list) -> np.ndarray:
-    """(N, n_options) whether class `cls` survives each (gate, triplet) option, per image."""
-    n = high_counts.shape[0]
-    out = np.ones((n, len(options)), dtype=bool)
-    for j, (gate, triplet) in enumerate(options):
-        if gate is not None:
-            if image_probs is None:
-                raise ValueError("the grid searches an image gate but no image_probs were given")
-            out[:, j] &= image_probs[:, cls - 1] >= gate
-        if triplet is not None:
-            out[:, j] &= high_counts[:, highs.index(float(triplet["high"]))] >= int(triplet["min_pixels"])
-    return out
-
-
-def search_postprocess(oof: dict, masks, grid: dict, metric: str = "dice", reduction: str = "macro-imagewise",
-                       empty: float = np.nan, image_probs=None) -> pd.DataFrame:
-    """Score every post-processing setting of `grid` on segmentation OOF; one table row per setting.
+def run_search(oof: dict, masks, grid: dict, objective: str = "dice", reduction: str = "macro-imagewise",
+               image_probs=None, never_empty: bool = False, se_size: int = 3, region_rule: bool = True,
+               official_empty: float = 1.0, chunk: int = 4096) -> Search:
+    """Score every post-processing setting of `grid` on segmentation OOF under all four objectives.
 
     oof: {image_id (N,), probs (N, 3, S, S)} as selection.load_oof gives; masks: true class maps by id
-    (their size sets the resolution scored). Columns: overlap, threshold/closing/min_area/keep_largest
-    per class (`threshold.ischemic` ...), gate.* (0 = off) and triplet_high/min_pixels.* when searched,
-    score (lesion mean), score.ischemic, score.hemorrhagic; sorted best first.
+    (their size sets the resolution scored). never_empty scores phase 2's step 8 (decide.fill_region).
+    Table columns: overlap, threshold/closing/min_area/keep_largest per class (`threshold.ischemic` ...),
+    gate.* (0 = off) and triplet_high/min_pixels.* when searched; `score` (the objective), `score.<objective>`
+    for each of OBJECTIVES, `score.ischemic` / `score.hemorrhagic` (strict, of the objective's kind).
     """
-    if reduction not in ("micro", "macro-imagewise"):
-        raise KeyError(f"grid search reduction {reduction!r}; valid: ['micro', 'macro-imagewise']")
+    check_objective(objective, reduction)
     axes, get_mask = normalise_grid(grid), mask_getter(masks)
     ids = np.asarray(oof["image_id"])
     probs_by_image = aligned_image_probs(image_probs, ids)
-    bases = list(itertools.product(axes["overlap"], axes["threshold"][1], axes["closing"][1],
-                                   axes["threshold"][2], axes["closing"][2]))
+    bases = base_settings(axes)
     highs = {c: sorted({float(t["high"]) for _, t in axes["presence"][c] if t is not None}) for c in CLASS_NAME}
-    tp = {c: [] for c in CLASS_NAME}
-    fp = {c: [] for c in CLASS_NAME}
-    n_true = {c: np.zeros(len(ids), np.int64) for c in CLASS_NAME}
-    high_counts = {c: np.zeros((len(ids), len(highs[c])), np.int64) for c in CLASS_NAME}
-    for i, image_id in enumerate(ids):
-        true = get_mask(image_id)
-        probs = resize_probs(oof["probs"][i], true.shape)
-        image_tp, image_fp = _image_counts(probs, true, axes, bases)
-        for c in CLASS_NAME:
-            tp[c].append(image_tp[c])
-            fp[c].append(image_fp[c])
-            n_true[c][i] = np.count_nonzero(true == c)
-            high_counts[c][i] = [np.count_nonzero(probs[c] >= h) for h in highs[c]]
-    scores = {}
-    for c in CLASS_NAME:
-        present = _presence(axes["presence"][c], c, probs_by_image, high_counts[c], highs[c])
-        class_tp = np.stack(tp[c])[..., None] * present[:, None, None, None, :]   # (N, base, m, k, j)
-        class_fp = np.stack(fp[c])[..., None] * present[:, None, None, None, :]
-        class_fn = n_true[c][:, None, None, None, None] - class_tp
-        scores[c] = SCORES[metric](class_tp, class_fp, class_fn, reduction=reduction, empty=empty)
-    return _grid_table(axes, bases, scores, probs_by_image is not None or any(highs.values()))
+    grid_counts = gather_counts(oof, get_mask, axes, bases, highs, se_size, region_rule)
+    present = {c: presence(axes["presence"][c], c, probs_by_image, grid_counts.high_counts[c], highs[c])
+               for c in CLASS_NAME}
+    counts = SettingCounts(grid_counts, present, never_empty, official_empty)
+    b, a1, a2 = (i.ravel() for i in np.indices(counts.shape))
+    scores = {name: np.empty(len(b)) for name in (*OBJECTIVES, "ischemic", "hemorrhagic")}
+    for start in range(0, len(b), chunk):
+        part = slice(start, start + chunk)
+        for name in OBJECTIVES:
+            scores[name][part] = combine(counts.terms(b[part], a1[part], a2[part], name, reduction))
+        per_class = counts.per_class(b[part], a1[part], a2[part], objective, reduction)
+        scores["ischemic"][part], scores["hemorrhagic"][part] = per_class
+    table = _grid_table(axes, bases, (b, a1, a2), scores, objective,
+                        probs_by_image is not None or any(highs.values()))
+    table.attrs.update(never_empty=never_empty, objective=objective, reduction=reduction)
+    return Search(table, counts, objective, reduction, len(ids))
+
+
+def search_postprocess(oof: dict, masks, grid: dict, metric: str = "dice", reduction: str = "macro-imagewise",
+                       image_probs=None, never_empty: bool = False, **options) -> pd.DataFrame:
+    """The table of `run_search` (metric = the objective: dice, iou, official_iou, official_dice)."""
+    return run_search(oof, masks, grid, metric, reduction, image_probs, never_empty, **options).table
 
 
 def _class_settings(axes: dict, cls: int) -> list[dict]:
@@ -268,12 +251,9 @@ def _class_settings(axes: dict, cls: int) -> list[dict]:
     return rows
 
 
-def _grid_table(axes: dict, bases: list, scores: dict, presence_searched: bool) -> pd.DataFrame:
-    n_base = len(bases)
-    s1, s2 = (scores[c].reshape(n_base, -1) for c in CLASS_NAME)
-    pair = np.stack(np.broadcast_arrays(s1[:, :, None], s2[:, None, :]))      # (2, base, A1, A2)
-    mean = metrics.nanmean(pair, axis=0)                                       # the lesion mean, NaN skipped
-    b, a1, a2 = (index.ravel() for index in np.indices(mean.shape))
+def _grid_table(axes: dict, bases: list, index: tuple, scores: dict, objective: str,
+                presence_searched: bool) -> pd.DataFrame:
+    b, a1, a2 = index
     base = pd.DataFrame(bases, columns=["overlap", "threshold.ischemic", "closing.ischemic",
                                         "threshold.hemorrhagic", "closing.hemorrhagic"])
     base = base.astype({"threshold.ischemic": float, "threshold.hemorrhagic": float}).iloc[b]   # NaN = argmax
@@ -282,17 +262,22 @@ def _grid_table(axes: dict, bases: list, scores: dict, presence_searched: bool) 
     table = pd.concat([frame.reset_index(drop=True) for frame in (base, first, second)], axis=1)
     if not presence_searched:
         table = table.drop(columns=[c for c in table.columns if c.startswith(("gate.", "triplet_"))])
-    table["score"] = mean.ravel()
-    table["score.ischemic"], table["score.hemorrhagic"] = pair[0].ravel(), pair[1].ravel()
+    table["score"] = scores[objective]
+    for name in ("ischemic", "hemorrhagic", *OBJECTIVES):
+        table[f"score.{name}"] = scores[name]
+    for column, values in zip(INDEX_COLUMNS, index):
+        table[column] = values
     return table.sort_values("score", ascending=False, na_position="last", kind="stable").reset_index(drop=True)
 
 
-def row_to_spec(row: Mapping) -> dict:
-    """The post-processing spec (postprocess.normalise_spec form) of one row of the search table."""
+def row_to_spec(row: Mapping, never_empty: bool = False) -> dict:
+    """The post-processing spec (postprocess.normalise_spec form) of one row of the search table
+    (never_empty: whether the search scored phase 2's step 8; a table says so in `table.attrs`)."""
     per = lambda key, cast: {name: cast(row[f"{key}.{name}"]) for name in LESION_CLASSES}
     threshold = lambda v: None if pd.isna(v) else float(v)
     spec = {"overlap": row["overlap"], "threshold": per("threshold", threshold), "closing": per("closing", int),
-            "min_area": per("min_area", int), "keep_largest": per("keep_largest", bool)}
+            "min_area": per("min_area", int), "keep_largest": per("keep_largest", bool),
+            "never_empty": bool(never_empty)}
     if any(f"gate.{name}" in row and row[f"gate.{name}"] > 0 for name in LESION_CLASSES):
         spec["gate"] = per("gate", float)
     if any(f"triplet_min_pixels.{name}" in row and row[f"triplet_min_pixels.{name}"] > 0 for name in LESION_CLASSES):
@@ -310,25 +295,35 @@ def _matches(table: pd.DataFrame, chosen: dict, skip: str | None = None) -> pd.S
     return ok
 
 
-def choose_postprocess(table: pd.DataFrame, tolerance: float = 0.005) -> dict:
-    """The setting to submit: start at the best row, then move each numeric axis in turn to the middle
-    of its near-best plateau (others held), as PITFALLS.md asks. Returns spec, scores and per-axis stability."""
-    settings = [c for c in table.columns if not c.startswith("score")]
-    best = table.loc[table["score"].idxmax()]
+def setting_columns(table: pd.DataFrame) -> list[str]:
+    """The columns that name a setting (not scores, not the counts' index)."""
+    return [c for c in table.columns if not c.startswith(("score", "_"))]
+
+
+def choose_postprocess(table: pd.DataFrame, tolerance: float = 0.005, score: str = "score") -> dict:
+    """The setting to submit: start at the row best by `score`, then move each numeric axis in turn to the
+    middle of its near-best plateau (others held), as PITFALLS.md asks. Returns spec, scores, per-axis
+    stability and the chosen table row. `score` may name another column (e.g. a bootstrap quantile)."""
+    settings = setting_columns(table)
+    ranked = table[np.isfinite(table[score])]
+    if ranked.empty:
+        raise ValueError(f"no setting has a finite {score!r}: no lesion in the OOF images?")
+    best = ranked.loc[ranked[score].idxmax()]
     chosen = {c: best[c] for c in settings}
     stability = {}
     for axis in NUMERIC_AXES:
         for name in LESION_CLASSES:
             col = f"{axis}.{name}"
-            if col not in table or table[col].nunique() < 2 or pd.isna(chosen[col]):
+            if col not in ranked or ranked[col].nunique() < 2 or pd.isna(chosen[col]):
                 continue                                 # NaN: argmax decoding / triplet off, not an axis
-            line = table[_matches(table, chosen, skip=col) & table[col].notna()]
-            if line[col].nunique() < 2 or not np.isfinite(line["score"]).any():
+            line = ranked[_matches(ranked, chosen, skip=col) & ranked[col].notna()]
+            if line[col].nunique() < 2:
                 continue
-            flat = plateau(line[col], line["score"], tolerance)
+            flat = plateau(line[col], line[score], tolerance)
             chosen[col] = type(chosen[col])(flat["value"])
             stability[col] = {k: flat[k] for k in ("value", "best_value", "plateau", "width")}
-    row = table[_matches(table, chosen)].iloc[0]
-    return {"spec": row_to_spec(row), "score": float(row["score"]), "best_score": float(best["score"]),
-            "scores": {name: float(row[f"score.{name}"]) for name in LESION_CLASSES},
-            "stability": stability, "tolerance": tolerance}
+    row = ranked[_matches(ranked, chosen)].iloc[0]
+    return {"spec": row_to_spec(row, table.attrs.get("never_empty", False)), "score": float(row[score]),
+            "best_score": float(best[score]), "scores": {name: float(row[f"score.{name}"]) for name in LESION_CLASSES},
+            "objectives": {name: float(row[f"score.{name}"]) for name in OBJECTIVES if f"score.{name}" in row},
+            "stability": stability, "tolerance": tolerance, "row": row}

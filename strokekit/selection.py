@@ -265,16 +265,22 @@ def plateau(values, scores, tolerance: float = 0.005) -> dict:
 
 
 def tune_classifier_threshold(y_true, y_score, objective: str = "f1", target_recall: float = 0.97,
-                              tolerance: float = 0.005) -> dict:
+                              tolerance: float = 0.005, test_prior: float | None = None) -> dict:
     """A decision threshold from the middle of the near-best plateau, with its OOF metrics.
 
     objective "f1" / "youden": plateau of F1 / Youden's J over every OOF score used as threshold.
     objective "recall": among thresholds whose recall >= target_recall, the plateau of precision, so the
     choice always meets the recall target on OOF. `argmax` holds metrics.tune_threshold's own choice.
-    Returns plain floats, ready for the ensemble spec.
+    test_prior: the positive share expected in the test set; the OOF images are reweighted to it
+    (prior.py), so precision / F1 and the F1-best threshold are those of that mix (`oof` then holds the
+    reweighted figures, `oof_unweighted` the plain ones). Returns plain floats, ready for the ensemble spec.
     """
+    from strokekit import prior
+
     argmax = metrics.tune_threshold(y_true, y_score, objective=objective, target_recall=target_recall)
-    table = metrics.threshold_table(y_true, y_score)
+    weights = None if test_prior is None else prior.prior_weights(y_true, test_prior)
+    table = metrics.threshold_table(y_true, y_score) if weights is None else prior.threshold_table(
+        y_true, y_score, weights)
     if objective == "recall":
         curve = np.where(table["recall"] >= target_recall, table["precision"], np.nan)
     else:
@@ -286,4 +292,9 @@ def tune_classifier_threshold(y_true, y_score, objective: str = "f1", target_rec
            "oof": {k: float(v) for k, v in chosen.items() if k != "threshold"}}
     if objective == "recall":
         out["target_recall"] = float(target_recall)
+    if weights is not None:
+        out["oof_unweighted"] = out["oof"]
+        out["oof"] = {**out["oof"], **prior.metrics_at(table, flat["value"])}
+        out.update(test_prior=float(test_prior), oof_prior=float(np.mean(np.asarray(y_true) == 1)),
+                   argmax=float(table["threshold"][int(np.nanargmax(np.where(np.isfinite(curve), curve, -np.inf)))]))
     return out
