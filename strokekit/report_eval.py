@@ -10,6 +10,7 @@ covers in the true mask (bins `small` / `medium` / `large` at SIZE_BINS).
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,10 +68,16 @@ def find_sources(paths: list[str | os.PathLike]) -> list[Source]:
             cfg = run_config(path)
             sources.append(Source(path.name, "run", cfg["task"], [path], cfg))
         elif path.is_dir():
-            inner = [p for p in sorted(path.iterdir()) if is_run(p) or p.suffix in (".yaml", ".yml")]
-            if not inner:
+            found = []
+            for inner in sorted(path.iterdir()):
+                if is_run(inner) or inner.suffix in (".yaml", ".yml"):
+                    try:
+                        found += find_sources([inner])
+                    except (ReportError, FileNotFoundError) as err:  # an unfinished run, a grid YAML ...
+                        print(f"skipped {inner}: {err}", file=sys.stderr)
+            if not found:
                 raise ReportError(f"{path}: neither a run folder (fold<k>/) nor a folder of runs or ensemble specs")
-            sources += find_sources(inner)
+            sources += found
         else:
             raise ReportError(f"{path}: no such run folder or ensemble spec")
     return sources
