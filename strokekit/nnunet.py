@@ -76,6 +76,9 @@ def training_rows(index: pd.DataFrame, folds: pd.DataFrame, negatives: float = 1
 
 def grey_image(row: dict, source: str = "png", hu_window=(40.0, 80.0)) -> np.ndarray:
     """The slice as HxW uint8: the PNG, or the DICOM through one HU window (center, width)."""
+    if not row.get(source):
+        other = "png" if source == "dicom" else "dicom"
+        raise NnUNetError(f"image {row['image_id']}: no {source.upper()} file; try --source {other}")
     if source == "dicom":
         return window(read_dicom_hu(row["dicom"]), *hu_window)
     return read_png(row["png"])
