@@ -2,6 +2,7 @@
 external) and holds the listed figures and sections, for a classifier run, a seg ensemble, several sources
 at once, and a scored submission of each phase. Runs are trained here: two tiny configs, 2 epochs, 2 folds."""
 import base64
+import html
 import io
 import re
 from html.parser import HTMLParser
@@ -82,6 +83,8 @@ def trained(tmp_path_factory, one_thread):
     spec = root / "ensembles" / "seg.yaml"
     assert ensemble.main(["--task", "seg", str(root / "runs" / "seg"), "--grid", str(root / "grid.yaml"),
                           "--out", str(spec)]) == 0
+    assert ensemble.main(["--task", "stroke", str(root / "runs" / "cls"), "--objective", "youden",
+                          "--out", str(root / "ensembles" / "cls.yaml")]) == 0
     return root, data, spec
 
 
@@ -116,11 +119,17 @@ def test_seg_ensemble_and_several_sources(trained):
     assert alts(page) == ["training curves", "type confusion matrix", "threshold surface", "size bins", "worst cases"]
     text = spec.with_suffix(".report.html").read_text(encoding="utf-8")
     assert "no-stroke slices with any predicted lesion pixel" in text  # seg_val_negatives: measured
-    out = root / "all.html"  # a folder of runs: one page, a part per run (the seg run's surfaces searched here)
-    assert report.main([str(root / "runs"), "--data", str(data), "--out", str(out), "--worst", "2"]) == 0
+    out = root / "all.html"  # a folder of runs and a classifier spec: one page, a part for each
+    stroke_spec = root / "ensembles" / "cls.yaml"
+    assert report.main([str(root / "runs"), str(stroke_spec), "--data", str(data), "--out", str(out),
+                        "--worst", "2"]) == 0
     page = read_page(out)
-    assert [h for h in page.headings if "task" in h] == ["cls (run, task stroke)", "seg (run, task seg)"]
-    assert alts(page).count("threshold surface") == 2 and "(a small grid on this run" in out.read_text(encoding="utf-8")
+    assert [h for h in page.headings if "task" in h] == ["cls (run, task stroke)", "seg (run, task seg)",
+                                                          "cls (ensemble, task stroke)"]
+    text = out.read_text(encoding="utf-8")
+    assert alts(page).count("threshold surface") == 3 and "(a small grid on this run" in text
+    threshold = yaml.safe_load(stroke_spec.read_text(encoding="utf-8"))["threshold"]["value"]
+    assert html.escape(f"decision threshold {threshold:.4f}: the spec's threshold (youden on OOF)") in text
 
 
 def test_bad_paths_fail_in_one_line(tmp_path, capsys):
