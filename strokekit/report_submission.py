@@ -55,6 +55,8 @@ def phase1(page: HtmlReport, result: dict, images_dir, probs_csv, worst: int) ->
     negatives = c["tn"] + c["fp"]
     page.table(pd.DataFrame([{"no-stroke slices": negatives, "called stroke": c["fp"],
                               "false-positive rate": c["fp"] / negatives if negatives else np.nan}]))
+    page.text("per class by lesion size: not for phase 1 (its answer key holds labels, no masks); "
+              "see report.py on the OOF of the runs", note=True)
     if probs_csv is None:
         page.text("no probs.csv given: ROC, precision-recall and the threshold curve need the probabilities", note=True)
         return
