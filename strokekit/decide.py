@@ -36,19 +36,28 @@ def fallback_region(probs: np.ndarray, fraction: float = 0.5, lesion_class: int 
         raise ValueError(f"fallback fraction and max_area must be in (0, 1], got {fraction}, {max_area}")
     lesion = probs[ISCHEMIC] + probs[HEMORRHAGIC]
     peak = np.unravel_index(int(np.argmax(lesion)), lesion.shape)
-    region = _component_at(lesion >= fraction * lesion[peak], peak)
-    cap = max(1, int(max_area * lesion.size))
-    if region.sum() > cap:  # the `cap` most probable pixels, ties broken by nearness to the peak
-        rows, cols = np.nonzero(region)
-        order = np.lexsort((np.hypot(rows - peak[0], cols - peak[1]), -lesion[rows, cols]))[:cap]
-        region = np.zeros_like(region)
-        region[rows[order], cols[order]] = True
-        region = _component_at(region, peak)
+    region = cap_region(_component_at(lesion >= fraction * lesion[peak], peak), lesion, max_area, peak)
     if lesion_class is None:
         lesion_class = ISCHEMIC if probs[ISCHEMIC][region].sum() > probs[HEMORRHAGIC][region].sum() else HEMORRHAGIC
     class_map = np.full(lesion.shape, BACKGROUND, dtype=np.uint8)
     class_map[region] = lesion_class
     return class_map
+
+
+def cap_region(region: np.ndarray, prob: np.ndarray, max_area: float, peak: tuple | None = None) -> np.ndarray:
+    """`region` cut to at most max_area x the image's pixels: its most probable pixels (ties broken by
+    nearness to the peak), as the 8-connected part holding the peak (default: its most probable pixel)."""
+    cap = max(1, int(max_area * region.size))
+    if region.sum() <= cap:
+        return region
+    rows, cols = np.nonzero(region)
+    if peak is None:
+        first = int(np.argmax(prob[rows, cols]))
+        peak = (rows[first], cols[first])
+    order = np.lexsort((np.hypot(rows - peak[0], cols - peak[1]), -prob[rows, cols]))[:cap]
+    kept = np.zeros_like(region)
+    kept[rows[order], cols[order]] = True
+    return _component_at(kept, peak)
 
 
 def _component_at(mask: np.ndarray, pixel: tuple) -> np.ndarray:
@@ -60,11 +69,13 @@ def fill_region(probs: np.ndarray, spec: dict, lesion_class: int | None = None, 
                 max_area: float = 0.02) -> np.ndarray:
     """Step 8's class map for an image post-processing left empty: the most probable component of the
     more likely class (`lesion_class` when given, e.g. a type classifier's decision) in that class's
-    mask after threshold, closing and overlap; when that mask is empty too, `fallback_region`."""
+    mask after threshold, closing and overlap, cut to max_area of the image (`cap_region`: a low
+    threshold must not paint the slice); when that mask is empty too, `fallback_region`."""
     cls = more_likely_class(probs) if lesion_class is None else int(lesion_class)
     region = most_probable_component(probs, spec, cls)
     if region is None:
         return fallback_region(probs, fraction, cls, max_area)
+    region = cap_region(region, probs[cls], max_area)
     class_map = np.full(region.shape, BACKGROUND, dtype=np.uint8)
     class_map[region] = cls
     return class_map

@@ -24,7 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from strokekit import official
-from strokekit.decide import fallback_region
+from strokekit.decide import fallback_region, fill_region
 from strokekit.postprocess import (bounding_box, close_mask, components, more_likely_class, pass_mask,
                                    resize_probs, resolve_overlap)
 
@@ -153,8 +153,15 @@ def _image_counts(i: int, probs: np.ndarray, truth: Truth, axes: dict, bases: li
             counts[c][i, b] = table[2]
             base_tables[c] = table[:2]
         stats, peaks = base_tables[fill_cls]
-        if len(stats):                                   # decide.fill_region: the most probable component
-            fill[i, b] = counts_from_stats(stats[int(np.argmax(peaks))])
+        best = int(np.argmax(peaks)) if len(stats) else -1
+        if best >= 0 and stats[best, 0] <= max(1, int(max_area * probs[0].size)):
+            fill[i, b] = counts_from_stats(stats[best])  # decide.fill_region: the most probable component
+        elif best >= 0:                                  # ... cut to max_area: drawn as infer draws it
+            spec = {"overlap": rule, "threshold": {"ischemic": t1, "hemorrhagic": t2},
+                    "closing": {"ischemic": r1, "hemorrhagic": r2}}
+            region = fill_region(probs, spec, fill_cls, fraction, max_area) == fill_cls
+            fill[i, b] = counts_from_stats(component_table(region, probs[fill_cls], truth, fill_cls,
+                                                           region_rule)[0]).sum(axis=0)
         else:
             if peak_fill is None:
                 region = fallback_region(probs, fraction, fill_cls, max_area) == fill_cls

@@ -1,17 +1,35 @@
-"""Issue 10 items 2-4 on constructed OOF: the joint search under the organisers' counting and the never-empty
-rule equals an image-by-image evaluation with infer.py's and score.py's functions, the triplet rule, and
-prior shift. (The phantom end to end: test_winning_loop.py; bootstrap intervals: test_bootstrap.py.)"""
+"""Issue 10 items 2-4. On constructed OOF: the joint search under the organisers' counting and the
+never-empty rule equals an image-by-image evaluation with infer.py's and score.py's functions; the triplet
+rule; prior shift. On the phantom, through the scripts: ensemble.py's reported score is what infer.py +
+score.py give on the same images, and a phase-2 submission has no empty mask. (Bootstrap: test_bootstrap.py.)
+"""
+import contextlib
+import importlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from scipy import ndimage
 
 from strokekit import metrics, prior
 from strokekit.decide import fill_region, phase2_class_map
 from strokekit.postprocess import resize_probs
 from strokekit.selection import tune_classifier_threshold
+from strokekit.submission import read_phase2_mask
 from strokekit.seg_search import choose_postprocess, evaluate_objectives, row_to_spec, run_search
+from tests.conftest import small_phantom
 from tests.test_seg_search import random_seg_oof
+
+ROOT = Path(__file__).resolve().parents[1]
 
 GRID = {"threshold": [None, 0.3, 0.6, 0.95], "overlap": ["argmax", "hemorrhagic"], "closing": [0, 1],
         "min_area": [0, 8], "keep_largest": [False, True], "gate": [None, 0.5],
@@ -128,3 +146,81 @@ def test_prior_shift_reweights_like_a_resampled_test_set():
     assert prior.shift_probs([0.5], 0.5, 0.2)[0] == pytest.approx(0.2)
     with pytest.raises(ValueError, match="test prior"):
         prior.prior_weights(y, 1.5)
+
+
+# --------------------------------------------------------------------------- the phantom, through the scripts
+
+
+def run_main(script: str, *args) -> str:
+    """A script's main() in this process (no interpreter start-up); what it printed."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        status = importlib.import_module(script).main([str(a) for a in args])
+    assert status == 0, f"{script} exited {status}\n{printed.getvalue()}"
+    return printed.getvalue()
+
+
+@pytest.fixture(scope="module")
+def one_fold(tmp_path_factory, one_thread) -> SimpleNamespace:
+    """A tiny U-Net trained briefly on fold 1 of a phantom: its OOF (fold 0) is exactly what its checkpoint
+    predicts for those images, so infer.py on them must reproduce the OOF search's figures. (Two epochs
+    learn little; the check is that the figures agree, on masks the search made non-trivial.)"""
+    root = tmp_path_factory.mktemp("winning")
+    data = small_phantom(root, n=60, seed=4, size=64, n_test1=2, n_test2=6)
+    config = {"task": "seg", "model": "tiny_unet", "img_size": 64, "oof_size": 64, "epochs": 2, "loss": "ce",
+              "class_weights": [1, 10, 10], "batch_size": 8, "num_workers": 0, "lr": 3.0e-3, "seed": 1,
+              "aug": {"shift_scale_rotate": 0.0}, "data": str(data), "name": "seg_w"}
+    (root / "seg_w.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    train = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", str(root / "seg_w.yaml"), "--fold",
+                            "0", "--out", str(root / "runs"), "--no-progress"], capture_output=True, text=True,
+                           timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert train.returncode == 0, train.stdout + train.stderr
+    spec = root / "ens" / "seg.yaml"
+    stdout = run_main("ensemble", "--task", "seg", root / "runs" / "seg_w", "--data", data, "--metric",
+                      "official_iou", "--tta", "none", "--n-boot", 200, "--out", spec)
+    return SimpleNamespace(root=root, data=data, spec=spec, stdout=stdout)
+
+
+def test_searched_score_is_what_infer_and_score_give_on_the_same_images(one_fold):
+    spec = yaml.safe_load(one_fold.spec.read_text(encoding="utf-8"))
+    assert spec["postprocess"]["never_empty"] and spec["postprocess_search"]["lesion_only"]
+    assert "best by official_iou" in one_fold.stdout and "best by dice" in one_fold.stdout
+    with np.load(one_fold.root / "runs" / "seg_w" / "fold0" / "oof.npz") as oof:
+        ids = oof["image_id"].tolist()
+    same = one_fold.root / "YARISMA_2"                # the searched OOF images, laid out as a phase-2 test set
+    masks = sorted((one_fold.data).glob("**/MASK/*.png"))
+    lesion = {}
+    for path in masks:
+        if int(path.stem) in ids and np.asarray(read_phase2_mask(path)).any():
+            lesion[int(path.stem)] = path
+    assert len(lesion) == spec["oof"]["n_images_searched"] >= 5
+    for image_id, mask in lesion.items():
+        for kind, source in (("MASK", mask), ("PNG", mask.parent.parent / "PNG" / f"{image_id}.png")):
+            (same / kind).mkdir(parents=True, exist_ok=True)
+            shutil.copy(source, same / kind / f"{image_id}.png")
+    sub = one_fold.root / "sub_same"
+    run_main("infer", "--phase", 2, "--ensemble", one_fold.spec, "--data", same, "--out", sub)
+    run_main("score", "--phase", 2, "--pred", sub, "--truth", same / "MASK", "--out", one_fold.root / "s.json")
+    scored = json.loads((one_fold.root / "s.json").read_text())
+    reported = spec["oof"]
+    assert reported["postprocessed"] > 0 and reported["objectives"]["dice"] > 0   # not empty against empty
+    official = scored["official"]["mean_imagewise"]
+    assert official["iou"] == pytest.approx(reported["postprocessed"], rel=1e-3)
+    assert official["dice"] == pytest.approx(reported["objectives"]["official_dice"], rel=1e-3)
+    strict = scored["strict"]["dice_macro_imagewise_lesion_mean"]
+    assert strict == pytest.approx(reported["objectives"]["dice"], rel=1e-3)
+    interval = reported["postprocessed_interval"]
+    assert interval["low"] <= reported["postprocessed"] <= interval["high"] and interval["size"] == 97
+
+
+def test_phase2_submission_never_holds_an_empty_mask(one_fold):
+    spec = yaml.safe_load(one_fold.spec.read_text(encoding="utf-8"))
+    spec["postprocess"]["min_area"] = {"ischemic": 10**6, "hemorrhagic": 10**6}   # removes every lesion
+    harsh = one_fold.spec.with_name("harsh.yaml")
+    harsh.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    out = one_fold.root / "sub_p2"
+    run_main("infer", "--phase", 2, "--ensemble", harsh, "--data", one_fold.data / "YARISMA_2", "--out", out)
+    files = sorted(out.glob("*.png"))
+    assert len(files) == 6 and all(read_phase2_mask(f).any() for f in files)
+    types = pd.read_csv(out / "types.csv")
+    assert (types["fallback"] == 1).all() and (types["lesion_pixels"] < 64 * 64 * 0.2).all()
