@@ -87,7 +87,7 @@ def format_interval(result: dict, digits: int = 4) -> str:
 
 def classifier_intervals(y_true, y_score, threshold: float, size: int | None = PHASE_TEST_SIZES[1],
                          n_boot: int = 1000, seed: int = 0, level: float = 0.95,
-                         test_prior: float | None = None) -> dict[str, dict]:
+                         test_prior: float | None = None, with_auc: bool = True) -> dict[str, dict]:
     """Intervals of a classifier's headline figures at its threshold on resamples of `size` images
     (AUC, recall, precision, specificity, F1, balanced accuracy, accuracy); with `test_prior` images are
     drawn so that resamples hold that positive share on average. Estimates are the (reweighted) OOF's."""
@@ -106,14 +106,56 @@ def classifier_intervals(y_true, y_score, threshold: float, size: int | None = P
     for name, fn_ in _COUNT_METRICS.items():
         with np.errstate(invalid="ignore", divide="ignore"):
             out[name] = summarise(fn_(tp, fp, fn, tn), float(fn_(*(np.float64(v) for v in point))), level)
-    rng = np.random.default_rng(seed + 1)
-    probs = None if draw is None else draw / draw.sum()
-    aucs = []
-    for _ in range(n_boot):
-        idx = rng.choice(len(y), size=size or len(y), p=probs)
-        aucs.append(metrics.roc_auc(y[idx], p[idx]) if 0 < y[idx].sum() < len(idx) else np.nan)
-    out["auc"] = summarise(np.array(aucs), float(metrics.roc_auc(y, p)), level)
+    if with_auc:
+        rng = np.random.default_rng(seed + 1)
+        probs = None if draw is None else draw / draw.sum()
+        aucs = []
+        for _ in range(n_boot):
+            idx = rng.choice(len(y), size=size or len(y), p=probs)
+            aucs.append(metrics.roc_auc(y[idx], p[idx]) if 0 < y[idx].sum() < len(idx) else np.nan)
+        out["auc"] = summarise(np.array(aucs), float(metrics.roc_auc(y, p)), level)
     return {k: v | {"size": int(size or len(y)), "n": len(y), "n_boot": n_boot} for k, v in out.items()}
+
+
+def phase1_intervals(y_true, labels, probs=None, size: int | None = None, n_boot: int = 1000, seed: int = 0,
+                     level: float = 0.95) -> dict[str, dict]:
+    """score.py phase 1: intervals of recall, precision, specificity, F1, balanced accuracy, accuracy of
+    submitted 0/1 labels (and AUC when probabilities are given), resampling the scored images."""
+    out = classifier_intervals(y_true, labels, 0.5, size, n_boot, seed, level, with_auc=False)
+    if probs is not None:
+        from strokekit import metrics
+
+        y = np.asarray(y_true).astype(int)
+        auc = lambda yy, pp: metrics.roc_auc(yy, pp) if 0 < yy.sum() < len(yy) else np.nan
+        out["auc"] = interval((y, np.asarray(probs, float)), auc, size=size, n_boot=n_boot, level=level, seed=seed)
+    return out
+
+
+def phase2_intervals(official_iou, official_dice, strict=None, size: int | None = None, n_boot: int = 1000,
+                     seed: int = 0, level: float = 0.95) -> dict[str, dict]:
+    """score.py phase 2: intervals of the official per-image IoU / Dice means and, given strict per-image
+    counts (metrics.SegStats, (N, 3) each), of the strict lesion-mean Dice / IoU (macro-imagewise and
+    micro), all from the same resamples of the scored images."""
+    from strokekit.seg_objectives import _term
+
+    parts = {"official_iou": [(np.nan_to_num(np.asarray(official_iou, float)),
+                               np.isfinite(np.asarray(official_iou, float)).astype(float))],
+             "official_dice": [(np.nan_to_num(np.asarray(official_dice, float)),
+                                np.isfinite(np.asarray(official_dice, float)).astype(float))]}
+    if strict is not None:
+        for kind in ("dice", "iou"):
+            for reduction in ("macro-imagewise", "micro"):
+                name = f"{kind}_{reduction.replace('-', '_')}_lesion_mean"
+                parts[name] = [_term(*(np.asarray(getattr(strict, k))[:, c].astype(float) for k in ("tp", "fp", "fn")),
+                                     kind, reduction, np.nan) for c in (1, 2)]
+    n = len(parts["official_iou"][0][0])
+    weights = resample_weights(n, size, n_boot, seed)
+    out = {}
+    for name, terms in parts.items():
+        estimate = float(combine([(num[:, None], den[:, None]) for num, den in terms])[0])
+        draws = combine([(num[:, None], den[:, None]) for num, den in terms], weights)[:, 0]
+        out[name] = summarise(draws, estimate, level) | {"size": int(size or n), "n": n, "n_boot": n_boot}
+    return out
 
 
 def _safe(num, den):

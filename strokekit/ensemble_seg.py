@@ -153,7 +153,8 @@ def build_seg_spec(runs: list[Run], spec_path, data, metric: str = "dice", top_k
                                                             test_prior)
     report = {"folds": pd.concat(tables, ignore_index=True)[["member", "fold", "n", "score", "chosen"]],
               "members": singles, "weights": choice["weights"], "ensemble": choice["score"],
-              "metric": rank_metric, "objective": metric, "grid": table.drop(columns=[c for c in table if c.startswith("_")]),
+              "metric": rank_metric, "objective": metric,
+              "grid": table.drop(columns=[c for c in table if c.startswith("_")]),
               "postprocess": post, "note": choice.get("note", ""), "best_by": best_by,
               "n_searched": len(searched["image_id"]), "n_images": len(ids),
               "seg_classifier": spec.get("seg_classifier"), "blends_tried": spec["oof"]["blends_tried"]}

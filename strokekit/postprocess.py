@@ -218,9 +218,12 @@ def most_probable_component(probs: np.ndarray, spec: dict, cls: int) -> np.ndarr
     mask = lesion_masks(probs, spec)[cls]
     if not mask.any():
         return None
-    labels, areas = components(mask)
-    peaks = ndimage.maximum(probs[cls], labels, np.arange(1, len(areas)))
-    return labels == 1 + int(np.argmax(peaks))
+    box = bounding_box(mask)           # label the lesion's box only, as apply_postprocess does
+    labels, areas = components(mask[box])
+    peaks = ndimage.maximum(probs[cls][box], labels, np.arange(1, len(areas)))
+    region = np.zeros(mask.shape, dtype=bool)
+    region[box] = labels == 1 + int(np.argmax(peaks))
+    return region
 
 
 @functools.lru_cache(maxsize=32)

@@ -131,7 +131,7 @@ def _image_counts(i: int, probs: np.ndarray, truth: Truth, axes: dict, bases: li
     region_rule, fraction, max_area = options
     needs_argmax = any(t is None for c in CLASSES for t in axes["threshold"][c])
     argmax = probs.argmax(axis=0) if needs_argmax else None
-    passed, tables, peak_fill = {}, {}, None
+    passed, tables, capped, peak_fill = {}, {}, {}, None
     for b, (rule, t1, r1, t2, r2) in enumerate(bases):
         keys = {1: (1, t1, r1), 2: (2, t2, r2)}
         for cls, t, r in keys.values():
@@ -157,11 +157,14 @@ def _image_counts(i: int, probs: np.ndarray, truth: Truth, axes: dict, bases: li
         if best >= 0 and stats[best, 0] <= max(1, int(max_area * probs[0].size)):
             fill[i, b] = counts_from_stats(stats[best])  # decide.fill_region: the most probable component
         elif best >= 0:                                  # ... cut to max_area: drawn as infer draws it
-            spec = {"overlap": rule, "threshold": {"ischemic": t1, "hemorrhagic": t2},
-                    "closing": {"ischemic": r1, "hemorrhagic": r2}}
-            region = fill_region(probs, spec, fill_cls, fraction, max_area) == fill_cls
-            fill[i, b] = counts_from_stats(component_table(region, probs[fill_cls], truth, fill_cls,
-                                                           region_rule)[0]).sum(axis=0)
+            key = keys[fill_cls] if shared else None     # overlap-free: the fill depends on its class only
+            if key is None or key not in capped:
+                spec = {"overlap": rule, "threshold": {"ischemic": t1, "hemorrhagic": t2},
+                        "closing": {"ischemic": r1, "hemorrhagic": r2}}
+                region = fill_region(probs, spec, fill_cls, fraction, max_area) == fill_cls
+                stats = component_table(region, probs[fill_cls], truth, fill_cls, region_rule)[0]
+                capped[key] = counts_from_stats(stats).sum(axis=0)
+            fill[i, b] = capped[key]
         else:
             if peak_fill is None:
                 region = fallback_region(probs, fraction, fill_cls, max_area) == fill_cls

@@ -200,7 +200,7 @@ class Search:
 
 def run_search(oof: dict, masks, grid: dict, objective: str = "dice", reduction: str = "macro-imagewise",
                image_probs=None, never_empty: bool = False, se_size: int = 3, region_rule: bool = True,
-               official_empty: float = 1.0, chunk: int = 4096) -> Search:
+               official_empty: float = 1.0, chunk: int | None = None) -> Search:
     """Score every post-processing setting of `grid` on segmentation OOF under all four objectives.
 
     oof: {image_id (N,), probs (N, 3, S, S)} as selection.load_oof gives; masks: true class maps by id
@@ -220,6 +220,7 @@ def run_search(oof: dict, masks, grid: dict, objective: str = "dice", reduction:
                for c in CLASS_NAME}
     counts = SettingCounts(grid_counts, present, never_empty, official_empty)
     b, a1, a2 = (i.ravel() for i in np.indices(counts.shape))
+    chunk = chunk or max(256, 4_000_000 // max(len(ids), 1))          # ~100 MB of counts at a time
     scores = {name: np.empty(len(b)) for name in (*OBJECTIVES, "ischemic", "hemorrhagic")}
     for start in range(0, len(b), chunk):
         part = slice(start, start + chunk)

@@ -69,3 +69,23 @@ def test_resampled_settings_agree_with_the_search_and_the_robust_choice_maximise
     assert small["high"] - small["low"] > chosen["interval"]["high"] - chosen["interval"]["low"]
     with pytest.raises(KeyError, match="robust statistic"):
         bootstrap.robust_scores(draws, "p99")
+
+
+def test_score_py_intervals_match_its_figures():
+    rng = np.random.default_rng(3)
+    pred = rng.integers(0, 3, (40, 12, 12)) * (rng.random((40, 12, 12)) < 0.3)
+    true = rng.integers(0, 3, (40, 12, 12)) * (rng.random((40, 12, 12)) < 0.3)
+    true[:5, :, :] = np.where(true[:5] == 1, 0, true[:5])          # some images without ischemia
+    strict = metrics.seg_stats(pred, true)
+    official = rng.random(40)
+    out = bootstrap.phase2_intervals(official, official / 2, strict, n_boot=300)
+    named = metrics.seg_scores(strict)
+    for name in ("dice_macro_imagewise_lesion_mean", "iou_micro_lesion_mean"):
+        assert out[name]["estimate"] == pytest.approx(named[name])
+        assert out[name]["low"] <= out[name]["estimate"] <= out[name]["high"]
+    assert out["official_iou"]["estimate"] == pytest.approx(official.mean()) and out["official_iou"]["size"] == 40
+    y = (rng.random(192) < 0.5).astype(int)
+    labels = np.where(rng.random(192) < 0.85, y, 1 - y)
+    p1 = bootstrap.phase1_intervals(y, labels, probs=np.where(labels, 0.7, 0.3) + rng.normal(0, 0.1, 192))
+    assert p1["balanced_accuracy"]["estimate"] == pytest.approx(metrics.balanced_accuracy(y, labels))
+    assert p1["auc"]["low"] < p1["auc"]["estimate"] < p1["auc"]["high"]
