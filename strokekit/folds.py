@@ -1,19 +1,25 @@
 """k-fold splits: stratified by class and lesion type, grouped by patient so no patient straddles a split.
 
 The folds CSV (image_id, fold, group, stratum) is written once by kfold.py and read by every later stage.
+The groups come from DICOM headers or, where they give none, from image similarity (grouping.py):
+`fold_groups(index, group_by)` chooses.
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from .atomic import write_atomic
 from .data.index import group_ids, lesion_type
+from .grouping import SimilarityParams, link_groups, similarity_groups
 
 FOLD_COLUMNS = ["image_id", "fold", "group", "stratum"]
+GROUP_BY = ("auto", "dicom", "similarity", "none")
 
 
 class FoldsError(ValueError):
@@ -25,12 +31,67 @@ def strata(index: pd.DataFrame) -> pd.Series:
     return index["class_name"] + "/" + lesion_type(index)
 
 
-def make_folds(index: pd.DataFrame, n_folds: int = 5, seed: int = 42) -> pd.DataFrame:
-    """Assign every training image a fold; groups (patients) stay whole, strata stay balanced."""
+@dataclass
+class Grouping:
+    """The fold groups of the training images (in index order), where they came from, and the similarity table."""
+    groups: pd.Series
+    source: str                       # 'dicom' | 'similarity' | 'dicom+similarity' | 'none'
+    reason: str
+    table: pd.DataFrame | None = None  # grouping.similarity_groups' rows when images were compared
+
+
+def fold_groups(index: pd.DataFrame, group_by: str = "auto", n_folds: int = 5,
+                params: SimilarityParams = SimilarityParams(), workers: int = 1) -> Grouping:
+    """Groups for the folds. dicom: PatientID, else study, else series UID, else the image; similarity: from
+    the images only (headers ignored); none: every image alone (a random split); auto: the headers when every
+    training image has one and they group (>= n_folds groups, some with several slices), otherwise similarity,
+    joined with whatever header ids there are."""
+    if group_by not in GROUP_BY:
+        raise FoldsError(f"unknown grouping {group_by!r}; choose one of {', '.join(GROUP_BY)}")
+    train = index[index["split"] == "train"].reset_index(drop=True)
+    if group_by == "none":
+        return Grouping("image-" + train["image_id"].astype(str), "none", "every image its own group")
+    header = group_ids(train)
+    if group_by == "dicom":
+        return Grouping(header, "dicom", "DICOM PatientID / StudyInstanceUID / SeriesInstanceUID")
+    has_header = ~header.str.startswith("image-")
+    n_header = header[has_header].nunique()
+    if group_by == "auto" and has_header.all() and n_folds <= n_header < len(train):
+        return Grouping(header, "dicom", f"DICOM headers give {n_header} patients/series")
+    table = similarity_groups(train, params, workers)
+    if group_by == "similarity":
+        return Grouping(table["group"], "similarity", "image similarity (headers ignored)", table)
+    why = ("no training image has DICOM patient/study/series ids" if not has_header.any() else
+           f"DICOM ids on {int(has_header.sum())} of {len(train)} images, {n_header} distinct")
+    if not has_header.any() or n_header < n_folds or n_header == has_header.sum():
+        return Grouping(table["group"], "similarity", f"{why}: grouped by image similarity", table)
+    labels = link_groups(len(train), _member_pairs(table["group"]), _member_pairs(header.where(has_header)))
+    groups = pd.Series([f"sim-{k:05d}" for k in labels])
+    table = table.assign(group=groups, group_size=groups.map(groups.value_counts()))
+    return Grouping(groups, "dicom+similarity", f"{why}: image similarity joined with the header ids", table)
+
+
+def _member_pairs(labels: pd.Series) -> np.ndarray:
+    """Pairs (i, i') chaining the members of each label (NaN: none) - enough to keep each label's rows joined."""
+    codes = pd.factorize(labels)[0]
+    order = np.argsort(codes, kind="stable")
+    same = (codes[order][1:] == codes[order][:-1]) & (codes[order][1:] >= 0)
+    return np.stack([order[:-1][same], order[1:][same]], axis=1)
+
+
+def make_folds(index: pd.DataFrame, n_folds: int = 5, seed: int = 42, groups: pd.Series | None = None
+               ) -> pd.DataFrame:
+    """Assign every training image a fold; groups (patients) stay whole, strata stay balanced.
+
+    `groups`: one label per training image in index order (fold_groups(...).groups); default the DICOM ids."""
     train = index[index["split"] == "train"].reset_index(drop=True)
     if len(train) < n_folds:
         raise FoldsError(f"{len(train)} training images cannot make {n_folds} folds")
-    groups = group_ids(train)
+    if groups is None:
+        groups = group_ids(train)
+    elif len(groups) != len(train):
+        raise FoldsError(f"{len(groups)} group labels for {len(train)} training images")
+    groups = pd.Series(np.asarray(groups, dtype=object), index=train.index)
     if groups.nunique() < n_folds:
         raise FoldsError(f"only {groups.nunique()} patients/groups: fewer than {n_folds} folds")
     labels = strata(train)

@@ -59,3 +59,21 @@ def test_file_round_trip_and_mismatch_detection(tmp_path):
 def test_too_few_groups():
     with pytest.raises(FoldsError, match="fewer than 5 folds"):
         make_folds(synthetic_index(n_patients=3), 5)
+
+
+def test_explicit_groups_are_kept_whole_and_checked():
+    from strokekit.folds import fold_groups
+
+    index = synthetic_index()
+    train = index[index.split == "train"].reset_index(drop=True)
+    coarse = "G" + (train.patient_id.str[1:].astype(int) // 3).astype(str)   # three patients per group
+    folds = make_folds(index, 5, seed=2, groups=coarse)
+    assert folds.group.tolist() == coarse.tolist()
+    assert (folds.groupby("group").fold.nunique() == 1).all()
+    with pytest.raises(FoldsError, match="group labels for"):
+        make_folds(index, 5, groups=coarse.iloc[1:])
+    alone = fold_groups(index, "none")
+    assert alone.source == "none" and alone.groups.nunique() == len(train)
+    assert fold_groups(index, "auto").source == "dicom"          # every image has a PatientID that groups
+    with pytest.raises(FoldsError, match="unknown grouping"):
+        fold_groups(index, "patients")
