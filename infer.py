@@ -3,13 +3,19 @@
     python infer.py --phase 1 --ensemble ensembles/stroke.yaml --data data/YARISMA_1
     python infer.py --phase 1 --ensemble ensembles/stroke.yaml --data data --split test1 --out submissions/s1
     python infer.py --phase 2 --ensemble ensembles/seg.yaml --type-ensemble ensembles/type.yaml --data data/YARISMA_2
+    python infer.py --phase 2 --model models/full --data data/YARISMA_2       # a model folder from export.py
 
 --data is one test folder (with PNG/ and/or DICOM/; each member reads what its config needs) or a data root
 with --split (default test1 for phase 1, test2 for phase 2). Writes submissions/<name>/:
   phase 1: asama1.txt (official format) + probs.csv (image_id, prob, label, one column per member)
   phase 2: <id>.png masks at each image's size + types.csv (per-image stroke type and its source)
            + probs.npz with --save-probs (side files are not <id>.png, so the validator ignores them)
-  both:    manifest.json (spec, members and checkpoint hashes, TTA, decisions, kit version, time)
+  both:    manifest.json (spec or model folder, members with checkpoint hashes and configs as resolved,
+           seeds, data index / folds / test-input hashes, TTA, decisions, kit version, git commit, package
+           versions, command, time, and the sha256 of every file: `score.py --check` verifies them)
+--ensemble (alias --model) is an ensemble spec YAML or a model folder from export.py: phase 1 runs its
+stroke ensemble, phase 2 its seg ensemble and, unless --type-ensemble is given, its type ensemble. A
+model folder whose files do not match their recorded sha256 is refused (exit 2).
 Every phase-2 image holds a lesion, so when post-processing leaves a mask empty the most probable lesion
 region is drawn instead (--no-fallback turns this off). The submission is validated before it is
 reported; an existing folder is only replaced with --overwrite. Every test image is checked from its header
@@ -35,10 +41,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--phase", type=int, required=True, choices=(1, 2))
-    parser.add_argument("--ensemble", required=True, help="spec YAML from ensemble.py (stroke for phase 1, "
-                                                          "seg for phase 2; a seg spec with a stroke "
-                                                          "seg_classifier also serves phase 1)")
-    parser.add_argument("--type-ensemble", help="phase 2: type spec deciding each image's stroke type")
+    parser.add_argument("--ensemble", "--model", dest="ensemble", required=True,
+                        help="spec YAML from ensemble.py (stroke for phase 1, seg for phase 2; a seg spec with a "
+                             "stroke seg_classifier also serves phase 1) or a model folder from export.py")
+    parser.add_argument("--type-ensemble", help="phase 2: type spec (or model folder) deciding each image's "
+                                                "stroke type")
     parser.add_argument("--data", required=True, help="test folder (YARISMA_1 ...) or data root with --split")
     parser.add_argument("--split", choices=("test1", "test2"), help="with a data root: which test set")
     parser.add_argument("--out", help="submission folder (default submissions/<spec name>_<split>)")
@@ -63,12 +70,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def load(spec_path: str, args):
+def load(source: str, args, role: str):
+    """An EnsemblePredictor of a spec YAML, or of a model folder's `role` ensemble."""
     from strokekit.predict import EnsemblePredictor
 
     flips = args.tta.split(",") if args.tta else None
-    return EnsemblePredictor(spec_path, device=args.device, flips=flips, batch_size=args.batch_size, amp=args.amp,
-                             allow_outside=args.allow_outside)
+    return EnsemblePredictor(source, device=args.device, flips=flips, batch_size=args.batch_size, amp=args.amp,
+                             allow_outside=args.allow_outside, role=role)
+
+
+def load_type(args):
+    """Phase 2's type ensemble: --type-ensemble, else the model folder's own type ensemble, else none."""
+    from strokekit.modelfolder import is_model_folder, read_model_folder
+
+    if args.type_ensemble:
+        return load(args.type_ensemble, args, "type")
+    if args.phase == 2 and is_model_folder(args.ensemble) and "type" in read_model_folder(args.ensemble):
+        return load(args.ensemble, args, "type")
+    return None
 
 
 def amp_used(predictor, amp: str | None) -> str:
@@ -79,11 +98,11 @@ def amp_used(predictor, amp: str | None) -> str:
 
 
 def run(args) -> int:
-    from strokekit import submit
+    from strokekit import manifest, submit
 
     rows, split = submit.find_test_rows(args.data, args.split, args.phase)
-    predictor = load(args.ensemble, args)
-    type_predictor = load(args.type_ensemble, args) if args.type_ensemble else None
+    predictor = load(args.ensemble, args, "stroke" if args.phase == 1 else "seg")
+    type_predictor = load_type(args)
     rows, check = submit.check_test_rows(rows, (predictor, type_predictor), args.on_bad_input)
     print(check.summary())
     out = submit.prepare_out_dir(args.out or f"submissions/{Path(args.ensemble).stem}_{split}", args.overwrite)
@@ -108,18 +127,20 @@ def run(args) -> int:
     speed = len(rows) / max(seconds, 1e-9)
     print(f"{seconds:.1f}s, {speed:.1f} images/s")
     info = {"phase": args.phase, "data": str(Path(args.data).resolve()), "split": split, "n_images": len(rows),
-            "spec": submit.spec_summary(predictor), "tta": predictor.flips, "batch_size": predictor.batch_size,
+            "spec": manifest.ensemble_record(predictor), "tta": predictor.flips, "batch_size": predictor.batch_size,
             "device": str(predictor.device), "amp": amp_used(predictor, args.amp), "seconds": seconds,
             "images_per_s": speed, "skipped_images": sorted(check.bad_ids), **decided}
     if type_predictor is not None:
-        info["type_spec"] = submit.spec_summary(type_predictor)
-    submit.write_manifest(out, info)
+        info["type_spec"] = manifest.ensemble_record(type_predictor)
+    info.update(manifest.run_record(args.data, rows, [p for p in (predictor, type_predictor) if p is not None]))
+    manifest.write_manifest(out, info, command=args.command)
     print(f"valid submission: {out}")
     return 0
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    args.command = list(sys.argv) if argv is None else ["infer.py", *map(str, argv)]
     try:
         return run(args)
     except SubmissionError as err:

@@ -6,6 +6,9 @@
 
 Prints a table, writes scores/<name>.json (--out) and, beside it, <name>.confusion.png (phase 1) or
 <name>.worst_cases.png (phase 2). The logic lives in strokekit.scoring.
+
+--check also verifies the submission against the manifest.json infer.py wrote beside it: every file it
+lists must be there with the same sha256, and no file may have been added (exit status 1 otherwise).
 """
 from __future__ import annotations
 
@@ -24,8 +27,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--phase", type=int, choices=(1, 2), help="score a phase-1 or phase-2 submission")
     mode.add_argument("--check", metavar="DIR_OR_FILE",
-                      help="validate an asama1.txt, a folder of <id>.png masks, or a folder holding either; "
-                           "exit status 1 when invalid")
+                      help="validate an asama1.txt, a folder of <id>.png masks, or a folder holding either, and "
+                           "its files against the manifest.json beside them; exit status 1 when invalid")
     parser.add_argument("--pred", help="phase 1: the asama1.txt; phase 2: the folder of <id>.png masks")
     parser.add_argument("--truth", help="phase 1: the answer key (with or without header); "
                                         "phase 2: the folder of true MASK <id>.png files (every id is scored)")
@@ -68,6 +71,7 @@ def expected_ids(args: argparse.Namespace) -> list[int] | None:
 
 
 def run_check(args: argparse.Namespace) -> int:
+    status = 0
     try:
         for line in scoring.check_submission(args.check, expected_ids(args), tuple(args.size)):
             print(line)
@@ -75,7 +79,25 @@ def run_check(args: argparse.Namespace) -> int:
         print(f"INVALID {err.source}", file=sys.stderr)
         for problem in err.problems:
             print(f"  - {problem}", file=sys.stderr)
+        status = 1
+    return max(status, check_manifest(args.check))
+
+
+def check_manifest(target: str) -> int:
+    """The submission's files against the manifest.json beside them (1 when they differ)."""
+    from strokekit.manifest import verify_folder
+
+    folder = Path(target) if Path(target).is_dir() else Path(target).parent
+    manifest, problems = verify_folder(folder)
+    if manifest is None:
+        print(f"{folder}: no manifest.json beside the submission, file hashes not checked")
+        return 0
+    if problems:
+        print(f"INVALID {folder}: its files do not match manifest.json", file=sys.stderr)
+        for problem in problems:
+            print(f"  - {problem}", file=sys.stderr)
         return 1
+    print(f"{folder}: all {len(manifest['files'])} files match manifest.json (written {manifest.get('time')})")
     return 0
 
 

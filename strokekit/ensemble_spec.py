@@ -117,7 +117,8 @@ def read_spec(path: str | os.PathLike, allow_outside: bool = False) -> dict:
     """Load and validate a spec; every member gains `checkpoint_paths`, absolute and existing."""
     path = Path(path)
     if not path.is_file():
-        raise SpecError(f"ensemble spec {path} does not exist (write one with ensemble.py)")
+        raise SpecError(f"ensemble spec {path} does not exist (write one with ensemble.py, or give a model "
+                        "folder from export.py)")
     with open(path, encoding="utf-8") as f:
         spec = yaml.safe_load(f)
     validate_spec(spec, path)

@@ -8,6 +8,13 @@ run channels_last (faster convolutions on CUDA and on CPU alike: ~1.4x on 2 CPU 
 autocast on CUDA; everything runs under torch.inference_mode. A member (one config) averages its fold
 checkpoints; members are blended with ensemble_spec.combine. Segmentation probabilities are upsampled to
 each image's own size before blending.
+
+A spec is an ensemble spec YAML or one role of a model folder (modelfolder.py: safetensors weights, the
+configs in model.json); both load into the same Members. Rows are index rows (files: `png` / `dicom`) or,
+for in-memory input (strokekit.Predictor), rows carrying `hu`, a 2-D array in Hounsfield units: DICOM
+members window it with their config's windows, as they window a DICOM; PNG members see it through the
+brain window the slice PNGs were exported with (the row's `png_window`, Predictor's default
+readers.BRAIN_WINDOW; a DICOM file given for a PNG member too), or refuse it (`png_window=None`).
 """
 from __future__ import annotations
 
@@ -22,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from strokekit.data.dataset import preprocess
-from strokekit.data.readers import load_image
+from strokekit.data.readers import BadInputError, load_image, read_dicom_hu, window, windows_to_channels
 from strokekit.ensemble_spec import SpecError, combine, member_thresholds, member_weights, read_spec
 from strokekit.models import load_checkpoint
 from strokekit.tta import forward_passes, predict_with_tta, resolve_flips
@@ -60,13 +67,24 @@ class Member:
     cfg: dict
     models: list
     checkpoints: list[str]
+    configs: list[dict]  # each checkpoint's config as resolved (cfg is the first's)
 
 
 def load_member(entry: dict, task: str, device: torch.device) -> Member:
-    """Load a spec member's checkpoints (each once); their preprocessing and task must agree."""
-    models, cfg = [], None
-    for path in entry["checkpoint_paths"]:
-        model, ckpt_cfg = load_checkpoint(path, device)
+    """Load a spec member's checkpoints (each once); their preprocessing and task must agree.
+
+    A model-folder member lists `checkpoint_models` (config, num_outputs) beside its safetensors paths.
+    """
+    from strokekit.modelfolder import load_weights
+
+    models, cfg, configs = [], None, []
+    exported = entry.get("checkpoint_models")
+    for k, path in enumerate(entry["checkpoint_paths"]):
+        if exported is not None:
+            ckpt_cfg = exported[k]["config"]
+            model = load_weights(path, ckpt_cfg, exported[k]["num_outputs"], device)
+        else:
+            model, ckpt_cfg = load_checkpoint(path, device)
         if ckpt_cfg["task"] != task:
             raise SpecError(f"{path}: a {ckpt_cfg['task']} checkpoint in a {task} ensemble")
         if cfg is not None and preprocess_key(ckpt_cfg) != preprocess_key(cfg):
@@ -75,8 +93,46 @@ def load_member(entry: dict, task: str, device: torch.device) -> Member:
         if ckpt_cfg.get("channels_last", True):
             model = model.to(memory_format=torch.channels_last)
         models.append(model)
+        configs.append(ckpt_cfg)
         cfg = cfg or ckpt_cfg
-    return Member(entry["name"], cfg, models, list(entry["checkpoint_paths"]))
+    return Member(entry["name"], cfg, models, list(entry["checkpoint_paths"]), configs)
+
+
+def open_spec(source: dict | str, role: str | None = None, allow_outside: bool = False) -> dict:
+    """A spec dict from a dict, an ensemble spec YAML, or a model folder (its `role` ensemble)."""
+    if isinstance(source, dict):
+        return source
+    from strokekit.modelfolder import is_model_folder, read_model_folder
+
+    if not is_model_folder(source):
+        return read_spec(source, allow_outside)
+    ensembles = read_model_folder(source)
+    if role is None and len(ensembles) == 1:
+        return next(iter(ensembles.values()))
+    if role not in ensembles:
+        raise SpecError(f"model folder {source} holds the ensembles {sorted(ensembles)}, not {role!r}"
+                        + ("" if role else "; name the one to use"))
+    return ensembles[role]
+
+
+def read_input(row: dict, cfg: dict) -> np.ndarray:
+    """One row's model input as HxWxC uint8: from its files (load_image), or from an in-memory HU array."""
+    hu = row.get("hu")
+    if hu is None and cfg["image_source"] == "png" and not row.get("png") and row.get("dicom") \
+            and row.get("png_window") is not None:
+        hu = read_dicom_hu(row["dicom"])  # a DICOM for a PNG member: seen the way the PNGs were exported
+    if hu is None:
+        return load_image(row, cfg)
+    if cfg["image_source"] == "dicom":
+        image = windows_to_channels(hu, cfg["windows"])
+    elif row.get("png_window") is not None:
+        image = window(hu, *row["png_window"])[..., None]
+    else:
+        raise BadInputError(row.get("source", "array"), "an HU array for a member trained on PNG slices, and "
+                            "png_window=None: give the PNG, or a png_window (the PNG export's HU window)")
+    if image.shape[-1] != cfg["in_chans"]:
+        image = np.repeat(image[..., :1], cfg["in_chans"], axis=-1)
+    return np.ascontiguousarray(image)
 
 
 def _autocast(device: torch.device, amp: str | None):
@@ -114,8 +170,8 @@ class EnsemblePredictor:
     """A loaded ensemble spec. `predict_classifier(rows)` / `iter_seg(rows)` give blended probabilities."""
 
     def __init__(self, spec: dict | str, device: str | None = None, flips=None, batch_size: int | None = None,
-                 amp: str | None = None, workers: int = 2, allow_outside: bool = False):
-        self.spec = read_spec(spec, allow_outside) if not isinstance(spec, dict) else spec
+                 amp: str | None = None, workers: int = 2, allow_outside: bool = False, role: str | None = None):
+        self.spec = open_spec(spec, role, allow_outside)
         self.task = self.spec["task"]
         self.device = resolve_device(device)
         self.flips = resolve_flips(flips if flips is not None else self.spec.get("tta"))
@@ -143,15 +199,15 @@ class EnsemblePredictor:
         for member in self.members:
             key = preprocess_key(member.cfg)
             if key not in batches:
-                images = [load_image(row, member.cfg) for row in rows]
+                images = [read_input(row, member.cfg) for row in rows]
                 sizes = sizes or [im.shape[:2] for im in images]
                 batch = torch.from_numpy(np.stack([preprocess(im, member.cfg).numpy() for im in images]))
                 batches[key] = batch.pin_memory() if self.device.type == "cuda" else batch
         return {"batches": batches, "sizes": sizes}
 
-    def _chunks(self, rows: pd.DataFrame) -> Iterator[tuple[list[dict], dict]]:
+    def _chunks(self, rows: pd.DataFrame | list[dict]) -> Iterator[tuple[list[dict], dict]]:
         """(rows, read images) per batch; batch k+1 is read on a thread while batch k runs."""
-        records = rows.to_dict("records")
+        records = rows.to_dict("records") if isinstance(rows, pd.DataFrame) else list(rows)
         chunks = [records[i:i + self.batch_size] for i in range(0, len(records), self.batch_size)]
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending = pool.submit(self._read, chunks[0]) if chunks else None
@@ -161,7 +217,7 @@ class EnsemblePredictor:
                 yield chunk, read
 
     @torch.inference_mode()
-    def iter_member_probs(self, rows: pd.DataFrame) -> Iterator[tuple[list[int], list, list]]:
+    def iter_member_probs(self, rows: pd.DataFrame | list[dict]) -> Iterator[tuple[list[int], list, list]]:
         """Per batch: image ids, each member's probabilities, and the images' sizes.
 
         Classifiers: a (B,) float64 array per member; seg: a list of (3, H, W) float32 per member.

@@ -64,3 +64,7 @@ def small_phantom(folder: Path, n: int, seed: int, size: int, n_test1: int, n_te
     index, _ = build_index(root)
     write_folds(make_folds(index, n_folds=n_folds, seed=0), Path(root) / "folds.csv")
     return Path(root)
+
+
+# The trained phantom loop (tests/phantom_loop.py), shared by every end-to-end test file in one session.
+from phantom_loop import loop, seg_spec, shipped, stroke_spec, type_spec  # noqa: E402,F401

@@ -6,100 +6,19 @@ The decisions written in the spec are checked against the OOF files independentl
 recall at the threshold recounted), the submissions against the test folders' ids and the validators.
 """
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
+from phantom_loop import CONFIGS, TARGET_RECALL, run_script  # the session fixtures come through conftest.py
 
 from strokekit import metrics
 from strokekit.data.index import build_index
 from strokekit.decide import phase2_class_map, type_class
 from strokekit.ensemble_spec import combine, read_spec, write_spec
-from strokekit.phantom import make_phantom
 from strokekit.predict import EnsemblePredictor
 from strokekit.selection import align_members, classifier_score, load_oof
 from strokekit.submission import mask_files, read_labels, read_phase2_mask, validate_phase1, validate_phase2
-
-ROOT = Path(__file__).resolve().parents[1]
-TARGET_RECALL = 0.9
-TINY = {"num_workers": 0, "batch_size": 16, "lr": 3.0e-3, "aug": {"shift_scale_rotate": 0.0}}
-CONFIGS = {  # two configs per task with different preprocessing, so inference reads images two ways
-    "stroke_a": {"task": "stroke", "model": "tiny_cnn", "img_size": 64, "epochs": 8, "seed": 1},
-    "stroke_b": {"task": "stroke", "model": "tiny_cnn", "img_size": 48, "mean": 0.45, "epochs": 8,
-                 "lr": 1.0e-3, "seed": 2},
-    "seg_a": {"task": "seg", "model": "tiny_unet", "img_size": 64, "oof_size": 64, "epochs": 10, "loss": "ce",
-              "class_weights": [1, 5, 5], "batch_size": 8, "seed": 1},
-    "seg_b": {"task": "seg", "model": "tiny_unet", "img_size": 32, "oof_size": 32, "epochs": 10, "loss": "ce",
-              "class_weights": [1, 5, 5], "batch_size": 8, "lr": 2.0e-3, "seed": 2},
-    "type_a": {"task": "type", "model": "tiny_cnn", "img_size": 64, "epochs": 10, "lr": 2.0e-3, "seed": 1},
-}
-
-
-def run_script(script: str, *args, cwd: Path, expect: int = 0) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == expect, f"{script} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return proc
-
-
-def train_all(root: Path, data: Path, parallel: int = 2) -> Path:
-    """train.py --fold all for every config, `parallel` at a time with one thread each (2 CPU cores)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    (root / "configs").mkdir()
-    pending, running = list(CONFIGS.items()), []
-    while pending or running:
-        while pending and len(running) < parallel:
-            name, cfg = pending.pop(0)
-            path = root / "configs" / f"{name}.yaml"
-            path.write_text(yaml.safe_dump({**TINY, **cfg, "data": str(data)}), encoding="utf-8")
-            command = [sys.executable, str(ROOT / "train.py"), "--config", str(path), "--fold", "all",
-                       "--out", str(root / "runs"), "--no-progress"]
-            running.append(subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE,
-                                            stderr=subprocess.STDOUT, text=True))
-        proc = running.pop(0)
-        output, _ = proc.communicate(timeout=600)
-        assert proc.returncode == 0, f"{proc.args}\n{output}"
-    return root / "runs"
-
-
-@pytest.fixture(scope="session")
-def loop(tmp_path_factory) -> SimpleNamespace:
-    """One phantom, its folds, and every config trained on 2 folds (shared by all tests here)."""
-    root = tmp_path_factory.mktemp("loop")
-    data = make_phantom(root / "data", n=240, seed=3, size=64, n_test1=60, n_test2=16)
-    run_script("kfold.py", "--data", data, "--folds", 2, cwd=root)
-    return SimpleNamespace(root=root, data=data, runs=train_all(root, data))
-
-
-@pytest.fixture(scope="session")
-def stroke_spec(loop) -> tuple[Path, str]:
-    out = loop.root / "ensembles" / "stroke.yaml"
-    proc = run_script("ensemble.py", "--task", "stroke", loop.runs / "stroke_a", loop.runs / "stroke_b",
-                      "--top-k", 1, "--greedy", "--blend", "auto", "--objective", "recall",
-                      "--target-recall", TARGET_RECALL, "--out", out, cwd=loop.root)
-    return out, proc.stdout
-
-
-@pytest.fixture(scope="session")
-def seg_spec(loop) -> tuple[Path, str]:
-    out = loop.root / "ensembles" / "seg.yaml"
-    proc = run_script("ensemble.py", "--task", "seg", loop.runs / "seg_a", loop.runs / "seg_b", "--greedy",
-                      "--seg-classifier", "type", "--out", out, cwd=loop.root)
-    return out, proc.stdout
-
-
-@pytest.fixture(scope="session")
-def type_spec(loop) -> Path:
-    out = loop.root / "ensembles" / "type.yaml"
-    run_script("ensemble.py", "--task", "type", loop.runs / "type_a", "--objective", "youden", "--out", out,
-               cwd=loop.root)
-    return out
 
 
 def test_stroke_spec_decisions_hold_on_the_oof_files(loop, stroke_spec):
