@@ -15,14 +15,22 @@ A sweep (`--fold all`) skips folds whose `done` exists (pass --overwrite to retr
 Before training, every training image (and, for seg, every MASK / OVERLAY) is checked from its header:
 --on-bad-input fail (default) stops at a bad file, skip leaves it out and lists it in fold<k>/skipped.csv.
 Pretrained weights are never downloaded unless STROKEKIT_ALLOW_DOWNLOAD=1; see the README.
+
+Several GPUs or machines: start the same command through torchrun (DistributedDataParallel; `batch_size` is
+the global batch, split over the processes; rank 0 alone writes the run folder; `sync_bn: true` optional):
+    torchrun --nproc_per_node=4 train.py --config configs/unet_r34_seg.yaml --fold 0
+    torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 --rdzv_id=JOB \
+        train.py --config configs/unet_r34_seg.yaml --fold all
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from strokekit.config import ConfigError, add_config_args, folds_path, load_config, save_config
+from strokekit import distributed
 from strokekit.data.check import apply_policy, check_files
 from strokekit.data.index import DataLayoutError, build_index
 from strokekit.data.readers import BadInputError
@@ -33,7 +41,7 @@ from strokekit.runlog import INTERRUPTED, exit_process
 from strokekit.weights import WeightsError
 
 USER_ERRORS = (ConfigError, DataLayoutError, FoldsError, BadInputError, WeightsError, ModelNameError,
-               LossNameError)
+               LossNameError, distributed.DistributedError)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -94,45 +102,60 @@ def remove_stale_temp_files(run_dir: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
+def prepare_fold(fold: int, run_dir: Path, cfg: dict, check, args) -> bool:
+    """Make run_dir ready for a fold (rank 0's job under torchrun); False when the fold is done and skipped."""
+    if (run_dir / "done").exists() and not args.overwrite:
+        print(f"fold {fold}: {run_dir}/done exists, skipping (--overwrite retrains it)")
+        return False
+    if not args.resume:
+        clear_run_dir(run_dir)
+    remove_stale_temp_files(run_dir)
+    save_config(cfg, run_dir / "config.yaml")
+    if check.bad:  # only reached with on_bad_input: skip
+        check.write_skipped(run_dir / "skipped.csv")
+        print(f"fold {fold}: {len(check.bad_ids)} bad images left out, listed in {run_dir / 'skipped.csv'}")
+    else:
+        (run_dir / "skipped.csv").unlink(missing_ok=True)
+    return True
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from strokekit.engine import train_fold  # torch / timm import after argument errors are out of the way
 
+    main_rank = os.environ.get("RANK", "0") == "0"  # torchrun's other ranks print nothing
     try:
         # config, data index and folds: every mismatch is reported before any training starts
         cfg = resolve_config(args)
-        index, report = build_index(cfg["data"])
+        distributed.init(cfg)
+        main_rank = distributed.is_main()  # under torchrun: join the process group (rank 0 alone writes the run folder)
+        index, report = distributed.main_first(build_index, cfg["data"])  # rank 0 fills the index cache
         folds = read_folds(folds_path(cfg), index)
         todo = fold_list(str(args.fold), folds)
         run_root = Path(cfg["runs_dir"]) / cfg["name"]
-        check_run_dirs(run_root, todo, args)
-        check = check_files(index[index["split"] == "train"], cfg["image_source"], masks=cfg["task"] == "seg",
-                            report=report)
-        print(check.summary())
+        distributed.on_main(check_run_dirs, run_root, todo, args)
+        check = distributed.on_main(check_files, index[index["split"] == "train"], cfg["image_source"],
+                                    masks=cfg["task"] == "seg", report=report)
+        if main_rank:
+            print(check.summary())
         index = apply_policy(index, check, cfg["on_bad_input"])
         summaries = []
         for fold in todo:
             run_dir = run_root / f"fold{fold}"
-            if (run_dir / "done").exists() and not args.overwrite:
-                print(f"fold {fold}: {run_dir}/done exists, skipping (--overwrite retrains it)")
-                continue
-            if not args.resume:
-                clear_run_dir(run_dir)
-            remove_stale_temp_files(run_dir)
-            save_config(cfg, run_dir / "config.yaml")
-            if check.bad:  # only reached with on_bad_input: skip
-                check.write_skipped(run_dir / "skipped.csv")
-                print(f"fold {fold}: {len(check.bad_ids)} bad images left out, listed in {run_dir / 'skipped.csv'}")
-            else:
-                (run_dir / "skipped.csv").unlink(missing_ok=True)
-            summaries.append(train_fold(cfg, index, folds, fold, run_dir, resume_run=args.resume,
-                                        progress=not args.no_progress))
+            if distributed.on_main(prepare_fold, fold, run_dir, cfg, check, args):
+                summaries.append(train_fold(cfg, index, folds, fold, run_dir, resume_run=args.resume,
+                                            progress=not args.no_progress))
     except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
+        if main_rank:
+            print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return INTERRUPTED
+    finally:
+        distributed.shutdown()
+    if not main_rank:
+        return 0
     for s in summaries:
         print(f"fold {s['fold']}: best {s['metric']} {s['best_metric']:.4f} at epoch {s['best_epoch']} "
               f"({s['time_s']:.0f}s)")
@@ -140,4 +163,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    exit_process(main())
+    exit_process(main(), skip_teardown=distributed.launched())

@@ -64,6 +64,8 @@ DEFAULTS: dict[str, Any] = {
     "metric": None,            # selection metric; None = the task's default (auc for classifiers, dice for seg)
     "seed": 42,
     "num_workers": 2,
+    "sync_bn": False,          # under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)
+    "ddp_backend": None,       # under torchrun: None = nccl on CUDA, gloo on the CPU; or nccl | gloo
     "cache": True,             # preprocessing cache: decode, window and resize each image once (strokekit/data/cache.py)
     "cache_dir": None,         # where; None = <data>/.strokekit/cache (no cache when that data folder does not exist)
     "oof_size": 128,           # seg OOF probabilities saved at this resolution (float16)
@@ -217,6 +219,9 @@ def validate(cfg: dict) -> None:
     if cfg["img_size"] % 32 and cfg["task"] == "seg":
         raise ConfigError(f"img_size={cfg['img_size']} must be a multiple of 32 for U-Net encoders "
                           f"(try {max(32, round(cfg['img_size'] / 32) * 32)})")
+    if cfg["ddp_backend"] not in (None, "nccl", "gloo"):
+        raise ConfigError(f"ddp_backend must be nccl, gloo or null (nccl on CUDA, gloo on the CPU), "
+                          f"got {cfg['ddp_backend']!r}")
     if not 0.0 <= cfg["lesion_share"] <= 1.0:
         raise ConfigError(f"lesion_share must be in [0, 1], got {cfg['lesion_share']}")
 

@@ -4,6 +4,8 @@
 -> (resume from last.pt) -> per epoch: train -> validate -> log.csv row -> best.pt -> last.pt -> curves ->
 early stop -> with the best checkpoint: OOF file, summary.json, and the `done` marker, written last.
 `predict_batch` / `predict_loader` are what infer.py uses to turn images into probabilities.
+Under torchrun the same loop runs in every process with DistributedDataParallel (see distributed.py): rank 0
+alone writes the run folder, validation results are gathered on it and its metrics broadcast to all ranks.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .atomic import write_text_atomic
 from .checkpoint import (build_checkpoint, read_checkpoint, rng_state, save_atomic, seed_everything,
                          set_rng_state, versions)
@@ -55,7 +58,11 @@ def predict_batch(model: torch.nn.Module, images: torch.Tensor, task, cfg: dict,
 
 @torch.no_grad()
 def predict_loader(model, loader, task, cfg: dict, device, loss_fn=None, keep_oof=False, progress=False):
-    """Run a model over a loader: (metrics dict incl. val_loss, task state holding the OOF predictions)."""
+    """Run a model over a loader: (metrics dict incl. val_loss, task state holding the OOF predictions).
+
+    Under torchrun each rank runs its shard of the loader; the states are joined on rank 0 (the other ranks
+    get None as state) and every rank gets rank 0's metrics.
+    """
     model.eval()
     state, losses = task.new_state(cfg, keep_oof=keep_oof), []
     for batch in tqdm(loader, desc="validate", leave=False, disable=not progress):
@@ -67,10 +74,24 @@ def predict_loader(model, loader, task, cfg: dict, device, loss_fn=None, keep_oo
             target = batch["mask" if "mask" in batch else "target"].to(device)
             losses.append(float(loss_fn(logits, target)) * len(images))
         task.accumulate(state, batch, task.probabilities(logits))
-    out = task.finish(state)
-    if losses:
-        out = {"val_loss": sum(losses) / len(loader.dataset), **out}
-    return out, state
+    if distributed.enabled():
+        state, losses = distributed.gather_state(state, losses)
+        if state is not None:
+            check_complete(state, loader.dataset)
+    out = None
+    if state is not None:
+        out = task.finish(state)
+        if losses:
+            out = {"val_loss": sum(losses) / len(loader.dataset), **out}
+    return distributed.broadcast(out), state
+
+
+def check_complete(state: dict, dataset) -> None:
+    """Gathered validation results hold every image of the data set once, in its order."""
+    ids = np.concatenate(state["ids"]).tolist() if state["ids"] else []
+    if ids != [int(row["image_id"]) for row in dataset.rows]:
+        raise RuntimeError(f"gathered validation covers {len(ids)} images ({len(set(ids))} distinct), "
+                           f"the data set has {len(dataset)}: the shards do not tile it")
 
 
 @dataclass
@@ -96,24 +117,27 @@ class Trainer:
 
     @property
     def eval_model(self) -> torch.nn.Module:
-        return self.ema.module if self.ema is not None else self.model
+        """The EMA or the bare model (never the DDP wrapper: validation shards differ in length)."""
+        return self.ema.module if self.ema is not None else distributed.unwrap(self.model)
 
 
 def setup(cfg: dict, index, folds, fold: int) -> Trainer:
     """Seeds, data loaders, model (+ EMA), loss, optimizer, schedule and scaler for one fold."""
     seed_everything(cfg["seed"])
-    task, device = get_task(cfg["task"]), pick_device()
+    task = get_task(cfg["task"])
+    device = distributed.device() if distributed.enabled() else pick_device()
     train_rows, val_rows = task.split(index, folds, fold, cfg)
     train_ds, val_ds = task.dataset(train_rows, cfg, train=True), task.dataset(val_rows, cfg, train=False)
     train_loader = make_loader(train_ds, cfg, device, shuffle=True, **task.sampler(train_ds, cfg))
     val_loader = make_loader(val_ds, cfg, device)
-    model = build_model(cfg).to(device)
+    model = distributed.prepare_model(build_model(cfg), cfg).to(device)
     if device.type == "cuda" and cfg["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     ema = None
     if cfg["ema"]:
         from timm.utils import ModelEmaV3
         ema = ModelEmaV3(model, decay=cfg["ema_decay"], use_warmup=True)
+    model = distributed.wrap(model, device)  # DistributedDataParallel under torchrun
     weights = cfg["class_weights"]
     if weights == "balanced":
         counts = task.class_counts(train_ds)
@@ -124,6 +148,11 @@ def setup(cfg: dict, index, folds, fold: int) -> Trainer:
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and cfg["amp"] == "fp16" else None
     metric, mode = selection_metric(cfg)
     info = {"n_train": len(train_ds), "n_val": len(val_ds), "class_weights": weights, "device": str(device)}
+    if distributed.enabled():
+        info.update(world_size=distributed.world(), sync_bn=cfg["sync_bn"], backend=torch.distributed.get_backend(),
+                    batch_per_process=distributed.per_process_batch(cfg["batch_size"]))
+    if distributed.rank():
+        seed_everything(distributed.rank_seed(cfg["seed"]))  # dropout differs across ranks
     return Trainer(cfg, task, device, model, ema, optimizer, schedule, scaler, loss_fn, train_loader,
                    val_loader, metric, mode, info=info)
 
@@ -137,7 +166,8 @@ def train_one_epoch(tr: Trainer, progress: bool = True) -> dict:
     cfg, model, accum = tr.cfg, tr.model, tr.cfg["accum_steps"]
     model.train()
     total, seen, wait = 0.0, 0, 0.0
-    bar = tqdm(tr.train_loader, desc=f"epoch {tr.epoch + 1}/{cfg['epochs']}", leave=False, disable=not progress)
+    bar = tqdm(tr.train_loader, desc=f"epoch {tr.epoch + 1}/{cfg['epochs']}", leave=False,
+               disable=not progress or not distributed.is_main())
     tr.optimizer.zero_grad(set_to_none=True)
     started = ready = time.perf_counter()
     for i, batch in enumerate(bar):
@@ -146,18 +176,21 @@ def train_one_epoch(tr: Trainer, progress: bool = True) -> dict:
         if tr.device.type == "cuda" and cfg["channels_last"]:
             images = images.contiguous(memory_format=torch.channels_last)
         target = batch["mask" if "mask" in batch else "target"].to(tr.device, non_blocking=True)
-        with autocast(cfg, tr.device):
-            loss = tr.loss_fn(model(images), target)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"epoch {tr.epoch + 1}, batch {i}: loss is {float(loss)}; "
-                                     "lower lr, set clip_grad, or use amp: bf16 instead of fp16")
-        (tr.scaler.scale(loss / accum) if tr.scaler else loss / accum).backward()
-        if (i + 1) % accum == 0 or i + 1 == len(tr.train_loader):
+        stepping = (i + 1) % accum == 0 or i + 1 == len(tr.train_loader)
+        with distributed.no_sync(model, stepping):  # DDP: all-reduce gradients on stepping batches only
+            with autocast(cfg, tr.device):
+                loss = tr.loss_fn(model(images), target)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"epoch {tr.epoch + 1}, batch {i}: loss is {float(loss)}; "
+                                         "lower lr, set clip_grad, or use amp: bf16 instead of fp16")
+            (tr.scaler.scale(loss / accum) if tr.scaler else loss / accum).backward()
+        if stepping:
             optimizer_step(tr)
         total, seen = total + loss.item() * len(images), seen + len(images)
         bar.set_postfix(loss=f"{total / seen:.4f}", lr=f"{tr.schedule.lr():.2e}")
         ready = time.perf_counter()  # loss.item() above waited for the step, so the wait starts here
     elapsed = time.perf_counter() - started
+    total, seen = distributed.total(total, seen)  # the global batch's mean loss under torchrun
     return {"train_loss": total / max(seen, 1), "data_wait": round(wait / elapsed, 4) if elapsed > 0 else 0.0}
 
 
@@ -174,7 +207,7 @@ def optimizer_step(tr: Trainer) -> None:
     tr.optimizer.zero_grad(set_to_none=True)
     tr.schedule.step()
     if tr.ema is not None:
-        tr.ema.update(tr.model, step=tr.schedule.step_count)
+        tr.ema.update(distributed.unwrap(tr.model), step=tr.schedule.step_count)
 
 
 def reseed_epoch(tr: Trainer) -> None:
@@ -185,7 +218,7 @@ def reseed_epoch(tr: Trainer) -> None:
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(tr.epoch)
     loader.generator.manual_seed(seed)
-    loader.dataset.reseed(seed)
+    loader.dataset.reseed(distributed.rank_seed(seed))  # each rank augments its images its own way
 
 
 def checkpoint(tr: Trainer, metrics: dict) -> dict:
@@ -201,14 +234,15 @@ def checkpoint(tr: Trainer, metrics: dict) -> dict:
 SHAPE_KEYS = ("task", "model", "encoder", "in_chans")  # config keys that change the weights' shapes
 
 
-def resume(tr: Trainer, path: Path) -> None:
-    ckpt = read_checkpoint(path)  # on the CPU: RNG states must stay CPU tensors
+def resume(tr: Trainer, path: Path, ckpt: dict | None = None) -> None:
+    """Continue from last.pt (`ckpt`: that file already read, as rank 0 broadcasts it under torchrun)."""
+    ckpt = ckpt if ckpt is not None else read_checkpoint(path)  # on the CPU: RNG states stay CPU tensors
     keys = [k for k in SHAPE_KEYS if k != "encoder" or tr.cfg["task"] == "seg"]  # classifiers have no encoder
     changed = [f"{k}: {ckpt['config'].get(k)!r} -> {tr.cfg[k]!r}" for k in keys if ckpt["config"].get(k) != tr.cfg[k]]
     if changed:
         raise WeightsError(f"{path} cannot be resumed with this config ({', '.join(changed)}); "
                            "use another run name or --overwrite")
-    tr.model.load_state_dict(strip_prefixes(ckpt["model"]))
+    distributed.unwrap(tr.model).load_state_dict(strip_prefixes(ckpt["model"]))
     if tr.ema is not None and ckpt["ema"] is not None:
         tr.ema.module.load_state_dict(ckpt["ema"])
     tr.optimizer.load_state_dict(ckpt["optimizer"])
@@ -217,6 +251,8 @@ def resume(tr: Trainer, path: Path) -> None:
         tr.scaler.load_state_dict(ckpt["scaler"])
     set_rng_state(ckpt["rng"])
     tr.epoch, tr.best, tr.best_epoch = ckpt["epoch"], ckpt["best_metric"], ckpt["best_epoch"]
+    if distributed.rank():  # rank 0's RNG states were saved; the others take their own
+        seed_everything(distributed.rank_seed(tr.cfg["seed"] * 1000 + tr.epoch))
 
 
 def is_better(value: float, best: float | None, mode: str) -> bool:
@@ -232,14 +268,20 @@ def train_fold(cfg: dict, index, folds, fold: int, run_dir, resume_run: bool = F
     `on_epoch_end(epoch, row)`, if given, sees each epoch's log.csv row after last.pt is saved; an
     exception it raises (tune.py's pruning) ends the fold there, leaving the run unfinished (no `done`).
     """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir, main = Path(run_dir), distributed.is_main()
+    log = log if main else _quiet
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     tr = setup(cfg, index, folds, fold)
     epochs_log = EpochLog(run_dir / "log.csv")
-    if resume_run and (run_dir / "last.pt").is_file():
-        resume(tr, run_dir / "last.pt")
-        epochs_log.load().keep_until(tr.epoch)
+    last = run_dir / "last.pt"
+    ckpt = distributed.on_main(lambda: read_checkpoint(last) if resume_run and last.is_file() else None)
+    if ckpt is not None:
+        resume(tr, last, ckpt)
+        del ckpt
+        if main:
+            epochs_log.load().keep_until(tr.epoch)
         log(f"fold {fold}: resumed after epoch {tr.epoch} (best {tr.metric}={tr.best} at epoch {tr.best_epoch})")
     log(f"fold {fold}: {tr.info['n_train']} train / {tr.info['n_val']} val images, {tr.task.name} task, "
         f"{cfg['model']} on {tr.device}, selecting on {tr.metric} ({tr.mode})")
@@ -248,11 +290,13 @@ def train_fold(cfg: dict, index, folds, fold: int, run_dir, resume_run: bool = F
             epoch_start = time.time()
             reseed_epoch(tr)
             row = {"epoch": tr.epoch + 1, "lr": tr.schedule.lr(), **train_one_epoch(tr, progress)}
+            distributed.sync_buffers(tr.model, tr.ema.module if tr.ema is not None else None)
             tr.epoch += 1
             metrics, _ = predict_loader(tr.eval_model, tr.val_loader, tr.task, cfg, tr.device, tr.loss_fn)
             row.update(metrics)
             row["time_s"] = round(time.time() - epoch_start, 2)
-            epochs_log.append(row)
+            if main:
+                epochs_log.append(row)
             value = metrics.get(tr.metric)
             if value is None:
                 raise KeyError(f"metric {tr.metric!r} is not computed for task {tr.task.name}; "
@@ -260,10 +304,12 @@ def train_fold(cfg: dict, index, folds, fold: int, run_dir, resume_run: bool = F
             improved = is_better(value, tr.best, tr.mode)
             if improved:
                 tr.best, tr.best_epoch = value, tr.epoch
-                save_atomic(checkpoint(tr, metrics), run_dir / "best.pt")
+                if main:
+                    save_atomic(checkpoint(tr, metrics), run_dir / "best.pt")
             tr.schedule.epoch_end(value, tr.mode)
-            save_atomic(checkpoint(tr, metrics), run_dir / "last.pt")
-            plot_curves(epochs_log.rows, tr.metric, run_dir / "curves.png")
+            if main:
+                save_atomic(checkpoint(tr, metrics), last)
+                plot_curves(epochs_log.rows, tr.metric, run_dir / "curves.png")
             log(f"fold {fold} epoch {tr.epoch}/{cfg['epochs']}: train_loss {row['train_loss']:.4f} "
                 f"val_loss {row.get('val_loss', float('nan')):.4f} {tr.metric} {value:.4f}"
                 f"{' *' if improved else ''} ({row['time_s']:.0f}s)")
@@ -281,12 +327,31 @@ def train_fold(cfg: dict, index, folds, fold: int, run_dir, resume_run: bool = F
     return finish_fold(tr, fold, run_dir, started, log)
 
 
+def _quiet(*args, **kwargs) -> None:
+    """The log of ranks other than 0."""
+
+
 def finish_fold(tr: Trainer, fold: int, run_dir: Path, started: float, log=print) -> dict:
-    """With the best checkpoint (EMA weights when on): OOF file, final metrics, summary.json, done."""
-    best = read_checkpoint(run_dir / "best.pt", map_location=tr.device)
+    """With the best checkpoint (EMA weights when on): OOF file, final metrics, summary.json, done.
+
+    Under torchrun rank 0 reads best.pt and broadcasts its weights; all ranks validate their shards, and
+    rank 0 writes the gathered OOF file and the rest. Every rank returns the summary.
+    """
+    weights = distributed.on_main(lambda: _best_weights(tr, run_dir))
     model = tr.eval_model
-    model.load_state_dict(strip_prefixes(best["ema"] if tr.ema is not None else best["model"]))
+    model.load_state_dict(weights)
     metrics, state = predict_loader(model, tr.val_loader, tr.task, tr.cfg, tr.device, tr.loss_fn, keep_oof=True)
+    summary = distributed.on_main(_write_fold, tr, fold, run_dir, started, metrics, state, log)
+    distributed.barrier()
+    return summary
+
+
+def _best_weights(tr: Trainer, run_dir: Path) -> dict:
+    best = read_checkpoint(run_dir / "best.pt")
+    return strip_prefixes(best["ema"] if tr.ema is not None else best["model"])
+
+
+def _write_fold(tr: Trainer, fold: int, run_dir: Path, started: float, metrics: dict, state: dict, log) -> dict:
     oof = tr.task.write_oof(state, fold, run_dir)
     summary = {"task": tr.task.name, "model": tr.cfg["model"], "fold": fold, "metric": tr.metric,
                "mode": tr.mode, "best_epoch": tr.best_epoch, "best_metric": tr.best, "epochs_run": tr.epoch,

@@ -91,11 +91,13 @@ def _plain(value):
 INTERRUPTED = 130  # the shell's code for a run stopped by Ctrl-C
 
 
-def exit_process(code: int) -> None:
+def exit_process(code: int, skip_teardown: bool = False) -> None:
     """End a script with `code`. After Ctrl-C, skip the interpreter's teardown: every checkpoint is on disk
-    already, and torch objects freed during teardown after an interrupt can abort the process (exit -6)."""
-    if code == INTERRUPTED:
+    already, and torch objects freed during teardown after an interrupt can abort the process (exit -6).
+    `skip_teardown` does the same always (train.py under torchrun, whose process-group threads can abort
+    the teardown with "terminate called without an active exception" after the work is done)."""
+    if code == INTERRUPTED or skip_teardown:
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(INTERRUPTED)
+        os._exit(code)
     sys.exit(code)

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from . import metrics
+from . import distributed, metrics
 from .checkpoint import write_atomic
 from .data.dataset import BalancedSampler, LesionBatchSampler, SliceDataset
 
@@ -62,7 +62,7 @@ class ClassifierTask(Task):
         if cfg["sampler"] in (None, "none"):
             return {}
         if cfg["sampler"] == "balanced":
-            return {"sampler": BalancedSampler(dataset.targets, seed=cfg["seed"])}
+            return {"sampler": BalancedSampler(dataset.targets, seed=cfg["seed"], **shard(cfg))}
         raise ValueError(f"sampler {cfg['sampler']!r} does not fit task {self.name}; use balanced or none")
 
     def class_counts(self, dataset: SliceDataset) -> np.ndarray:
@@ -146,7 +146,7 @@ class SegTask(Task):
             rows = pd.DataFrame(dataset.rows)
             has_lesion = (rows["has_ischemic"] == 1) | (rows["has_hemorrhagic"] == 1)
             return {"batch_sampler": LesionBatchSampler(has_lesion, cfg["batch_size"], cfg["lesion_share"],
-                                                        seed=cfg["seed"])}
+                                                        seed=cfg["seed"], **shard(cfg, batch=False))}
         raise ValueError(f"sampler {cfg['sampler']!r} does not fit task seg; use lesion or none")
 
     def class_counts(self, dataset: SliceDataset) -> np.ndarray:
@@ -196,6 +196,15 @@ class SegTask(Task):
         path = out_dir / "oof.npz"
         write_atomic(path, lambda f: np.savez_compressed(f, **arrays))
         return str(path)
+
+
+def shard(cfg: dict, batch: bool = True) -> dict:
+    """Sampler keywords for this process's share under torchrun; none (the one-process sampler) without."""
+    if distributed.world() == 1:
+        return {}
+    share = {"rank": distributed.rank(), "world": distributed.world()}
+    return {**share, "batch_size": cfg["batch_size"]} if batch else share
+
 
 TASKS: dict[str, Task] = {"stroke": StrokeTask(), "type": TypeTask(), "seg": SegTask()}
 

@@ -8,6 +8,7 @@ images and class maps are read from the preprocessing cache (cache.py), equal to
 """
 from __future__ import annotations
 
+import math
 import random
 
 import albumentations as A
@@ -15,8 +16,9 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, get_worker_info
 
+from .. import distributed
 from .cache import open_cache, resize_step
 from .readers import BadInputError, load_class_map, load_image
 
@@ -182,34 +184,56 @@ def worker_init_fn(worker_id: int) -> None:
 
 # ---- samplers ----
 
-class BalancedSampler(Sampler):
-    """Draws len(labels) indices with replacement, each class equally likely (classifiers)."""
+def shard_of_batches(order: list[int], batch_size: int, rank: int, world: int) -> list[int]:
+    """Rank `rank`'s share of a global index order cut into global batches of `batch_size` (a multiple of
+    `world`): element j of each batch goes to rank j % world, so the ranks' k-th batches of batch_size /
+    world together are the global k-th batch (DistributedSampler deals indices out the same way). A tail
+    shorter than a batch is dropped, as training drops it; an order shorter than one batch is repeated."""
+    if world == 1:
+        return list(order)
+    if len(order) < batch_size:
+        order = (list(order) * math.ceil(batch_size / max(len(order), 1)))[:batch_size]
+    return list(order[:len(order) // batch_size * batch_size][rank::world])
 
-    def __init__(self, labels, seed: int = 0):
+
+class BalancedSampler(Sampler):
+    """Draws len(labels) indices with replacement, each class equally likely (classifiers).
+
+    Under torchrun (world > 1) every rank draws the same global sequence and keeps its share of each
+    global batch of `batch_size` (shard_of_batches); in one process it is the whole sequence.
+    """
+
+    def __init__(self, labels, seed: int = 0, batch_size: int = 1, rank: int = 0, world: int = 1):
         self.labels = np.asarray(labels)
         _, inverse, counts = np.unique(self.labels, return_inverse=True, return_counts=True)
         self.weights = torch.as_tensor(1.0 / counts[inverse], dtype=torch.double)
         self.seed, self.epoch = seed, 0
+        self.batch_size, self.rank, self.world = batch_size, rank, world
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.labels)
+        if self.world == 1:
+            return len(self.labels)
+        return max(1, len(self.labels) // self.batch_size) * (self.batch_size // self.world)
 
     def __iter__(self):
         gen = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
-        return iter(torch.multinomial(self.weights, len(self), replacement=True, generator=gen).tolist())
+        order = torch.multinomial(self.weights, len(self.labels), replacement=True, generator=gen).tolist()
+        return iter(shard_of_batches(order, self.batch_size, self.rank, self.world))
 
 
 class LesionBatchSampler(Sampler):
     """Batches with round(lesion_share * batch_size) slices holding a lesion, the rest without (seg).
 
     Each pool is walked in a fresh shuffled order and restarted when used up; an epoch has
-    len(dataset) // batch_size batches (at least one).
+    len(dataset) // batch_size batches (at least one). Under torchrun (world > 1) every rank builds the same
+    global batches and keeps batch_size / world of each, lesion and clear slices dealt out alike.
     """
 
-    def __init__(self, has_lesion, batch_size: int, lesion_share: float, seed: int = 0):
+    def __init__(self, has_lesion, batch_size: int, lesion_share: float, seed: int = 0, rank: int = 0,
+                 world: int = 1):
         has_lesion = np.asarray(has_lesion, dtype=bool)
         self.lesion, self.clear = np.flatnonzero(has_lesion), np.flatnonzero(~has_lesion)
         self.batch_size, self.seed, self.epoch = batch_size, seed, 0
@@ -220,6 +244,7 @@ class LesionBatchSampler(Sampler):
             raise ValueError(f"lesion sampler with lesion_share={lesion_share} needs slices without lesions: "
                              "set seg_negatives > 0 (a share of no-stroke slices) or lesion_share: 1.0")
         self.num_batches = max(1, len(has_lesion) // batch_size)
+        self.rank, self.world = rank, world
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -233,7 +258,10 @@ class LesionBatchSampler(Sampler):
         for _ in range(self.num_batches):
             batch = [next(lesion) for _ in range(self.n_lesion)]
             batch += [next(clear) for _ in range(self.batch_size - self.n_lesion)]
-            yield [int(i) for i in rng.permutation(batch)]
+            if self.world == 1:
+                yield [int(i) for i in rng.permutation(batch)]
+            else:  # the same draw as one process; this rank keeps the slots j % world == rank
+                yield [int(batch[j]) for j in rng.permutation(len(batch)) if j % self.world == self.rank]
 
 
 def _endless(pool: np.ndarray, rng: np.random.Generator):
@@ -241,9 +269,29 @@ def _endless(pool: np.ndarray, rng: np.random.Generator):
         yield from rng.permutation(pool)
 
 
+class ShardSampler(Sampler):
+    """Rank `rank`'s contiguous block of range(n), without padding (validation under torchrun): the
+    blocks of ranks 0, 1, ... joined are range(n), so every image is validated exactly once and gathered
+    results come back in the data set's order. (DistributedSampler pads with repeated images instead.)"""
+
+    def __init__(self, n: int, rank: int, world: int):
+        self.start, self.stop = n * rank // world, n * (rank + 1) // world
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __iter__(self):
+        return iter(range(self.start, self.stop))
+
+
 def make_loader(dataset: SliceDataset, cfg: dict, device: torch.device, sampler=None,
                 batch_sampler=None, shuffle: bool = False) -> DataLoader:
-    """A DataLoader with seeded workers; pinned memory and persistent workers on CUDA."""
+    """A DataLoader with seeded workers; pinned memory and persistent workers on CUDA.
+
+    Under torchrun each process loads batch_size / world size images per batch: training through a
+    DistributedSampler (unless a sampler is given, which is then already this rank's share), validation
+    through a ShardSampler.
+    """
     cuda = device.type == "cuda"
     workers = cfg["num_workers"]
     kwargs = dict(num_workers=workers, collate_fn=collate, pin_memory=cuda,
@@ -251,6 +299,11 @@ def make_loader(dataset: SliceDataset, cfg: dict, device: torch.device, sampler=
                   generator=torch.Generator().manual_seed(cfg["seed"]))
     if batch_sampler is not None:
         return DataLoader(dataset, batch_sampler=batch_sampler, **kwargs)
-    return DataLoader(dataset, batch_size=cfg["batch_size"], sampler=sampler,
+    world = distributed.world()
+    if world > 1 and sampler is None:
+        rank = distributed.rank()
+        sampler = (DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg["seed"])
+                   if shuffle else ShardSampler(len(dataset), rank, world))
+    return DataLoader(dataset, batch_size=distributed.per_process_batch(cfg["batch_size"]), sampler=sampler,
                       shuffle=shuffle and sampler is None, drop_last=dataset.train and len(dataset) > cfg["batch_size"],
                       **kwargs)
