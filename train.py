@@ -19,7 +19,7 @@ Pretrained weights are never downloaded unless STROKEKIT_ALLOW_DOWNLOAD=1; see t
 Several GPUs or machines: start the same command through torchrun (DistributedDataParallel; `batch_size` is
 the global batch, split over the processes; rank 0 alone writes the run folder; `sync_bn: true` optional):
     torchrun --nproc_per_node=4 train.py --config configs/unet_r34_seg.yaml --fold 0
-    torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 --rdzv_id=JOB \
+    torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 --rdzv_id=JOB \\
         train.py --config configs/unet_r34_seg.yaml --fold all
 """
 from __future__ import annotations
