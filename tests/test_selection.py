@@ -180,3 +180,40 @@ def test_f1_threshold_is_near_best_and_inside_its_plateau(labels):
     assert tuned["oof"]["f1"] >= best * (1 - 0.02)
     assert tuned["plateau_width"] > 0
     assert metrics.f1_score(y, p, tuned["threshold"]) == pytest.approx(tuned["oof"]["f1"])
+
+
+def test_ensemble_py_tunes_for_a_test_prior_and_prints_intervals(tmp_path, capsys):
+    import importlib
+
+    import yaml
+
+    rng = np.random.default_rng(5)
+    y = (rng.random(300) < 0.5).astype(int)
+    fold = tmp_path / "runs" / "clf" / "fold0"
+    fold.mkdir(parents=True)
+    (fold / "config.yaml").write_text(yaml.safe_dump({"task": "stroke", "model": "tiny_cnn"}))
+    (fold / "best.pt").write_bytes(b"")
+    (fold / "done").write_text("")
+    prob = np.clip(rng.normal(0.35 + 0.3 * y, 0.15), 0, 1)
+    pd.DataFrame({"image_id": np.arange(300), "fold": 0, "target": y, "prob": prob}).to_csv(fold / "oof.csv",
+                                                                                           index=False)
+    ensemble = importlib.import_module("ensemble")
+    outs = {}
+    for name, extra in (("plain", []), ("rare", ["--test-prior", "0.1"])):
+        out = tmp_path / f"{name}.yaml"
+        assert ensemble.main(["--task", "stroke", str(fold.parent), "--objective", "f1", "--n-boot", "200",
+                              "--out", str(out), *extra]) == 0
+        outs[name] = yaml.safe_load(out.read_text())
+    printed = capsys.readouterr().out
+    assert "95 % intervals on resamples of 192 images" in printed and "test positive share of 0.100" in printed
+    plain, rare = outs["plain"], outs["rare"]
+    assert rare["threshold"]["value"] > plain["threshold"]["value"] and rare["threshold"]["test_prior"] == 0.1
+    for spec in (plain, rare):
+        for value in spec["oof"]["intervals"].values():
+            assert value["low"] <= value["estimate"] <= value["high"] and value["size"] == 192
+    for spec in (plain, rare):     # the intervals' estimates are the (reweighted) OOF figures at the threshold
+        for name in ("precision", "recall", "f1"):
+            assert spec["oof"]["intervals"][name]["estimate"] == pytest.approx(spec["threshold"]["oof"][name])
+    with pytest.raises(SystemExit) as refused:
+        ensemble.main(["--task", "stroke", str(fold.parent), "--test-prior", "1.5"])
+    assert refused.value.code == 2 and "--test-prior" in capsys.readouterr().err
