@@ -76,6 +76,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--all-slices", action="store_true",
                         help="seg: search on every OOF slice, not only the lesion-bearing ones (the "
                              "never-empty rule stays)")
+    parser.add_argument("--gate-runs", nargs="+", metavar="RUN",
+                        help="seg: stroke classifier run folders whose mean OOF probability gates each image "
+                             "(gate candidates 0.3/0.5/0.7 join the grid unless --grid names them); a "
+                             "segmentation-based gate is the grid's `triplet` rule")
     parser.add_argument("--robust", default="p10", choices=("p10", "p25", "median", "mean", "off"),
                         help="seg: bootstrap statistic picking the post-processing setting (default p10: the "
                              "10th percentile at --test-size); off = the point score")
@@ -123,7 +127,8 @@ def build(args) -> tuple[dict, dict, Path]:
                                   seg_feature=args.seg_feature, objective=args.objective,
                                   target_recall=args.target_recall, phase2=args.phase2,
                                   lesion_only=args.phase2 and not args.all_slices,
-                                  robust=None if args.robust == "off" else args.robust, **common)
+                                  robust=None if args.robust == "off" else args.robust,
+                                  gate_runs=args.gate_runs, **common)
     return spec, report, out
 
 

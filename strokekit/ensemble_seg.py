@@ -91,12 +91,15 @@ def build_seg_spec(runs: list[Run], spec_path, data, metric: str = "dice", top_k
                    seg_feature: str = "area", objective: str = "f1", target_recall: float = 0.97,
                    phase2: bool = True, lesion_only: bool | None = None, robust: str | None = "p10",
                    test_size: int | None = bootstrap.PHASE_TEST_SIZES[2], n_boot: int = 1000,
-                   seed: int = 0, test_prior: float | None = None) -> tuple[dict, dict]:
+                   seed: int = 0, test_prior: float | None = None,
+                   gate_runs: list | None = None) -> tuple[dict, dict]:
     """(spec, report) for a segmentation ensemble; report["grid"] is the full post-processing table.
 
     metric: the post-processing objective (seg_objectives.OBJECTIVES); folds and members are ranked by its
     strict kind. phase2: score the never-empty rule; lesion_only (default: phase2): search on the OOF
     slices that hold a lesion. robust: bootstrap statistic that picks the setting (None: the point score).
+    gate_runs: classifier run folders whose mean OOF P(stroke) is the image gate's probability (the grid
+    then searches `gate` too; infer.py must be given that classifier's probability per image).
     """
     if metric not in OBJECTIVES:
         raise KeyError(f"unknown seg metric {metric!r}; valid: {list(OBJECTIVES)}")
@@ -119,7 +122,12 @@ def build_seg_spec(runs: list[Run], spec_path, data, metric: str = "dice", top_k
     choice = guard_best_member(max(tried.values(), key=lambda c: c["score"]), members, singles)
     blended = {"image_id": ids, "probs": choice["blended"].astype(np.float32)}
     searched = lesion_subset(blended, masks) if lesion_only else blended
-    search = run_search(searched, masks, grid or DEFAULT_GRID, metric, never_empty=phase2)
+    grid = dict(grid or DEFAULT_GRID)
+    image_probs = None
+    if gate_runs:
+        image_probs = gate_probs(gate_runs)
+        grid.setdefault("gate", [None, 0.3, 0.5, 0.7])
+    search = run_search(searched, masks, grid, metric, image_probs=image_probs, never_empty=phase2)
     table = search.table
     size = test_size or bootstrap.PHASE_TEST_SIZES[2]
     if robust:
@@ -141,7 +149,8 @@ def build_seg_spec(runs: list[Run], spec_path, data, metric: str = "dice", top_k
                     "postprocessed_interval": post["interval"], "objectives": post["objectives"],
                     "per_class": post["scores"], "best_by_objective": {k: v["summary"] for k, v in best_by.items()},
                     "blends_tried": {b: c["score"] for b, c in tried.items()}},
-            "postprocess_search": {"grid": grid or DEFAULT_GRID, "rows": int(len(table)), "objective": metric,
+            "postprocess_search": {"grid": grid, "rows": int(len(table)), "objective": metric,
+                                   "gate_source": [str(r) for r in gate_runs] if gate_runs else None,
                                    "phase2": phase2, "lesion_only": lesion_only, "robust": robust or "off",
                                    "test_size": size, "n_boot": n_boot,
                                    "tolerance": tolerance, "stability": post["stability"]},
@@ -159,6 +168,14 @@ def build_seg_spec(runs: list[Run], spec_path, data, metric: str = "dice", top_k
               "n_searched": len(searched["image_id"]), "n_images": len(ids),
               "seg_classifier": spec.get("seg_classifier"), "blends_tried": spec["oof"]["blends_tried"]}
     return spec, report
+
+
+def gate_probs(run_dirs) -> pd.Series:
+    """Mean OOF probability by image id of classifier runs (the image gate's P(stroke))."""
+    frames = [selection.load_oof(run) for run in run_dirs]
+    if any(not isinstance(f, pd.DataFrame) for f in frames):
+        raise ValueError("--gate-runs must be classifier runs (oof.csv), not segmentation runs")
+    return pd.concat([f.set_index("image_id")["prob"] for f in frames], axis=1).mean(axis=1)
 
 
 def _describe(metric: str) -> str:
