@@ -83,6 +83,8 @@ def test_never_empty_keeps_the_most_probable_component_of_the_more_likely_class(
     assert (hem == 2).sum() == 9 and hem[11, 26] == 2
     peak = fill_region(probs, {"threshold": 0.9})             # nothing passes: the region around the peak
     assert peak[22, 22] == 1 and peak.any()
+    wide = fill_region(probs, {"threshold": 0.3}, max_area=0.01)  # a component over 1 % of 1024 px is cut
+    assert wide[22, 22] == 1 and (wide == 1).sum() == 10 and not (wide == 2).any()
 
 
 def triplet_oof(n=16, size=40, seed=0):
