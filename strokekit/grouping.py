@@ -6,9 +6,11 @@ scipy's connected components) becomes one group:
 
 - **pose**: the slices of one series share the head's position and tilt in the image (the patient lies still,
   the reconstruction's field of view is fixed). From the head mask (pixels above air in the brain window,
-  holes filled, largest region) each slice gets a pose signature: centre x, centre y (fractions of the image
-  half-width), tilt of the long axis (radians) and width / length. Two slices link when every part differs
-  by less than its tolerance (a Chebyshev ball, found with a k-d tree, so 7,000 slices take milliseconds).
+  holes filled, opened so that the head holder and the table do not join it, largest region) each slice
+  gets a pose signature: centre x, centre y (fractions of the image half-width), tilt of the long axis
+  (radians) and width / length. Two slices link when every part differs by at most its tolerance (a
+  Chebyshev ball, found with a k-d tree); each slice also links to its nearest neighbour within `nearest`
+  tolerances, for a slice whose pose reads a little off (skull base, vertex).
 - **near-duplicate**: a 256-bit difference hash (dHash, 16 x 17 box-filtered thumbnail) per slice; two slices
   link when their hashes differ in at most `dup_bits` bits (XOR + popcount over packed uint64 words, in
   row blocks); near-empty slices (under MIN_HASH_BITS bits set) take no part.
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -41,7 +43,7 @@ HEAD_LEVEL = 10                     # grey level (brain window) above which a pi
 @dataclass(frozen=True)
 class SimilarityParams:
     """Tolerances of the two link kinds (see the module docstring) and the working size of the images."""
-    centre_tol: float = 0.0125      # head centre, fraction of the image half-width (1.6 px at 256 px)
+    centre_tol: float = 0.0125      # head centre, fraction of the image half-width (0.8 px at 128 px)
     tilt_tol: float = 0.05          # radians (2.9 degrees)
     aspect_tol: float = 0.025       # head width / length
     nearest: float = 2.0            # every slice also links to its nearest neighbour within this many tolerances
@@ -210,10 +212,6 @@ def group_summary(groups: pd.Series, n_folds: int | None = None) -> str:
                      f"({len(groups) / n_folds:.0f}); lower the tolerances (--centre-tol, --tilt-tol, "
                      "--aspect-tol) to split it")
     return "\n".join(lines)
-
-
-def params_dict(params: SimilarityParams) -> dict:
-    return asdict(params)
 
 
 def default_workers() -> int:

@@ -4,14 +4,14 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 import kfold
 from strokekit.data.index import build_index
 from strokekit.folds import fold_groups, make_folds, read_folds
-from strokekit.grouping import (MIN_HASH_BITS, SimilarityParams, dhash, group_summary, hamming_pairs, head_pose, link_groups,
-                                similarity_groups)
+from strokekit.grouping import (MIN_HASH_BITS, SimilarityParams, dhash, group_summary, hamming_pairs, head_pose,
+                                link_groups, similarity_groups, slice_grey)
 from strokekit.phantom import TRUTH_CSV
-from PIL import Image
 
 
 def truth_patients(root, image_ids) -> pd.Series:
@@ -88,8 +88,6 @@ def test_partial_headers_join_with_similarity(train_phantom, phantom_index):
 
 
 def test_near_duplicates_share_a_hash_and_one_group(train_phantom, phantom_index):
-    from strokekit.grouping import slice_grey
-
     train = phantom_index[phantom_index.split == "train"].head(40).reset_index(drop=True)
     grey = slice_grey(train.iloc[4].to_dict())
     noisy = np.clip(grey + np.random.default_rng(0).integers(-2, 3, grey.shape), 0, 255).astype(np.uint8)
