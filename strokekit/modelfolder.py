@@ -53,7 +53,9 @@ def spec_role(spec: dict) -> str:
 
 
 def is_model_folder(path: str | os.PathLike) -> bool:
-    return Path(path).is_dir()
+    """A folder (checked when read), or a model folder's model.json named directly."""
+    path = Path(path)
+    return path.is_dir() or (path.name == MODEL_JSON and path.is_file())
 
 
 # --------------------------------------------------------------------------- export
@@ -70,36 +72,48 @@ def export_model(spec_paths: list[str | os.PathLike], out: str | os.PathLike, ov
             raise ModelFolderError(f"two specs answer the same role {role!r} "
                                    f"({', '.join(str(p) for p, r in zip(spec_paths, roles) if r == role)}); "
                                    "export one spec per role (stroke, seg, type)")
-    _prepare(out, overwrite)
+    _check_out(out, overwrite)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")  # built aside, renamed into place when complete
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        (tmp / "weights").mkdir(parents=True)
+        _write_folder(tmp, out.resolve().name, roles, specs, command)
+        read_model_folder(tmp)  # what was written loads and verifies
+        if out.exists():
+            shutil.rmtree(out)  # an empty folder, or a model folder --overwrite replaces (_check_out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} is a file; --out names the model folder to write")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out} is not empty; pass --overwrite to replace the model folder there")
+        if not (out / MODEL_JSON).is_file():
+            raise FileExistsError(f"{out} holds files but no {MODEL_JSON}; --overwrite only replaces a model "
+                                  "folder: choose another --out")
+
+
+def _write_folder(out: Path, name: str, roles: list[str], specs: list[dict], command) -> None:
+    """weights/*.safetensors, model.json and manifest.json of `specs` into the (empty) folder `out`."""
     exported: dict[str, str] = {}  # source checkpoint -> file in the folder (two roles may share checkpoints)
-    model = {"format": FORMAT, "kit_version": __version__, "name": out.resolve().name,
+    model = {"format": FORMAT, "kit_version": __version__, "name": name,
              "created": _dt.datetime.now().astimezone().isoformat(timespec="seconds"), "ensembles": {}}
     provenance = {"specs": {}, "checkpoints": []}
     for role, spec in zip(roles, specs):
         model["ensembles"][role] = _export_ensemble(role, spec, out, exported, provenance["checkpoints"])
         provenance["specs"][role] = {"path": spec["path"], "sha256": sha256(spec["path"])}
-    model["files"] = {name: sha256(out / name) for name in sorted(set(exported.values()))}
+    model["files"] = {file: sha256(out / file) for file in sorted(set(exported.values()))}
     write_text_atomic(out / MODEL_JSON, json.dumps(model, indent=2, allow_nan=False) + "\n")
     configs = [c["config"] for c in provenance["checkpoints"]]
     write_manifest(out, {"kind": "model_folder", "exported_from": provenance["specs"],
                          "checkpoints": provenance["checkpoints"], "training_data": training_data(configs),
                          "seeds": sorted({c.get("seed") for c in configs if c.get("seed") is not None})},
                    command=command)
-    read_model_folder(out)  # what was written loads and verifies
-    return out
-
-
-def _prepare(out: Path, overwrite: bool) -> None:
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out} is not empty; pass --overwrite to replace the model folder there")
-        if not (out / MODEL_JSON).is_file():
-            raise FileExistsError(f"{out} holds files but no {MODEL_JSON}; --overwrite only replaces a model "
-                                  "folder: choose another --out")
-        for name in (MODEL_JSON, MANIFEST):
-            (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / "weights", ignore_errors=True)
-    (out / "weights").mkdir(parents=True, exist_ok=True)
 
 
 def _export_ensemble(role: str, spec: dict, out: Path, exported: dict, provenance: list) -> dict:
@@ -155,8 +169,11 @@ def _export_checkpoint(source: str, target: Path) -> tuple[dict, dict]:
 
 
 def read_model_folder(folder: str | os.PathLike) -> dict[str, dict]:
-    """{role: spec dict} of a model folder, after checking every recorded hash; ModelFolderError if not."""
+    """{role: spec dict} of a model folder (or its model.json), after checking every recorded hash;
+    ModelFolderError if not."""
     folder = Path(folder)
+    if folder.name == MODEL_JSON and folder.is_file():
+        folder = folder.parent
     path = folder / MODEL_JSON
     if not path.is_file():
         raise ModelFolderError(f"{folder} is not a model folder: no {MODEL_JSON} in it (write one with "

@@ -85,6 +85,8 @@ class Predictor:
     def predict(self, x, probs: bool = False):
         """A Prediction for one input (path, 2-D HU array, index row dict), a list for a batch (list, tuple,
         (N, H, W) array or a DataFrame of index rows with png / dicom columns)."""
+        if not isinstance(x, (str, os.PathLike, dict, list, tuple, pd.DataFrame, np.ndarray)):
+            x = np.asarray(x)  # a torch tensor or another array-like of HU values
         single = isinstance(x, (str, os.PathLike, dict)) or (isinstance(x, np.ndarray) and x.ndim == 2)
         rows = self.rows([x] if single else x)
         results = [Prediction(source=row["source"]) for row in rows]
@@ -105,10 +107,11 @@ class Predictor:
         return [self._row(k, item) for k, item in enumerate(items)]
 
     def _row(self, k: int, item) -> dict:
-        if isinstance(item, dict):
-            source = item.get("dicom") or item.get("png") or f"row[{k}]"
-            return {**item, "png": item.get("png") or "", "dicom": item.get("dicom") or "", "image_id": k,
-                    "source": str(source)}
+        if isinstance(item, dict):  # an index row: NaN / None / "" = no such file
+            png, dicom = (str(v) if isinstance(v, (str, os.PathLike)) and str(v) else ""
+                          for v in (item.get("png"), item.get("dicom")))
+            return {"png_window": self.png_window, **item, "png": png, "dicom": dicom, "image_id": k,
+                    "source": dicom or png or f"row[{k}]"}
         if isinstance(item, (str, os.PathLike)):
             path = Path(item)
             kind = IMAGE_SUFFIXES.get(path.suffix.lower())

@@ -61,6 +61,7 @@ def test_model_json_describes_every_member_and_points_nowhere_else(shipped, loop
                 state = ckpt["ema"] or ckpt["model"]
                 assert weights.keys() == state.keys() and all(torch.equal(weights[k], state[k]) for k in state)
     assert sorted(p.name for p in shipped.model.iterdir()) == ["manifest.json", "model.json", "weights"]
+    assert read_model_folder(shipped.model / "model.json").keys() == read_model_folder(shipped.model).keys()
 
 
 def tampered(shipped, tmp_path, edit) -> object:
@@ -111,3 +112,19 @@ def test_export_refuses_two_specs_of_one_role_and_an_existing_folder(shipped, st
     with pytest.raises(SystemExit) as exit_info:
         run_main("export", stroke_spec[0])  # no --out
     assert exit_info.value.code == 2
+
+
+def test_overwrite_replaces_a_model_folder_and_a_failed_export_leaves_nothing(shipped, stroke_spec, tmp_path, capsys):
+    from strokekit.ensemble_spec import write_spec
+
+    folder = tmp_path / "models" / "m"
+    shutil.copytree(shipped.model, folder)
+    assert run_main("export", stroke_spec[0], "--out", folder, "--overwrite") == 0
+    assert set(read_model_folder(folder)) == {"stroke"} and run_main("export", "--verify", folder) == 0
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    spec = write_spec({"task": "stroke", "blend": "mean", "tta": ["none"], "threshold": {"value": 0.5},
+                       "members": [{"name": "bad", "checkpoints": ["bad.pt"], "weight": 1.0}]}, tmp_path / "bad.yaml")
+    capsys.readouterr()
+    assert run_main("export", spec, "--out", tmp_path / "models" / "bad") == 2
+    assert "bad.pt" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["m"]  # no half-written folder
