@@ -81,8 +81,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "(gate candidates 0.3/0.5/0.7 join the grid unless --grid names them); a "
                              "segmentation-based gate is the grid's `triplet` rule")
     parser.add_argument("--robust", default="p10", choices=("p10", "p25", "median", "mean", "off"),
-                        help="seg: bootstrap statistic picking the post-processing setting (default p10: the "
-                             "10th percentile at --test-size); off = the point score")
+                        help="bootstrap statistic whose plateau picks the seg post-processing setting or the "
+                             "classifier threshold (default p10: the 10th percentile at --test-size); off = the "
+                             "OOF figure itself")
     parser.add_argument("--test-size", type=int,
                         help="images per bootstrap resample (default: the test set's size, 192 for stroke, 97 "
                              "for type and seg)")
@@ -117,7 +118,8 @@ def build(args) -> tuple[dict, dict, Path]:
         options = {"min_precision": args.min_precision} if args.metric == "recall_at_precision" else {}
         spec, report = build_classifier_spec(runs, args.task, out, metric=args.metric or "auc", blend=args.blend,
                                              objective=args.objective, target_recall=args.target_recall,
-                                             metric_options=options, keep_blend=args.keep_blend, **common)
+                                             metric_options=options, keep_blend=args.keep_blend,
+                                             robust=None if args.robust == "off" else args.robust, **common)
         return spec, report, out
     from strokekit.ensemble_seg import build_seg_spec
 

@@ -10,6 +10,7 @@ the middle of that statistic's plateau (seg_search.choose_postprocess).
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -117,6 +118,34 @@ def classifier_intervals(y_true, y_score, threshold: float, size: int | None = P
     return {k: v | {"size": int(size or len(y)), "n": len(y), "n_boot": n_boot} for k, v in out.items()}
 
 
+def threshold_curve_draws(y_true, y_score, objective: str = "f1", size: int | None = PHASE_TEST_SIZES[1],
+                          n_boot: int = 1000, seed: int = 0, test_prior: float | None = None,
+                          target_recall: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(thresholds (T,), draws (n_boot, T)): a threshold objective (f1, youden, balanced_accuracy, or for
+    `recall` the precision where the OOF recall meets target_recall, NaN elsewhere) at every distinct score,
+    on resamples of `size` images (drawn at `test_prior`'s positive share when given)."""
+    from strokekit import metrics, prior
+
+    y = np.asarray(y_true).astype(int).ravel()
+    p = np.asarray(y_score, dtype=float).ravel()
+    draw = None if test_prior is None else prior.prior_weights(y, test_prior)
+    weights = resample_weights(len(y), size, n_boot, seed, draw)
+    order = np.argsort(-p, kind="mergesort")
+    last = np.r_[np.nonzero(np.diff(p[order]))[0], p.size - 1]
+    tp = np.cumsum(weights[:, order] * y[order], axis=1)[:, last]
+    fp = np.cumsum(weights[:, order] * (1 - y[order]), axis=1)[:, last]
+    fn, tn = (weights @ y)[:, None] - tp, (weights @ (1 - y))[:, None] - fp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        curve = {"f1": lambda: _safe(2 * tp, 2 * tp + fp + fn),
+                 "youden": lambda: _safe(tp, tp + fn) + _safe(tn, tn + fp) - 1,
+                 "balanced_accuracy": lambda: 0.5 * (_safe(tp, tp + fn) + _safe(tn, tn + fp)),
+                 "recall": lambda: _safe(tp, tp + fp)}[objective]()
+    if objective == "recall":
+        meets = metrics.threshold_table(y, p)["recall"] >= (0.97 if target_recall is None else target_recall)
+        curve = np.where(meets[None, :], curve, np.nan)
+    return p[order][last], curve
+
+
 def phase1_intervals(y_true, labels, probs=None, size: int | None = None, n_boot: int = 1000, seed: int = 0,
                      level: float = 0.95) -> dict[str, dict]:
     """score.py phase 1: intervals of recall, precision, specificity, F1, balanced accuracy, accuracy of
@@ -189,7 +218,8 @@ def robust_scores(draws: np.ndarray, statistic: str = "p10") -> np.ndarray:
     if statistic not in ROBUST_STATISTICS:
         raise KeyError(f"unknown robust statistic {statistic!r}; valid: {list(ROBUST_STATISTICS)}")
     q = ROBUST_STATISTICS[statistic]
-    with np.errstate(all="ignore"):
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)          # all-NaN settings stay NaN
         return np.nanmean(draws, axis=0) if q is None else np.nanpercentile(draws, q, axis=0)
 
 

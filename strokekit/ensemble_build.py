@@ -123,14 +123,16 @@ def build_classifier_spec(runs: list[Run], task: str, spec_path, metric: str = "
                           target_recall: float = 0.97, tolerance: float = 0.005, tta=("none",),
                           absolute: bool = False, metric_options: dict | None = None,
                           keep_blend: bool = False, test_prior: float | None = None,
-                          test_size: int | None = None, n_boot: int = 1000, seed: int = 0) -> tuple[dict, dict]:
+                          test_size: int | None = None, n_boot: int = 1000, seed: int = 0,
+                          robust: str | None = None) -> tuple[dict, dict]:
     """(spec, report) for a stroke / type ensemble of `runs`; see the module docstring.
 
     keep_blend=True keeps the asked blend (e.g. a published system's majority vote) even when the best
     member alone scores higher on OOF; the spec's selection note then says by how much.
     test_prior: the test set's expected positive share, the final threshold is tuned for it (prior.py);
     test_size: images per bootstrap resample for the 95 % intervals of the headline figures (default:
-    phase 1's 192 for stroke, phase 2's 97 for type)."""
+    phase 1's 192 for stroke, phase 2's 97 for type); robust: the bootstrap statistic whose plateau
+    gives the final threshold (selection.tune_classifier_threshold; None: the OOF curve's)."""
     options = dict(metric_options or {})
     score = lambda y, p: selection.classifier_score(y, p, metric, **options)
     oofs = {run.name: selection.load_oof(run.path) for run in runs}
@@ -154,9 +156,9 @@ def build_classifier_spec(runs: list[Run], task: str, spec_path, metric: str = "
             f"kept blend {choice['blend']} ({choice['score']:.4f}) below the best member ({best:.4f}): --keep-blend")
     else:
         choice = guard_best_member(choice, members, singles)
-    tuned = selection.tune_classifier_threshold(y, choice["blended"], objective, target_recall, tolerance,
-                                                test_prior)
     size = test_size or bootstrap.PHASE_TEST_SIZES[1 if task == "stroke" else 2]
+    tuned = selection.tune_classifier_threshold(y, choice["blended"], objective, target_recall, tolerance,
+                                                test_prior, robust, size, n_boot, seed)
     intervals = bootstrap.classifier_intervals(y, choice["blended"], tuned["threshold"], size, n_boot, seed,
                                                test_prior=test_prior)
     used = [run for run in runs if choice["weights"][run.name] > 0]
@@ -204,6 +206,7 @@ def decision_lines(report: dict) -> list[str]:
     oof = t["oof"]
     return [f"threshold {t['value']:.4f} ({t['objective']}"
             + (f", recall >= {t['target_recall']}" if "target_recall" in t else "")
+            + (f", plateau of the bootstrap {t['robust']} at n = {t['test_size']}" if "robust" in t else "")
             + f"; plateau {t['plateau'][0]:.3f}-{t['plateau'][1]:.3f}): OOF recall {oof['recall']:.4f}, "
               f"precision {oof['precision']:.4f}, specificity {oof['specificity']:.4f}, F1 {oof['f1']:.4f}, "
               f"balanced accuracy {oof['balanced_accuracy']:.4f}"

@@ -265,7 +265,9 @@ def plateau(values, scores, tolerance: float = 0.005) -> dict:
 
 
 def tune_classifier_threshold(y_true, y_score, objective: str = "f1", target_recall: float = 0.97,
-                              tolerance: float = 0.005, test_prior: float | None = None) -> dict:
+                              tolerance: float = 0.005, test_prior: float | None = None,
+                              robust: str | None = None, test_size: int | None = None, n_boot: int = 1000,
+                              seed: int = 0) -> dict:
     """A decision threshold from the middle of the near-best plateau, with its OOF metrics.
 
     objective "f1" / "youden": plateau of F1 / Youden's J over every OOF score used as threshold.
@@ -273,7 +275,9 @@ def tune_classifier_threshold(y_true, y_score, objective: str = "f1", target_rec
     choice always meets the recall target on OOF. `argmax` holds metrics.tune_threshold's own choice.
     test_prior: the positive share expected in the test set; the OOF images are reweighted to it
     (prior.py), so precision / F1 and the F1-best threshold are those of that mix (`oof` then holds the
-    reweighted figures, `oof_unweighted` the plain ones). Returns plain floats, ready for the ensemble spec.
+    reweighted figures, `oof_unweighted` the plain ones). robust (p10, median ...): the plateau is taken on
+    that statistic of the objective over bootstrap resamples of test_size images (bootstrap.py), not on the
+    OOF curve itself; the recall target is still met on OOF. Returns plain floats, ready for the spec.
     """
     from strokekit import prior
 
@@ -285,6 +289,12 @@ def tune_classifier_threshold(y_true, y_score, objective: str = "f1", target_rec
         curve = np.where(table["recall"] >= target_recall, table["precision"], np.nan)
     else:
         curve = table[objective]
+    if robust:
+        from strokekit import bootstrap
+
+        _, draws = bootstrap.threshold_curve_draws(y_true, y_score, objective, test_size, n_boot, seed,
+                                                   test_prior, target_recall)
+        curve = bootstrap.robust_scores(draws, robust)
     flat = plateau(table["threshold"], curve, tolerance)
     chosen = metrics.classification_metrics(y_true, y_score, flat["value"])
     out = {"threshold": flat["value"], "objective": objective, "plateau": flat["plateau"],
@@ -292,6 +302,8 @@ def tune_classifier_threshold(y_true, y_score, objective: str = "f1", target_rec
            "oof": {k: float(v) for k, v in chosen.items() if k != "threshold"}}
     if objective == "recall":
         out["target_recall"] = float(target_recall)
+    if robust:
+        out.update(robust=robust, robust_score=flat["score"], test_size=test_size, n_boot=n_boot)
     if weights is not None:
         out["oof_unweighted"] = out["oof"]
         out["oof"] = {**out["oof"], **prior.metrics_at(table, flat["value"])}

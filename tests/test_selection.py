@@ -217,3 +217,18 @@ def test_ensemble_py_tunes_for_a_test_prior_and_prints_intervals(tmp_path, capsy
     with pytest.raises(SystemExit) as refused:
         ensemble.main(["--task", "stroke", str(fold.parent), "--test-prior", "1.5"])
     assert refused.value.code == 2 and "--test-prior" in capsys.readouterr().err
+
+
+def test_robust_threshold_meets_the_recall_target_and_tracks_the_bootstrap():
+    rng = np.random.default_rng(7)
+    y = (rng.random(400) < 0.4).astype(int)
+    p = np.clip(rng.normal(0.3 + 0.35 * y, 0.15), 0, 1)
+    tuned = tune_classifier_threshold(y, p, "recall", 0.9, robust="p10", test_size=192, n_boot=300)
+    assert metrics.recall(y, p, tuned["threshold"]) >= 0.9 and tuned["robust"] == "p10"
+    f1 = tune_classifier_threshold(y, p, "f1", robust="p10", test_size=192, n_boot=300, tolerance=0.0)
+    from strokekit import bootstrap
+
+    thresholds, draws = bootstrap.threshold_curve_draws(y, p, "f1", 192, 300)
+    p10 = bootstrap.robust_scores(draws, "p10")
+    assert f1["threshold"] == thresholds[np.nanargmax(p10)] and f1["robust_score"] == pytest.approx(np.nanmax(p10))
+    assert np.nanmax(p10) < metrics.threshold_table(y, p)["f1"].max()    # a 10th percentile sits below the OOF
