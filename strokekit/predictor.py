@@ -33,6 +33,7 @@ from strokekit.ensemble_spec import SpecError, read_spec
 from strokekit.modelfolder import ROLES, is_model_folder, read_model_folder, spec_role
 from strokekit.predict import EnsemblePredictor
 from strokekit.seg_classifier import seg_classifier_prob
+from strokekit.submit import decision_threshold, image_probs
 
 IMAGE_SUFFIXES = {".png": "png", ".dcm": "dicom"}
 
@@ -132,12 +133,7 @@ class Predictor:
         ens = self.ensembles.get("stroke")
         if ens is None:
             return
-        if ens.task == "seg":
-            clf = ens.spec["seg_classifier"]
-            prob = np.asarray([seg_classifier_prob(p, clf) for _, p in ens.iter_seg(rows)])
-            threshold = float(clf["threshold"]["threshold"])
-        else:
-            prob, threshold = ens.predict_classifier(rows)["prob"], float(ens.spec["threshold"]["value"])
+        prob, threshold = image_probs(ens, rows, "stroke")["prob"], decision_threshold(ens.spec)  # as infer.py
         for result, p, label in zip(results, prob, phase1_labels(prob, threshold)):
             result.stroke_prob, result.stroke = float(p), bool(label)
 
@@ -149,7 +145,7 @@ class Predictor:
         prob = ens.predict_classifier(rows)["prob"]
         for result, p in zip(results, prob):
             result.type_probs = {"ischemic": float(1.0 - p), "hemorrhagic": float(p)}
-        return [float(p) for p in prob], float(ens.spec["threshold"]["value"])
+        return [float(p) for p in prob], decision_threshold(ens.spec)
 
     def _seg(self, rows: list[dict], results: list[Prediction], p_hem: list, type_threshold, keep: bool) -> None:
         ens = self.ensembles.get("seg")
