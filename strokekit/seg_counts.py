@@ -107,7 +107,7 @@ def gather_counts(oof: dict, get_mask, axes: dict, bases: list, highs: dict[int,
     ids = np.asarray(oof["image_id"])
     n, n_base = len(ids), len(bases)
     shape = lambda c: (n, n_base, len(axes["min_area"][c]), len(axes["keep_largest"][c]), len(FIELDS))
-    counts = {c: np.zeros(shape(c)) for c in CLASSES}
+    counts = {c: np.zeros(shape(c), np.float32) for c in CLASSES}        # exact below 2**24 pixels
     high_counts = {c: np.zeros((n, len(highs[c])), np.int64) for c in CLASSES}
     fill, fill_class = np.zeros((n, n_base, len(FIELDS))), np.zeros(n, np.int64)
     n_true, n_gt3 = np.zeros((n, 2), np.int64), np.zeros(n, np.int64)

@@ -41,13 +41,15 @@ def presence(options: list, cls: int, image_probs, high_counts: np.ndarray, high
     return out
 
 
-def class_counts(grid: GridCounts, present: np.ndarray, cls: int) -> np.ndarray:
-    """(N, base, A, 6) counts of one class, A = (min_area, keep_largest, presence option) flattened in
-    that order; a class the triplet rule or the gate removes counts nothing."""
-    counts = grid.counts[cls].astype(np.float32)                     # (N, base, m, k, 6)
-    n, n_base = counts.shape[:2]
-    out = counts[:, :, :, :, None, :] * present[:, None, None, None, :, None]
-    return out.reshape(n, n_base, -1, counts.shape[-1])
+def class_counts(grid: GridCounts, present: np.ndarray, cls: int, b, a) -> np.ndarray:
+    """(N, S, 6) counts of one class under settings (base b, class setting a), a indexing (min_area,
+    keep_largest, presence option) flattened in that order; a class the triplet rule or the gate removes
+    counts nothing. Presence is applied here, so the counts are never stored once per presence option."""
+    counts = grid.counts[cls]                                        # (N, base, m, k, 6)
+    n_keep, n_options = counts.shape[3], present.shape[1]
+    m, rest = np.divmod(np.asarray(a), n_keep * n_options)
+    k, j = np.divmod(rest, n_options)
+    return counts[:, b, m, k].astype(np.float32) * present[:, j, None]
 
 
 class SettingCounts:
@@ -56,12 +58,13 @@ class SettingCounts:
     def __init__(self, grid: GridCounts, presence_by_class: dict[int, np.ndarray], never_empty: bool,
                  official_empty: float = 1.0):
         self.grid, self.never_empty, self.official_empty = grid, never_empty, official_empty
-        self.by_class = {c: class_counts(grid, presence_by_class[c], c) for c in (1, 2)}
-        self.shape = (self.by_class[1].shape[1], self.by_class[1].shape[2], self.by_class[2].shape[2])
+        self.present = presence_by_class
+        size = lambda c: int(np.prod(grid.counts[c].shape[2:4])) * presence_by_class[c].shape[1]
+        self.shape = (grid.counts[1].shape[1], size(1), size(2))
 
     def gather(self, b, a1, a2) -> tuple[np.ndarray, np.ndarray]:
         """(N, S, 6) counts of each class under settings S, the never-empty fill applied."""
-        x1, x2 = self.by_class[1][:, b, a1], self.by_class[2][:, b, a2]
+        x1, x2 = (class_counts(self.grid, self.present[c], c, b, a) for c, a in ((1, a1), (2, a2)))
         if self.never_empty:
             empty = (x1[..., AREA] == 0) & (x2[..., AREA] == 0)
             fill = self.grid.fill[:, b].astype(np.float32)
