@@ -3,6 +3,8 @@
 A checkpoint is a dict of tensors and plain Python types only, so `torch.load(weights_only=True)` reads it:
   format, model, ema, num_outputs, config, epoch, best_metric, best_epoch, metric_name, metric_mode,
   optimizer, scheduler, scaler, rng, seed, versions, metrics
+With `topk_average` (topk.py) a run's last.pt also holds `topk` (the k best epochs' weights, until the fold is
+done) and its best.pt `averaged_epochs` / `averaged_values`, with the mean weights under `ema` (EMA on) or `model`.
 Keys lose `module.` / `_orig_mod.` prefixes on save. Writing goes to a temporary file in the same folder,
 flushed, fsynced and renamed over the old file, so a kill at any moment leaves the previous good file.
 """

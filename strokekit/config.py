@@ -61,7 +61,11 @@ DEFAULTS: dict[str, Any] = {
     "ema": False,
     "ema_decay": 0.999,
     "early_stop": None,        # patience in epochs on the validation metric
-    "metric": None,            # selection metric; None = the task's default (auc for classifiers, dice for seg)
+    "metric": None,            # selection metric; None = the task's default (auc for classifiers, dice for seg,
+                               # pp_dice... with select_postprocess); e.g. f1_at_best: F1 at each epoch's tuned threshold
+    "select_postprocess": None,  # seg: a post-processing spec (postprocess.py keys, e.g. {threshold: 0.5, min_area: 20});
+                               # validation also logs pp_* metrics of the phase-2 masks it draws, and they pick best.pt
+    "topk_average": None,      # k: best.pt = mean weights (BatchNorm buffers too) of the k best epochs by the metric
     "seed": 42,
     "num_workers": 2,
     "sync_bn": False,          # under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)
@@ -222,8 +226,31 @@ def validate(cfg: dict) -> None:
     if cfg["ddp_backend"] not in (None, "nccl", "gloo"):
         raise ConfigError(f"ddp_backend must be nccl, gloo or null (nccl on CUDA, gloo on the CPU), "
                           f"got {cfg['ddp_backend']!r}")
+    validate_selection(cfg)
     if not 0.0 <= cfg["lesion_share"] <= 1.0:
         raise ConfigError(f"lesion_share must be in [0, 1], got {cfg['lesion_share']}")
+
+
+def validate_selection(cfg: dict) -> None:
+    """topk_average: a positive int; select_postprocess: a seg-only post-processing spec without a gate."""
+    k = cfg["topk_average"]
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise ConfigError(f"topk_average must be a whole number >= 1 (or null), got {k!r}")
+    spec = cfg["select_postprocess"]
+    if spec is None:
+        return
+    if cfg["task"] != "seg":
+        raise ConfigError(f"select_postprocess is for task seg (classifiers select on e.g. metric: f1_at_best), "
+                          f"not {cfg['task']}")
+    if not isinstance(spec, dict):
+        raise ConfigError(f"select_postprocess must be a post-processing mapping such as {{min_area: 20}}, got {spec!r}")
+    from .postprocess import normalise_spec  # numpy/scipy only
+    try:
+        spec = normalise_spec(spec)
+    except (KeyError, ValueError, TypeError) as err:
+        raise ConfigError(f"select_postprocess: {str(err).strip(chr(34) + chr(39))}") from None
+    if spec["gate"] is not None:
+        raise ConfigError("select_postprocess cannot gate on an image classifier during training; drop `gate`")
 
 
 def folds_path(cfg: dict) -> Path:

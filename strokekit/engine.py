@@ -3,6 +3,8 @@
 `train_fold(cfg, index, folds, fold, run_dir)` reads top to bottom: build data, model, optimizer, schedule
 -> (resume from last.pt) -> per epoch: train -> validate -> log.csv row -> best.pt -> last.pt -> curves ->
 early stop -> with the best checkpoint: OOF file, summary.json, and the `done` marker, written last.
+With `topk_average: k` the k best epochs' weights are kept in memory (and in last.pt, for --resume), and at
+the end best.pt holds their mean, validated once more for the OOF file and summary.json (topk.py).
 `predict_batch` / `predict_loader` are what infer.py uses to turn images into probabilities.
 Under torchrun the same loop runs in every process with DistributedDataParallel (see distributed.py): rank 0
 alone writes the run folder, validation results are gathered on it and its metrics broadcast to all ranks.
@@ -21,14 +23,15 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .atomic import write_text_atomic
-from .checkpoint import (build_checkpoint, read_checkpoint, rng_state, save_atomic, seed_everything,
-                         set_rng_state, versions)
+from .checkpoint import (build_checkpoint, model_state, read_checkpoint, rng_state, save_atomic,
+                         seed_everything, set_rng_state, versions)
 from .data.dataset import make_loader
 from .losses import build_loss
 from .models import build_model
 from .optim import LrSchedule, build_optimizer
 from .runlog import EpochLog, plot_curves, write_json
 from .tasks import get_task, selection_metric
+from .topk import TopK
 from .weights import WeightsError, strip_prefixes
 
 
@@ -114,6 +117,7 @@ class Trainer:
     best: float | None = None
     best_epoch: int = 0
     info: dict = field(default_factory=dict)
+    topk: TopK | None = None       # topk_average: the k best epochs' eval weights (rank 0 only)
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -153,8 +157,9 @@ def setup(cfg: dict, index, folds, fold: int) -> Trainer:
                     batch_per_process=distributed.per_process_batch(cfg["batch_size"]))
     if distributed.rank():
         seed_everything(distributed.rank_seed(cfg["seed"]))  # dropout differs across ranks
+    topk = TopK(cfg["topk_average"], mode, metric) if cfg["topk_average"] and distributed.is_main() else None
     return Trainer(cfg, task, device, model, ema, optimizer, schedule, scaler, loss_fn, train_loader,
-                   val_loader, metric, mode, info=info)
+                   val_loader, metric, mode, info=info, topk=topk)
 
 
 def train_one_epoch(tr: Trainer, progress: bool = True) -> dict:
@@ -221,14 +226,15 @@ def reseed_epoch(tr: Trainer) -> None:
     loader.dataset.reseed(distributed.rank_seed(seed))  # each rank augments its images its own way
 
 
-def checkpoint(tr: Trainer, metrics: dict) -> dict:
-    """Everything a resume or infer.py needs, as tensors and plain Python types."""
+def checkpoint(tr: Trainer, metrics: dict, last: bool = False) -> dict:
+    """Everything a resume or infer.py needs, as tensors and plain Python types (last.pt: + the top-k set)."""
+    extra = {"topk": tr.topk.state()} if last and tr.topk is not None else {}
     return build_checkpoint(
         tr.model, tr.cfg, tr.task.num_outputs, ema=tr.ema.module if tr.ema is not None else None,
         epoch=tr.epoch, best_metric=tr.best, best_epoch=tr.best_epoch, metric_name=tr.metric,
         metric_mode=tr.mode, metrics=metrics, optimizer=tr.optimizer.state_dict(),
         scheduler=tr.schedule.state_dict(), scaler=tr.scaler.state_dict() if tr.scaler else None,
-        rng=rng_state(), seed=tr.cfg["seed"])
+        rng=rng_state(), seed=tr.cfg["seed"], **extra)
 
 
 SHAPE_KEYS = ("task", "model", "encoder", "in_chans")  # config keys that change the weights' shapes
@@ -251,6 +257,15 @@ def resume(tr: Trainer, path: Path, ckpt: dict | None = None) -> None:
         tr.scaler.load_state_dict(ckpt["scaler"])
     set_rng_state(ckpt["rng"])
     tr.epoch, tr.best, tr.best_epoch = ckpt["epoch"], ckpt["best_metric"], ckpt["best_epoch"]
+    if tr.cfg["topk_average"] and ckpt.get("topk") is None and tr.epoch:  # every rank refuses alike
+        raise WeightsError(f"{path} was trained without topk_average: its epochs' weights are gone, so "
+                           "it cannot be averaged; resume without topk_average or start over (--overwrite)")
+    if tr.topk is not None and ckpt.get("topk") is not None:
+        try:
+            tr.topk.load(ckpt["topk"])
+        except ValueError as err:
+            raise WeightsError(f"{path} cannot be resumed with topk_average: {err}") from None
+        tr.topk.keep_until(tr.epoch)
     if distributed.rank():  # rank 0's RNG states were saved; the others take their own
         seed_everything(distributed.rank_seed(tr.cfg["seed"] * 1000 + tr.epoch))
 
@@ -306,9 +321,11 @@ def train_fold(cfg: dict, index, folds, fold: int, run_dir, resume_run: bool = F
                 tr.best, tr.best_epoch = value, tr.epoch
                 if main:
                     save_atomic(checkpoint(tr, metrics), run_dir / "best.pt")
+            if tr.topk is not None:
+                tr.topk.offer(tr.epoch, value, lambda: model_state(tr.eval_model))
             tr.schedule.epoch_end(value, tr.mode)
             if main:
-                save_atomic(checkpoint(tr, metrics), last)
+                save_atomic(checkpoint(tr, metrics, last=True), last)
                 plot_curves(epochs_log.rows, tr.metric, run_dir / "curves.png")
             log(f"fold {fold} epoch {tr.epoch}/{cfg['epochs']}: train_loss {row['train_loss']:.4f} "
                 f"val_loss {row.get('val_loss', float('nan')):.4f} {tr.metric} {value:.4f}"
@@ -334,6 +351,9 @@ def _quiet(*args, **kwargs) -> None:
 def finish_fold(tr: Trainer, fold: int, run_dir: Path, started: float, log=print) -> dict:
     """With the best checkpoint (EMA weights when on): OOF file, final metrics, summary.json, done.
 
+    With topk_average the best checkpoint is first the mean of the k best epochs' weights; best.pt is
+    rewritten with it (and these final metrics) before the OOF file, and last.pt loses its top-k set at the end.
+
     Under torchrun rank 0 reads best.pt and broadcasts its weights; all ranks validate their shards, and
     rank 0 writes the gathered OOF file and the rest. Every rank returns the summary.
     """
@@ -341,14 +361,38 @@ def finish_fold(tr: Trainer, fold: int, run_dir: Path, started: float, log=print
     model = tr.eval_model
     model.load_state_dict(weights)
     metrics, state = predict_loader(model, tr.val_loader, tr.task, tr.cfg, tr.device, tr.loss_fn, keep_oof=True)
+    if tr.topk is not None:  # rank 0 only
+        _write_averaged_best(tr, run_dir, weights, metrics, log)
     summary = distributed.on_main(_write_fold, tr, fold, run_dir, started, metrics, state, log)
+    if tr.topk is not None:  # the fold is done: last.pt need not carry k more copies of the model
+        ckpt = read_checkpoint(run_dir / "last.pt")
+        ckpt.pop("topk", None)
+        save_atomic(ckpt, run_dir / "last.pt")
     distributed.barrier()
     return summary
 
 
 def _best_weights(tr: Trainer, run_dir: Path) -> dict:
+    if tr.topk is not None:
+        return tr.topk.average()
     best = read_checkpoint(run_dir / "best.pt")
     return strip_prefixes(best["ema"] if tr.ema is not None else best["model"])
+
+
+def _write_averaged_best(tr: Trainer, run_dir: Path, weights: dict, metrics: dict, log) -> None:
+    """best.pt = the best epoch's checkpoint with its eval weights (EMA when on) replaced by the top-k mean.
+
+    Idempotent (the mean comes from the top-k set, never from best.pt): a kill before `done` and a resume
+    write the same file again."""
+    best = read_checkpoint(run_dir / "best.pt")
+    best["ema" if tr.ema is not None else "model"] = {k: v.detach().cpu() for k, v in weights.items()}
+    best.update(metrics=metrics, averaged_epochs=tr.topk.epochs, averaged_values=tr.topk.values)
+    save_atomic(best, run_dir / "best.pt")
+    tr.info["topk_average"] = {"k": tr.topk.k, "epochs": tr.topk.epochs, "values": tr.topk.values,
+                               "averaged_metric": metrics.get(tr.metric)}
+    values = ", ".join(f"{v:.4f}" for v in tr.topk.values)
+    log(f"best.pt = mean weights of epochs {tr.topk.epochs} ({tr.metric} {values}; averaged "
+        f"{metrics.get(tr.metric, float('nan')):.4f})")
 
 
 def _write_fold(tr: Trainer, fold: int, run_dir: Path, started: float, metrics: dict, state: dict, log) -> dict:

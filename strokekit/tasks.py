@@ -7,6 +7,11 @@ loss and selection metric, how logits become probabilities, the validation metri
 - seg:    stroke images with a MASK or OVERLAY, plus a seeded `seg_negatives` share of the no-stroke images
           (training only; `seg_val_negatives: true` also validates the fold's no-stroke images, whose
           false-positive rate is reported while the Dice/IoU stay on lesion slices).
+With `select_postprocess` (a post-processing spec), seg validation also draws each image's phase-2 mask
+(decide.phase2_class_map: postprocess.py's steps and the never-empty fill, as infer.py does) at the mask's
+own resolution and logs `pp_`-prefixed strict scores of it, plus `pp_official_{iou,dice}` (the organisers'
+tolerant counting, official.py, mean over lesion slices); best.pt is then picked by
+pp_dice_macro_imagewise_lesion_mean unless `metric` names another.
 Classifier OOF: oof.csv with image_id, fold, target, prob. Seg OOF: oof.npz with image_id (N,) int64,
 probs (N, 3, S, S) float16 softmax at `oof_size`, fold (N,) int64, orig_hw (N, 2) int64.
 """
@@ -17,7 +22,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from . import distributed, metrics
+from . import distributed, metrics, official
 from .checkpoint import write_atomic
 from .data.dataset import BalancedSampler, LesionBatchSampler, SliceDataset
 
@@ -156,8 +161,12 @@ class SegTask(Task):
         return logits.float().softmax(dim=1)
 
     def new_state(self, cfg: dict, keep_oof: bool = False) -> dict:
+        pp = cfg.get("select_postprocess")
+        if pp is not None:
+            from .postprocess import normalise_spec
+            pp = normalise_spec(pp)
         return {"ids": [], "stats": [], "any": [], "lesion": [], "probs": [] if keep_oof else None,
-                "hw": [], "oof_size": cfg["oof_size"]}
+                "hw": [], "oof_size": cfg["oof_size"], "pp": pp, "pp_stats": [], "pp_any": [], "pp_official": []}
 
     def accumulate(self, state: dict, batch: dict, probs: torch.Tensor) -> None:
         """Per-image counts at each mask's own resolution (probabilities upsampled before the argmax)."""
@@ -168,6 +177,8 @@ class SegTask(Task):
             state["any"].append(metrics.seg_stats(pred > 0, full > 0, n_classes=2))
             state["lesion"].append(bool((full > 0).any()))
             state["hw"].append(full.shape)
+            if state["pp"] is not None:
+                self._accumulate_postprocessed(state, up[0].cpu().numpy(), np.asarray(full))
         state["ids"].append(batch["image_id"].numpy())
         if state["probs"] is not None:
             size = state["oof_size"]
@@ -175,17 +186,24 @@ class SegTask(Task):
                 probs, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
             state["probs"].append(small.cpu().numpy().astype(np.float16))
 
+    @staticmethod
+    def _accumulate_postprocessed(state: dict, probs: np.ndarray, full: np.ndarray) -> None:
+        """The phase-2 mask infer.py would draw from these probabilities, scored strictly and officially."""
+        from .decide import phase2_class_map
+        class_map, _ = phase2_class_map(probs, state["pp"])
+        state["pp_stats"].append(metrics.seg_stats(class_map, full))
+        state["pp_any"].append(metrics.seg_stats(class_map > 0, full > 0, n_classes=2))
+        state["pp_official"].append(tuple(official.tolerant_counts(class_map, full)))
+
     def finish(self, state: dict) -> dict[str, float]:
         lesion = np.asarray(state["lesion"], dtype=bool)
-        stats = metrics.SegStats(*(np.concatenate([s[k] for s in state["stats"]])[lesion] for k in range(4)))
-        out = metrics.seg_scores(stats)
-        anyl = metrics.SegStats(*(np.concatenate([s[k] for s in state["any"]])[lesion] for k in range(4)))
-        for name, fn in (("iou", metrics.iou_score), ("dice", metrics.dice_score)):
-            for reduction in ("micro", "macro-imagewise"):
-                out[f"{name}_{reduction.replace('-', '_')}_any_lesion"] = float(fn(*anyl, reduction=reduction)[1])
-        if (~lesion).any():  # negatives validated: how often a lesion is predicted on a clean slice
-            pred_pixels = np.concatenate([s[0] + s[1] for s in state["any"]])[~lesion, 1]
-            out["negatives_with_lesion_pred"] = float((pred_pixels > 0).mean())
+        out = seg_metrics(state["stats"], state["any"], lesion)
+        if state["pp"] is not None:
+            out.update({f"pp_{k}": v for k, v in seg_metrics(state["pp_stats"], state["pp_any"], lesion).items()})
+            counts = np.asarray(state["pp_official"], dtype=np.int64).reshape(-1, 4)[lesion]
+            scores = official.tolerant_scores(*counts.T)
+            out.update({f"pp_official_{k}": float(np.mean(scores[k])) if len(counts) else float("nan")
+                        for k in ("iou", "dice")})
         return out
 
     def write_oof(self, state: dict, fold: int, out_dir) -> str:
@@ -196,6 +214,21 @@ class SegTask(Task):
         path = out_dir / "oof.npz"
         write_atomic(path, lambda f: np.savez_compressed(f, **arrays))
         return str(path)
+
+
+def seg_metrics(stats: list, any_stats: list, lesion: np.ndarray) -> dict[str, float]:
+    """Strict per-class and any-lesion scores over the lesion slices, and the share of clean slices
+    (when validated) with a predicted lesion."""
+    per_class = metrics.SegStats(*(np.concatenate([s[k] for s in stats])[lesion] for k in range(4)))
+    out = metrics.seg_scores(per_class)
+    anyl = metrics.SegStats(*(np.concatenate([s[k] for s in any_stats])[lesion] for k in range(4)))
+    for name, fn in (("iou", metrics.iou_score), ("dice", metrics.dice_score)):
+        for reduction in ("micro", "macro-imagewise"):
+            out[f"{name}_{reduction.replace('-', '_')}_any_lesion"] = float(fn(*anyl, reduction=reduction)[1])
+    if (~lesion).any():  # negatives validated: how often a lesion is predicted on a clean slice
+        pred_pixels = np.concatenate([s[0] + s[1] for s in any_stats])[~lesion, 1]
+        out["negatives_with_lesion_pred"] = float((pred_pixels > 0).mean())
+    return out
 
 
 def shard(cfg: dict, batch: bool = True) -> dict:
@@ -218,5 +251,8 @@ def get_task(name: str) -> Task:
 def selection_metric(cfg: dict) -> tuple[str, str]:
     """(metric name, 'max' | 'min') that picks best.pt and drives early stopping."""
     task = get_task(cfg["task"])
-    name = cfg["metric"] or task.default_metric
+    default = task.default_metric
+    if task.name == "seg" and cfg.get("select_postprocess") is not None:
+        default = f"pp_{default}"
+    name = cfg["metric"] or default
     return name, task.metric_mode(name)
