@@ -43,12 +43,12 @@ def parse_args(argv):
     sim.add_argument("--aspect-tol", type=float, default=defaults.aspect_tol,
                      help=f"head width / length tolerance (default {defaults.aspect_tol})")
     sim.add_argument("--nearest", type=float, default=defaults.nearest, help="each slice also joins its nearest "
-                     f"neighbour within this many tolerances (default {defaults.nearest}; 0 = off)")
+                     f"neighbour within this many tolerances (default {defaults.nearest}; <= 1: off)")
     sim.add_argument("--dup-bits", type=int, default=defaults.dup_bits, help="near-duplicates: at most this "
                      f"many of 256 dHash bits differ (default {defaults.dup_bits}; -1 = off)")
     sim.add_argument("--work-size", type=int, default=defaults.work_size,
                      help=f"images are reduced to this longest side first (default {defaults.work_size})")
-    sim.add_argument("--workers", type=int, default=default_workers(), help="processes reading images")
+    sim.add_argument("--workers", type=int, default=default_workers(), help="processes reading images (default %(default)s)")
     sim.add_argument("--groups-out", help="groups CSV (default <out>.groups.csv, e.g. folds.groups.csv)")
     return parser.parse_args(argv)
 
