@@ -63,8 +63,9 @@ DEFAULTS: dict[str, Any] = {
     "early_stop": None,        # patience in epochs on the validation metric
     "metric": None,            # selection metric; None = the task's default (auc for classifiers, dice for seg,
                                # pp_dice... with select_postprocess); e.g. f1_at_best: F1 at each epoch's tuned threshold
-    "select_postprocess": None,  # seg: a post-processing spec (postprocess.py keys, e.g. {threshold: 0.5, min_area: 20});
-                               # validation also logs pp_* metrics of the phase-2 masks it draws, and they pick best.pt
+    "select_postprocess": None,  # seg: a post-processing spec (postprocess.py keys, e.g. {threshold: 0.5, min_area: 20})
+                               # or an ensemble spec YAML whose `postprocess` it copies; validation also logs pp_*
+                               # metrics of the phase-2 masks it draws, and they pick best.pt
     "topk_average": None,      # k: best.pt = mean weights (BatchNorm buffers too) of the k best epochs by the metric
     "seed": 42,
     "num_workers": 2,
@@ -239,6 +240,8 @@ def validate_selection(cfg: dict) -> None:
     spec = cfg["select_postprocess"]
     if spec is None:
         return
+    if isinstance(spec, str):  # an ensemble spec file: its searched post-processing, copied into the config
+        spec = cfg["select_postprocess"] = _spec_postprocess(Path(spec))
     if cfg["task"] != "seg":
         raise ConfigError(f"select_postprocess is for task seg (classifiers select on e.g. metric: f1_at_best), "
                           f"not {cfg['task']}")
@@ -251,6 +254,15 @@ def validate_selection(cfg: dict) -> None:
         raise ConfigError(f"select_postprocess: {str(err).strip(chr(34) + chr(39))}") from None
     if spec["gate"] is not None:
         raise ConfigError("select_postprocess cannot gate on an image classifier during training; drop `gate`")
+
+
+def _spec_postprocess(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"select_postprocess: {path} is neither a post-processing mapping nor an existing file")
+    spec = _yaml(path.read_text(encoding="utf-8"), str(path))
+    if not isinstance(spec, dict) or not isinstance(spec.get("postprocess"), dict):
+        raise ConfigError(f"select_postprocess: {path} holds no `postprocess` mapping (an ensemble.py --task seg spec does)")
+    return spec["postprocess"]
 
 
 def folds_path(cfg: dict) -> Path:

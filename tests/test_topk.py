@@ -174,11 +174,22 @@ def test_topk_ranking_ties_nan_and_a_redone_epoch():
     assert again.epochs == [4]
 
 
+def test_select_postprocess_copies_an_ensemble_specs_postprocessing(tmp_path):
+    spec = tmp_path / "seg.yaml"
+    spec.write_text("task: seg\npostprocess:\n  threshold: {ischemic: 0.4, hemorrhagic: 0.6}\n  min_area: 32\n")
+    cfg = load_config(None, ["task=seg", f"select_postprocess={spec}"])
+    assert cfg["select_postprocess"] == {"threshold": {"ischemic": 0.4, "hemorrhagic": 0.6}, "min_area": 32}
+    spec.write_text("task: seg\n")
+    with pytest.raises(ConfigError, match="no `postprocess`"):
+        load_config(None, ["task=seg", f"select_postprocess={spec}"])
+
+
 @pytest.mark.parametrize("sets, message", [
     (["select_postprocess={min_area: 5}"], "for task seg"),
     (["task=seg", "select_postprocess={min_aera: 5}"], "unknown post-processing key"),
     (["task=seg", "select_postprocess={gate: 0.5}"], "gate"),
     (["task=seg", "select_postprocess=5"], "mapping"),
+    (["task=seg", "select_postprocess=/nonexistent/seg.yaml"], "neither"),
     (["topk_average=0"], "topk_average"),
 ])
 def test_bad_selection_settings_fail_clearly(sets, message):
