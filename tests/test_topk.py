@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import small_phantom
-from strokekit.checkpoint import read_checkpoint
+from strokekit.checkpoint import read_checkpoint, save_atomic
 from strokekit.config import ConfigError, load_config
 from strokekit.data.index import build_index
 from strokekit.data.readers import load_class_map
@@ -134,6 +134,12 @@ def test_interrupted_and_resumed_equals_uninterrupted_with_topk(seg_run, data, t
     assert train("tiny_seg.yaml", SEG, data, cut, stop_after=2)[0] is None
     kept = read_checkpoint(cut / "last.pt")["topk"]
     assert sorted(e["epoch"] for e in kept["entries"]) == [1, 2]  # the top-k set survives in last.pt
+    # stopped again after the last epoch, before the fold's end; then best.pt spoiled as a kill half-way
+    # through the end could leave it: the average comes from last.pt's top-k set, never from best.pt
+    assert train("tiny_seg.yaml", SEG, data, cut, stop_after=5, resume=True)[0] is None
+    spoiled = read_checkpoint(cut / "best.pt")
+    spoiled["ema"] = {k: torch.zeros_like(v) for k, v in spoiled["ema"].items()}
+    save_atomic(spoiled, cut / "best.pt")
     resumed, _ = train("tiny_seg.yaml", SEG, data, cut, resume=True)
     assert resumed["topk_average"]["epochs"] == summary["topk_average"]["epochs"]
     assert_same_weights(eval_weights(cut / "best.pt"), eval_weights(run_dir / "best.pt"))
