@@ -16,6 +16,8 @@ with --split (default test1 for phase 1, test2 for phase 2). Writes submissions/
 --ensemble (alias --model) is an ensemble spec YAML or a model folder from export.py: phase 1 runs its
 stroke ensemble, phase 2 its seg ensemble and, unless --type-ensemble is given, its type ensemble. A
 model folder whose files do not match their recorded sha256 is refused (exit 2).
+A seg spec whose post-processing gates the lesion classes on P(stroke) (ensemble.py --gate-runs) needs
+that stroke classifier at inference: --gate-ensemble, or the model folder's stroke ensemble.
 Every phase-2 image holds a lesion, so when post-processing leaves a mask empty the most probable lesion
 region is drawn instead (--no-fallback turns this off). The submission is validated before it is
 reported; an existing folder is only replaced with --overwrite. Every test image is checked from its header
@@ -46,6 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "stroke seg_classifier also serves phase 1) or a model folder from export.py")
     parser.add_argument("--type-ensemble", help="phase 2: type spec (or model folder) deciding each image's "
                                                 "stroke type")
+    parser.add_argument("--gate-ensemble", help="phase 2: stroke spec (or model folder) whose P(stroke) a gated "
+                                                "seg spec compares with its gate (ensemble.py --gate-runs); a "
+                                                "model folder's own stroke ensemble serves when not given")
     parser.add_argument("--data", required=True, help="test folder (YARISMA_1 ...) or data root with --split")
     parser.add_argument("--split", choices=("test1", "test2"), help="with a data root: which test set")
     parser.add_argument("--out", help="submission folder (default submissions/<spec name>_<split>)")
@@ -90,6 +95,20 @@ def load_type(args):
     return None
 
 
+def load_gate(args, predictor):
+    """Phase 2's gate ensemble for a gated seg spec: --gate-ensemble, else the model folder's stroke ensemble."""
+    from strokekit.modelfolder import is_model_folder, read_model_folder
+    from strokekit.submit import needs_gate
+
+    if args.phase != 2 or not needs_gate(predictor.spec):
+        return None
+    if args.gate_ensemble:
+        return load(args.gate_ensemble, args, "stroke")
+    if is_model_folder(args.ensemble) and "stroke" in read_model_folder(args.ensemble):
+        return load(args.ensemble, args, "stroke")
+    return None  # submit.gate_probs says what is missing
+
+
 def amp_used(predictor, amp: str | None) -> str:
     """What autocast ran: none on the CPU, else --amp or each member's config `amp`."""
     if predictor.device.type != "cuda":
@@ -103,7 +122,11 @@ def run(args) -> int:
     rows, split = submit.find_test_rows(args.data, args.split, args.phase)
     predictor = load(args.ensemble, args, "stroke" if args.phase == 1 else "seg")
     type_predictor = load_type(args)
-    rows, check = submit.check_test_rows(rows, (predictor, type_predictor), args.on_bad_input)
+    gate_predictor = load_gate(args, predictor)
+    if args.phase == 2:
+        submit.require_gate(predictor, gate_predictor)  # before any image is read
+    extra = [p for p in (type_predictor, gate_predictor) if p is not None]
+    rows, check = submit.check_test_rows(rows, (predictor, *extra), args.on_bad_input)
     print(check.summary())
     out = submit.prepare_out_dir(args.out or f"submissions/{Path(args.ensemble).stem}_{split}", args.overwrite)
     if check.bad:  # only reached with --on-bad-input skip
@@ -111,7 +134,7 @@ def run(args) -> int:
         print(f"{len(check.bad_ids)} bad images left out of the submission, listed in {out / 'skipped.csv'}")
     print(f"{len(rows)} {split} images from {args.data}; ensemble {args.ensemble} ({predictor.task}, "
           f"{len(predictor.members)} members, {predictor.n_checkpoints} checkpoints) on {predictor.device}")
-    for name, p in (("ensemble", predictor), ("type ensemble", type_predictor)):
+    for name, p in (("ensemble", predictor), ("type ensemble", type_predictor), ("gate ensemble", gate_predictor)):
         if p is not None:
             cost = p.cost(len(rows))
             print(f"{name}: {cost['forward_passes']} forward passes (batch {p.batch_size}, flips "
@@ -121,7 +144,8 @@ def run(args) -> int:
         print(f"phase 1: {decided['n_stroke']} of {len(rows)} images stroke at threshold {decided['threshold']:.4f}")
     else:
         decided, seconds = submit.timed(submit.run_phase2, predictor, rows, out, type_predictor, args.fallback,
-                                        args.fallback_fraction, args.fallback_max_area, args.save_probs)
+                                        args.fallback_fraction, args.fallback_max_area, args.save_probs,
+                                        gate_predictor)
         print(f"phase 2: {len(rows)} masks, fallback drew {decided['fallback_images']}; types from "
               f"{decided['type_source']}")
     speed = len(rows) / max(seconds, 1e-9)
@@ -132,7 +156,9 @@ def run(args) -> int:
             "images_per_s": speed, "skipped_images": sorted(check.bad_ids), **decided}
     if type_predictor is not None:
         info["type_spec"] = manifest.ensemble_record(type_predictor)
-    info.update(manifest.run_record(args.data, rows, [p for p in (predictor, type_predictor) if p is not None]))
+    if gate_predictor is not None:
+        info["gate_spec"] = manifest.ensemble_record(gate_predictor)
+    info.update(manifest.run_record(args.data, rows, [predictor, *extra]))
     manifest.write_manifest(out, info, command=args.command)
     print(f"valid submission: {out}")
     return 0

@@ -249,7 +249,8 @@ def predictions_to_submission(folder: str | os.PathLike, out: str | os.PathLike,
     """Write nnU-Net's predictions as the kit's phase-2 submission (`<id>.png` in the official colours, each at
     its prediction's size) with a manifest; validated like infer.py's. Returns a summary."""
     from strokekit.submission import validate_phase2, write_phase2_mask
-    from strokekit.submit import prepare_out_dir, write_manifest
+    from strokekit.manifest import write_manifest
+    from strokekit.submit import prepare_out_dir
 
     masks = read_predictions(folder)
     if expected_ids is not None:

@@ -33,7 +33,7 @@ from strokekit.ensemble_spec import SpecError, read_spec
 from strokekit.modelfolder import ROLES, is_model_folder, read_model_folder, spec_role
 from strokekit.predict import EnsemblePredictor
 from strokekit.seg_classifier import seg_classifier_prob
-from strokekit.submit import decision_threshold, image_probs
+from strokekit.submit import decision_threshold, image_probs, needs_gate, require_gate
 
 IMAGE_SUFFIXES = {".png": "png", ".dcm": "dicom"}
 
@@ -153,6 +153,8 @@ class Predictor:
             for result, p in zip(results, p_hem):
                 result.type = None if p is None else ("hemorrhagic" if p >= type_threshold else "ischemic")
             return
+        require_gate(ens, self.ensembles.get("stroke"))  # a gated seg spec compares the stroke ensemble's P(stroke)
+        gated = needs_gate(ens.spec)
         clf = ens.spec.get("seg_classifier") or {}
         own_type = type_threshold is None and clf.get("target") == "type"
         threshold = float(clf["threshold"]["threshold"]) if own_type else type_threshold
@@ -163,7 +165,7 @@ class Predictor:
                 result.type_probs = {"ischemic": float(1.0 - p), "hemorrhagic": float(p)}
             class_map, used = phase2_class_map(probs, ens.spec["postprocess"], self.fallback,
                                                self.fallback_fraction, type_class(p, threshold),
-                                               self.fallback_max_area)
+                                               self.fallback_max_area, result.stroke_prob if gated else None)
             result.class_map, result.fallback = class_map, bool(used)
             result.type = type_decision(class_map, p, threshold)
             result.probs = probs if keep else None

@@ -3,30 +3,25 @@
 Phase 1: `asama1.txt` (submission.write_phase1) + `probs.csv` (image_id, prob, label, one column per
 member). Phase 2: one `<id>.png` per image at the image's own size + `types.csv` (per-image stroke type)
 and, when asked, `probs.npz` (float16 probabilities). The side files are not `<id>.png`, so
-submission.validate_phase2 ignores them (it reads `*.png` only); upload the PNGs. Every run writes a
-`manifest.json` (spec, members with checkpoint sha256, TTA, decisions, kit version, command, time).
+submission.validate_phase2 ignores them (it reads `*.png` only); upload the PNGs. infer.py writes a
+`manifest.json` beside them (strokekit/manifest.py: provenance and every file's sha256).
 A submission folder is never overwritten without `overwrite=True`, and only the files a submission
 consists of are removed then.
 """
 from __future__ import annotations
 
-import datetime as _dt
-import hashlib
-import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from strokekit import __version__
-from strokekit.atomic import write_atomic, write_text_atomic
+from strokekit.atomic import write_atomic
 from strokekit.data import layout
 from strokekit.data.check import InputCheck, apply_policy, check_files
 from strokekit.data.index import DataLayoutError, build_index
 from strokekit.decide import mask_type, phase1_labels, phase2_class_map, type_class, type_decision
+from strokekit.postprocess import normalise_spec
 from strokekit.seg_classifier import seg_classifier_prob
 from strokekit.submission import (PHASE1_FILENAME, mask_files, validate_phase2, write_phase1,
                                   write_phase2_mask)
@@ -112,39 +107,6 @@ def prepare_out_dir(out: str | Path, overwrite: bool) -> Path:
     return out
 
 
-def sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                              text=True, timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def spec_summary(predictor) -> dict:
-    spec = predictor.spec
-    return {"path": spec["path"], "sha256": sha256(spec["path"]), "task": spec["task"], "blend": spec["blend"],
-            "members": [{"name": m["name"], "weight": m["weight"],
-                         "checkpoints": [{"path": p, "sha256": sha256(p)} for p in m["checkpoint_paths"]]}
-                        for m in spec["members"]]}
-
-
-def write_manifest(out: Path, info: dict) -> Path:
-    files = {p.name: sha256(p) for p in sorted(out.iterdir()) if p.is_file() and p.name != "manifest.json"}
-    manifest = {"kit_version": __version__, "git_commit": git_commit(), "command": sys.argv,
-                "time": _dt.datetime.now().astimezone().isoformat(timespec="seconds"), **info, "files": files}
-    path = out / "manifest.json"
-    write_text_atomic(path, json.dumps(manifest, indent=2, default=str) + "\n")
-    return path
-
-
 # --------------------------------------------------------------------------- phase 1
 
 
@@ -184,17 +146,43 @@ def run_phase1(predictor, rows: pd.DataFrame, out: Path) -> dict:
 # --------------------------------------------------------------------------- phase 2
 
 
+def needs_gate(seg_spec: dict) -> bool:
+    """Whether a seg spec's post-processing gates its classes on an image-level P(stroke)."""
+    return normalise_spec(seg_spec.get("postprocess"))["gate"] is not None
+
+
+def require_gate(predictor, gate_predictor) -> None:
+    """ValueError when the seg spec is gated and no stroke ensemble gives the gate its P(stroke)."""
+    if gate_predictor is None and needs_gate(predictor.spec):
+        sources = (predictor.spec.get("postprocess_search") or {}).get("gate_source")
+        raise ValueError(f"{predictor.spec['path']}: its post-processing gates each lesion class on P(stroke) "
+                         f"(tuned on the OOF of {sources or 'a stroke classifier'}); pass that classifier's "
+                         "stroke spec or model folder with --gate-ensemble")
+
+
+def gate_probs(predictor, gate_predictor, rows: pd.DataFrame) -> dict:
+    """{image_id: P(stroke)} from the gate's stroke ensemble when the seg spec is gated, else {}."""
+    require_gate(predictor, gate_predictor)
+    if not needs_gate(predictor.spec):
+        return {}
+    result = image_probs(gate_predictor, rows, "stroke")
+    return dict(zip(result["image_id"].tolist(), result["prob"].tolist()))
+
+
 def run_phase2(predictor, rows: pd.DataFrame, out: Path, type_predictor=None, fallback: bool = True,
-               fraction: float = 0.5, max_area: float = 0.02, save_probs: bool = False) -> dict:
-    """Write one validated `<id>.png` per image, types.csv and (if asked) probs.npz."""
+               fraction: float = 0.5, max_area: float = 0.02, save_probs: bool = False,
+               gate_predictor=None) -> dict:
+    """Write one validated `<id>.png` per image, types.csv and (if asked) probs.npz. A gated seg spec needs
+    `gate_predictor`, the stroke ensemble whose P(stroke) the gate compares with its thresholds."""
     types = type_probs(predictor, type_predictor, rows)
+    gate = gate_probs(predictor, gate_predictor, rows)
     spec, records, kept, sizes = predictor.spec, [], {}, set()
     for image_id, probs in predictor.iter_seg(rows):
         p_hem, source = types["by_id"].get(image_id), types["source"]
         if source == "seg_classifier":
             p_hem = seg_classifier_prob(probs, spec["seg_classifier"])
         class_map, used = phase2_class_map(probs, spec["postprocess"], fallback, fraction,
-                                           type_class(p_hem, types["threshold"]), max_area)
+                                           type_class(p_hem, types["threshold"]), max_area, gate.get(image_id))
         height, width = class_map.shape
         write_phase2_mask(out / f"{image_id}.png", class_map, size=(width, height))
         sizes.add((width, height))
@@ -208,7 +196,8 @@ def run_phase2(predictor, rows: pd.DataFrame, out: Path, type_predictor=None, fa
     if save_probs:
         write_atomic(out / "probs.npz", lambda f: np.savez_compressed(
             f, image_id=np.asarray(list(kept), dtype=np.int64), **{str(i): p for i, p in kept.items()}))
-    return {"postprocess": spec["postprocess"], "fallback": fallback, "fallback_fraction": fraction, "fallback_max_area": max_area,
+    return {"postprocess": spec["postprocess"], "gated_by_stroke_prob": bool(gate), "fallback": fallback,
+            "fallback_fraction": fraction, "fallback_max_area": max_area,
             "fallback_images": int(sum(r["fallback"] for r in records)), "type_source": types["source"],
             "type_threshold": types["threshold"]}
 

@@ -6,6 +6,7 @@ The decisions written in the spec are checked against the OOF files independentl
 recall at the threshold recounted), the submissions against the test folders' ids and the validators.
 """
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -147,6 +148,45 @@ def test_phase2_submission_is_valid_with_no_empty_mask(loop, seg_spec, type_spec
     official = scores["official"]["mean_imagewise"]
     assert 0.0 <= official["iou"] <= official["dice"] <= 1.0
     print(f"phase 2 on the phantom: official IoU {official['iou']:.3f}, Dice {official['dice']:.3f}")
+
+
+def test_gated_seg_spec_needs_the_stroke_ensemble_and_gates_as_it_says(loop, seg_spec, stroke_spec):
+    """A seg spec whose post-processing gates the lesion classes on P(stroke) (ensemble.py --gate-runs): infer.py
+    refuses it without a stroke ensemble; with one, a mask is the ungated mask where P(stroke) >= the gate and
+    empty where it is below."""
+    import yaml
+
+    test_dir, tmp = loop.data / "YARISMA_2", loop.root / "gate"
+    run_script("infer.py", "--phase", 1, "--ensemble", stroke_spec[0], "--data", loop.data, "--split", "test2",
+               "--out", tmp / "p1", cwd=loop.root)
+    p_stroke = pd.read_csv(tmp / "p1" / "probs.csv").set_index("image_id")["prob"]
+    spec = yaml.safe_load(seg_spec[0].read_text(encoding="utf-8"))
+    spec["postprocess"] = {"threshold": 0.02}  # permissive: the tiny U-Net's masks are not empty
+
+    def write(name: str, gate: float | None) -> Path:
+        path = seg_spec[0].with_name(f"{name}.yaml")
+        path.write_text(yaml.safe_dump({**spec, "postprocess": {**spec["postprocess"], "gate": gate}}),
+                        encoding="utf-8")
+        return path
+
+    def masks(name: str, *source) -> dict:
+        run_script("infer.py", "--phase", 2, "--ensemble", *source, "--data", test_dir, "--out", tmp / name,
+                   "--no-fallback", cwd=loop.root)
+        return {i: read_phase2_mask(f) for i, f in mask_files(tmp / name).items()}
+
+    plain = masks("plain", write("seg_plain", None))
+    drawn = sorted(p_stroke[i] for i, m in plain.items() if m.any())
+    assert len(drawn) >= 2, "the permissive spec should draw lesions on several test images"
+    gate = float((drawn[len(drawn) // 2 - 1] + drawn[len(drawn) // 2]) / 2)  # some drawn masks on either side
+    gated = write("seg_gated", gate)
+    refused = run_script("infer.py", "--phase", 2, "--ensemble", gated, "--data", test_dir, "--out", tmp / "no",
+                         cwd=loop.root, expect=2)
+    assert "--gate-ensemble" in refused.stderr and not (tmp / "no").exists()
+    kept = masks("gated", gated, "--gate-ensemble", stroke_spec[0])
+    below = [i for i in plain if p_stroke[i] < gate]
+    assert any(plain[i].any() for i in below) and len(below) < len(plain)
+    assert all(not kept[i].any() for i in below)
+    assert all(np.array_equal(kept[i], plain[i]) for i in plain if p_stroke[i] >= gate)
 
 
 def test_ensemble_refuses_runs_of_another_task(loop):
