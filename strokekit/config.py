@@ -61,11 +61,11 @@ DEFAULTS: dict[str, Any] = {
     "ema": False,
     "ema_decay": 0.999,
     "early_stop": None,        # patience in epochs on the validation metric
-    "metric": None,            # selection metric; None = the task's default (auc for classifiers, dice for seg,
-                               # pp_dice... with select_postprocess); e.g. f1_at_best: F1 at each epoch's tuned threshold
-    "select_postprocess": None,  # seg: a post-processing spec (postprocess.py keys, e.g. {threshold: 0.5, min_area: 20})
-                               # or an ensemble spec YAML whose `postprocess` it copies; validation also logs pp_*
-                               # metrics of the phase-2 masks it draws, and they pick best.pt
+    "metric": None,            # selection metric; None = the task's default (auc for classifiers, dice for
+                               # seg, pp_dice... with select_postprocess); f1_at_best: F1 at the epoch's tuned threshold
+    "select_postprocess": None,  # seg: a post-processing spec (postprocess.py keys, e.g. {threshold: 0.5,
+                               # min_area: 20}) or an ensemble spec YAML whose `postprocess` it copies; validation
+                               # also logs pp_* metrics of the phase-2 masks it draws, and they pick best.pt
     "topk_average": None,      # k: best.pt = mean weights (BatchNorm buffers too) of the k best epochs by the metric
     "seed": 42,
     "num_workers": 2,
@@ -246,7 +246,8 @@ def validate_selection(cfg: dict) -> None:
         raise ConfigError(f"select_postprocess is for task seg (classifiers select on e.g. metric: f1_at_best), "
                           f"not {cfg['task']}")
     if not isinstance(spec, dict):
-        raise ConfigError(f"select_postprocess must be a post-processing mapping such as {{min_area: 20}}, got {spec!r}")
+        raise ConfigError(f"select_postprocess must be a post-processing mapping such as {{min_area: 20}}, "
+                          f"got {spec!r}")
     from .postprocess import normalise_spec  # numpy/scipy only
     try:
         spec = normalise_spec(spec)
@@ -261,7 +262,8 @@ def _spec_postprocess(path: Path) -> dict:
         raise ConfigError(f"select_postprocess: {path} is neither a post-processing mapping nor an existing file")
     spec = _yaml(path.read_text(encoding="utf-8"), str(path))
     if not isinstance(spec, dict) or not isinstance(spec.get("postprocess"), dict):
-        raise ConfigError(f"select_postprocess: {path} holds no `postprocess` mapping (an ensemble.py --task seg spec does)")
+        raise ConfigError(f"select_postprocess: {path} holds no `postprocess` mapping "
+                          "(an ensemble.py --task seg spec does)")
     return spec["postprocess"]
 
 

@@ -31,7 +31,7 @@ from .models import build_model
 from .optim import LrSchedule, build_optimizer
 from .runlog import EpochLog, plot_curves, write_json
 from .tasks import get_task, selection_metric
-from .topk import TopK
+from .topk import TopK, write_averaged
 from .weights import WeightsError, strip_prefixes
 
 
@@ -380,19 +380,12 @@ def _best_weights(tr: Trainer, run_dir: Path) -> dict:
 
 
 def _write_averaged_best(tr: Trainer, run_dir: Path, weights: dict, metrics: dict, log) -> None:
-    """best.pt = the best epoch's checkpoint with its eval weights (EMA when on) replaced by the top-k mean.
-
-    Idempotent (the mean comes from the top-k set, never from best.pt): a kill before `done` and a resume
-    write the same file again."""
-    best = read_checkpoint(run_dir / "best.pt")
-    best["ema" if tr.ema is not None else "model"] = {k: v.detach().cpu() for k, v in weights.items()}
-    best.update(metrics=metrics, averaged_epochs=tr.topk.epochs, averaged_values=tr.topk.values)
-    save_atomic(best, run_dir / "best.pt")
+    """best.pt's eval weights := the top-k mean (topk.write_averaged); summary.json and the log say which epochs."""
+    write_averaged(run_dir / "best.pt", weights, "ema" if tr.ema is not None else "model", metrics, tr.topk)
     tr.info["topk_average"] = {"k": tr.topk.k, "epochs": tr.topk.epochs, "values": tr.topk.values,
                                "averaged_metric": metrics.get(tr.metric)}
-    values = ", ".join(f"{v:.4f}" for v in tr.topk.values)
-    log(f"best.pt = mean weights of epochs {tr.topk.epochs} ({tr.metric} {values}; averaged "
-        f"{metrics.get(tr.metric, float('nan')):.4f})")
+    log(f"best.pt = mean weights of epochs {tr.topk.epochs} ({tr.metric} "
+        f"{', '.join(f'{v:.4f}' for v in tr.topk.values)}; averaged {metrics.get(tr.metric, math.nan):.4f})")
 
 
 def _write_fold(tr: Trainer, fold: int, run_dir: Path, started: float, metrics: dict, state: dict, log) -> dict:

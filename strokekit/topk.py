@@ -1,4 +1,4 @@
-"""The k best epochs of a fold, kept in memory, and their mean weights (`topk_average: k`).
+"""The k best epochs of a fold, kept in memory, and their mean weights written into best.pt (`topk_average: k`).
 
 `TopK` holds (epoch, metric value, eval weights on the CPU) for the k best epochs by the selection metric,
 ranked as engine.is_better ranks them (ties: the earlier epoch; NaN below every number). Its `state()` goes
@@ -12,6 +12,8 @@ import math
 from typing import Callable
 
 import torch
+
+from .checkpoint import read_checkpoint, save_atomic
 
 
 class TopK:
@@ -89,6 +91,17 @@ def average_weights(states: list[dict]) -> dict:
         total = torch.stack([s[name].to(torch.float64) for s in states]).mean(dim=0)
         out[name] = (total.round() if not tensor.is_floating_point() else total).to(tensor.dtype)
     return out
+
+
+def write_averaged(best_path, weights: dict, key: str, metrics: dict, topk: TopK) -> None:
+    """best.pt = the best epoch's checkpoint with its eval weights (`key`: ema or model) replaced by the mean.
+
+    Idempotent (the mean comes from the top-k set, never from best.pt): a kill before the fold's `done` and
+    a resume write the same file again."""
+    best = read_checkpoint(best_path)
+    best[key] = {name: t.detach().cpu() for name, t in weights.items()}
+    best.update(metrics=metrics, averaged_epochs=topk.epochs, averaged_values=topk.values)
+    save_atomic(best, best_path)
 
 
 def _plain(value) -> float:
