@@ -11,7 +11,7 @@ slices of one patient never sit on both sides of a split. --group-by chooses the
   dicom       the header ids only (an image without any is its own group)
   similarity  from the images only: slices link when the head's pose in the image (centre, tilt, width /
               length) agrees within the tolerances, or when their 256-bit dHashes nearly agree; linked
-              slices form one group (see strokekit/grouping.py)
+              slices form one group, closest links first, up to --max-group slices (see strokekit/grouping.py)
   none        every image alone: the random (stratified) split published results used; for comparison
 With similarity groups, the groups found go to <out>.groups.csv (image_id, group, group_size, links, the
 pose signature, the dHash) and a summary is printed. The same seed gives the same file.
@@ -46,9 +46,12 @@ def parse_args(argv):
                      f"neighbour within this many tolerances (default {defaults.nearest}; <= 1: off)")
     sim.add_argument("--dup-bits", type=int, default=defaults.dup_bits, help="near-duplicates: at most this "
                      f"many of 256 dHash bits differ (default {defaults.dup_bits}; -1 = off)")
+    sim.add_argument("--max-group", type=int, help="largest group allowed: a link that would make a group larger "
+                     "is refused, closest links first (default half a fold; 0 = no cap)")
     sim.add_argument("--work-size", type=int, default=defaults.work_size,
                      help=f"images are reduced to this longest side first (default {defaults.work_size})")
-    sim.add_argument("--workers", type=int, default=default_workers(), help="processes reading images (default %(default)s)")
+    sim.add_argument("--workers", type=int, default=default_workers(),
+                     help="processes reading images (default %(default)s)")
     sim.add_argument("--groups-out", help="groups CSV (default <out>.groups.csv, e.g. folds.groups.csv)")
     return parser.parse_args(argv)
 
@@ -63,7 +66,7 @@ def main(argv=None) -> int:
     try:
         index, report = build_index(args.data)
         print(report.summary())
-        grouping = fold_groups(index, args.group_by, args.folds, params, max(1, args.workers))
+        grouping = fold_groups(index, args.group_by, args.folds, params, max(1, args.workers), args.max_group)
         folds = make_folds(index, n_folds=args.folds, seed=args.seed, groups=grouping.groups)
     except (DataLayoutError, FoldsError, GroupingError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -76,6 +79,10 @@ def main(argv=None) -> int:
     print(f"groups: {grouping.source} ({grouping.reason})")
     print(group_summary(folds["group"], args.folds))
     if grouping.table is not None:
+        refused = grouping.table.attrs.get("refused_links", 0)
+        if refused:
+            print(f"  {refused} links refused by the group-size cap (--max-group): a patient may be split there; "
+                  "check the largest groups in the groups CSV")
         groups_out = Path(args.groups_out or out.with_suffix(".groups.csv"))
         write_folds(grouping.table, groups_out)
         print(f"groups found -> {groups_out}")

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from strokekit.data.index import build_index  # noqa: E402
 from strokekit.folds import fold_groups, make_folds, write_folds  # noqa: E402
-from strokekit.grouping import SimilarityParams, hamming_pairs, link_groups, pose_pairs, slice_grey  # noqa: E402
+from strokekit.grouping import SimilarityParams, capped_groups, hamming_pairs, pose_pairs, slice_grey  # noqa: E402
 from strokekit.phantom import TRUTH_CSV, make_phantom  # noqa: E402
 
 
@@ -87,7 +87,9 @@ def scaled_link_time(pose: np.ndarray, codes: np.ndarray, n: int = 7000) -> floa
     big_codes = np.concatenate([codes ^ rng.integers(0, 2**63, codes.shape, dtype=np.uint64) for _ in range(reps)])[:n]
     start = time.perf_counter()
     params = SimilarityParams()
-    link_groups(n, pose_pairs(big_pose, params), hamming_pairs(big_codes, params.dup_bits))
+    pairs, dist = pose_pairs(big_pose, params)
+    dup = hamming_pairs(big_codes, params.dup_bits)
+    capped_groups(n, np.concatenate([dup, pairs]), np.concatenate([np.zeros(len(dup)), dist]), n // 10)
     return round(time.perf_counter() - start, 3)
 
 

@@ -41,11 +41,13 @@ class Grouping:
 
 
 def fold_groups(index: pd.DataFrame, group_by: str = "auto", n_folds: int = 5,
-                params: SimilarityParams = SimilarityParams(), workers: int = 1) -> Grouping:
+                params: SimilarityParams = SimilarityParams(), workers: int = 1,
+                max_group: int | None = None) -> Grouping:
     """Groups for the folds. dicom: PatientID, else study, else series UID, else the image; similarity: from
     the images only (headers ignored); none: every image alone (a random split); auto: the headers when every
     training image has one and they group (>= n_folds groups, some with several slices), otherwise similarity,
-    joined with whatever header ids there are."""
+    joined with whatever header ids there are. max_group caps the similarity groups (default half a fold,
+    0 = no cap)."""
     if group_by not in GROUP_BY:
         raise FoldsError(f"unknown grouping {group_by!r}; choose one of {', '.join(GROUP_BY)}")
     train = index[index["split"] == "train"].reset_index(drop=True)
@@ -58,7 +60,9 @@ def fold_groups(index: pd.DataFrame, group_by: str = "auto", n_folds: int = 5,
     n_header = header[has_header].nunique()
     if group_by == "auto" and has_header.all() and n_folds <= n_header < len(train):
         return Grouping(header, "dicom", f"DICOM headers give {n_header} patients/series")
-    table = similarity_groups(train, params, workers)
+    if max_group is None:
+        max_group = max(2, len(train) // (2 * n_folds))
+    table = similarity_groups(train, params, workers, max_group)
     if group_by == "similarity":
         return Grouping(table["group"], "similarity", "image similarity (headers ignored)", table)
     why = ("no training image has DICOM patient/study/series ids" if not has_header.any() else
@@ -67,7 +71,7 @@ def fold_groups(index: pd.DataFrame, group_by: str = "auto", n_folds: int = 5,
         return Grouping(table["group"], "similarity", f"{why}: grouped by image similarity", table)
     labels = link_groups(len(train), _member_pairs(table["group"]), _member_pairs(header.where(has_header)))
     groups = pd.Series([f"sim-{k:05d}" for k in labels])
-    table = table.assign(group=groups, group_size=groups.map(groups.value_counts()))
+    table = table.assign(group=groups, group_size=groups.map(groups.value_counts()).to_numpy())
     return Grouping(groups, "dicom+similarity", f"{why}: image similarity joined with the header ids", table)
 
 

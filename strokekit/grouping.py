@@ -15,8 +15,10 @@ scipy's connected components) becomes one group:
   link when their hashes differ in at most `dup_bits` bits (XOR + popcount over packed uint64 words, in
   row blocks); near-empty slices (under MIN_HASH_BITS bits set) take no part.
 
-Links chain, so groups are coarser than patients where two patients lie alike: the report says how large
-the groups are, and kfold.py warns when one is too large for the folds.
+Links chain, so groups are coarser than patients where two patients lie alike, and in a crowded set (thousands
+of slices) a few far links would join nearly everything. So links are taken closest first (Kruskal's order)
+and one that would make a group larger than `max_group` is refused: kfold.py caps groups at half a fold and
+reports how many links it refused (each may leave a patient split) and how large the groups are.
 """
 from __future__ import annotations
 
@@ -130,11 +132,12 @@ def signatures(index: pd.DataFrame, work_size: int = 128, workers: int = 1) -> t
 
 # ---- links and groups ----
 
-def pose_pairs(pose: np.ndarray, params: SimilarityParams) -> np.ndarray:
-    """(M, 2) index pairs whose pose parts all differ by at most their tolerances (rows with NaN: none)."""
+def pose_pairs(pose: np.ndarray, params: SimilarityParams) -> tuple[np.ndarray, np.ndarray]:
+    """(M, 2) index pairs whose pose parts all differ by at most their tolerances (rows with NaN: none), and
+    each pair's distance in tolerances (the largest part)."""
     ok = np.flatnonzero(np.isfinite(pose).all(axis=1))
     if len(ok) < 2:
-        return np.empty((0, 2), dtype=np.int64)
+        return np.empty((0, 2), dtype=np.int64), np.empty(0)
     scaled = pose[ok] / params.scales()
     tree = cKDTree(scaled)
     pairs = tree.query_pairs(1.0, p=np.inf, output_type="ndarray").reshape(-1, 2)
@@ -142,7 +145,8 @@ def pose_pairs(pose: np.ndarray, params: SimilarityParams) -> np.ndarray:
         dist, nearest = tree.query(scaled, k=2, p=np.inf)
         close = np.flatnonzero(dist[:, 1] <= params.nearest)
         pairs = np.concatenate([pairs, np.stack([close, nearest[close, 1]], axis=1)])
-    return ok[pairs].reshape(-1, 2)
+    dist = np.abs(scaled[pairs[:, 0]] - scaled[pairs[:, 1]]).max(axis=1)
+    return ok[pairs].reshape(-1, 2), dist
 
 
 def hamming_pairs(codes: np.ndarray, max_bits: int, block: int = 256, min_set: int = 0) -> np.ndarray:
@@ -170,20 +174,50 @@ def link_groups(n: int, *pair_sets: np.ndarray) -> np.ndarray:
     return labels
 
 
+def capped_groups(n: int, pairs: np.ndarray, dist: np.ndarray, max_group: int = 0) -> tuple[np.ndarray, int]:
+    """Group label per item 0..n-1 by union-find over the links, closest first; with max_group > 0 a link that
+    would make a group larger is refused (links chain: in a crowded set a few far links would otherwise join
+    everything). Returns the labels and the number of links refused."""
+    parent, size, refused = np.arange(n), np.ones(n, dtype=np.int64), 0
+
+    def root(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for k in np.argsort(dist, kind="stable"):
+        a, b = root(int(pairs[k, 0])), root(int(pairs[k, 1]))
+        if a == b:
+            continue
+        if max_group > 0 and size[a] + size[b] > max_group:
+            refused += 1
+            continue
+        if size[a] < size[b]:
+            a, b = b, a
+        parent[b], size[a] = a, size[a] + size[b]
+    return np.unique([root(i) for i in range(n)], return_inverse=True)[1], refused
+
+
 def similarity_groups(index: pd.DataFrame, params: SimilarityParams = SimilarityParams(),
-                      workers: int = 1) -> pd.DataFrame:
-    """One row per image of `index`: image_id, group ('sim-00000' ...), group_size, links, pose, hash."""
+                      workers: int = 1, max_group: int = 0) -> pd.DataFrame:
+    """One row per image of `index`: image_id, group ('sim-00000' ...), group_size, links, pose, hash.
+
+    max_group > 0 caps the group size (capped_groups); table.attrs['refused_links'] counts the links refused."""
     _check(params)
     index = index.reset_index(drop=True)
     pose, codes = signatures(index, params.work_size, workers)
-    by_pose, by_hash = pose_pairs(pose, params), hamming_pairs(codes, params.dup_bits, min_set=MIN_HASH_BITS)
-    labels = link_groups(len(index), by_pose, by_hash)
-    links = np.bincount(np.concatenate([by_pose.ravel(), by_hash.ravel()]), minlength=len(index))
+    by_pose, pose_dist = pose_pairs(pose, params)
+    by_hash = hamming_pairs(codes, params.dup_bits, min_set=MIN_HASH_BITS)
+    pairs = np.concatenate([by_hash, by_pose])                       # near-duplicates first: distance 0
+    labels, refused = capped_groups(len(index), pairs, np.concatenate([np.zeros(len(by_hash)), pose_dist]),
+                                    max_group)
     table = pd.DataFrame({"image_id": index["image_id"].to_numpy(), "group": [f"sim-{k:05d}" for k in labels]})
     table["group_size"] = table.groupby("group")["image_id"].transform("size")
-    table["links"] = links
+    table["links"] = np.bincount(pairs.ravel(), minlength=len(index))
     table[POSE_COLUMNS] = np.round(pose, 5)
     table["dhash"] = ["".join(f"{int(w):016x}" for w in row) for row in codes]
+    table.attrs["refused_links"] = refused
     return table
 
 
@@ -209,8 +243,8 @@ def group_summary(groups: pd.Series, n_folds: int | None = None) -> str:
              "  groups by size: " + ", ".join(parts)]
     if n_folds and sizes.max() > len(groups) / (2 * n_folds):
         lines.append(f"  warning: the largest group holds {sizes.max()} images, over half a fold "
-                     f"({len(groups) / n_folds:.0f}); lower the tolerances (--centre-tol, --tilt-tol, "
-                     "--aspect-tol) to split it")
+                     f"({len(groups) / n_folds:.0f}); cap it (--max-group) or lower the tolerances "
+                     "(--centre-tol, --tilt-tol, --aspect-tol)")
     return "\n".join(lines)
 
 

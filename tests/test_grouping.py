@@ -9,8 +9,8 @@ from PIL import Image
 import kfold
 from strokekit.data.index import build_index
 from strokekit.folds import fold_groups, make_folds, read_folds
-from strokekit.grouping import (MIN_HASH_BITS, SimilarityParams, dhash, group_summary, hamming_pairs, head_pose,
-                                link_groups, similarity_groups, slice_grey)
+from strokekit.grouping import (MIN_HASH_BITS, SimilarityParams, capped_groups, dhash, group_summary,
+                                hamming_pairs, head_pose, link_groups, similarity_groups, slice_grey)
 from strokekit.phantom import TRUTH_CSV
 
 
@@ -132,9 +132,14 @@ def test_head_pose_follows_the_head_and_ignores_a_thin_holder():
     assert (dhash(Image.fromarray(a)) == dhash(Image.fromarray(a.copy()))).all()
 
 
-def test_link_groups_and_summary():
+def test_link_groups_capped_groups_and_summary():
     labels = link_groups(6, np.array([[0, 1], [1, 2]]), np.array([[4, 5]]))
     assert labels[0] == labels[1] == labels[2] and labels[4] == labels[5] and len(set(labels)) == 3
+    chain, dist = np.array([[2, 3], [0, 1], [1, 2], [3, 4]]), np.array([0.9, 0.1, 0.2, 0.1])
+    capped, refused = capped_groups(5, chain, dist, max_group=3)      # closest first: the 0.9 link is refused
+    assert refused == 1 and len(set(capped[:3])) == 1 and capped[3] == capped[4] != capped[0]
+    whole, refused = capped_groups(5, chain, dist, max_group=0)
+    assert refused == 0 and len(set(whole)) == 1
     text = group_summary(pd.Series(["a"] * 8 + ["b", "c"]), n_folds=5)
     assert "3 groups over 10 images" in text and "1: 2" in text and "8-15: 1" in text and "warning" in text
 
