@@ -4,8 +4,9 @@
     python score.py --phase 2 --pred submissions/x/ --truth data/YARISMA_2/MASK [--se-size 3] [--pixel-rule]
     python score.py --check submissions/x/ [--expected-ids 1 2 3 | --expected-ids ids.txt | --data YARISMA_1]
 
-Prints a table, writes scores/<name>.json (--out) and, beside it, <name>.confusion.png (phase 1) or
-<name>.worst_cases.png (phase 2). The logic lives in strokekit.scoring.
+Prints a table with 95 % bootstrap intervals, writes scores/<name>.json (--out) and, beside it,
+<name>.confusion.png (phase 1) or <name>.worst_cases.png (phase 2), and with --report <name>.report.html
+(one static page: report.py's figures for a scored submission). The logic lives in strokekit.scoring.
 
 --check also verifies the submission against the manifest.json infer.py wrote beside it: every file it
 lists must be there with the same sha256, and no file may have been added (exit status 1 otherwise).
@@ -43,8 +44,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--empty-score", type=float, default=1.0,
                         help="phase 2: official score of an image with TP+FP+FN = 0 (default 1.0; "
                              "'nan' leaves it out of the means)")
+    parser.add_argument("--n-boot", type=int, default=1000,
+                        help="bootstrap resamples of the scored images for the 95 %% intervals (default 1000; 0 = "
+                             "none): with ~100-200 test images a figure moves by several points between draws")
+    parser.add_argument("--report", action="store_true",
+                        help="also write <name>.report.html: one static page with the figures, per-image "
+                             "table and worst cases (phase 1 adds ROC / PR curves with --probs)")
     parser.add_argument("--images", help="phase 2: folder of <id>.png CT slices to show in the worst-cases grid")
-    parser.add_argument("--worst", type=int, default=8, help="phase 2: images in the worst-cases grid (default 8)")
+    parser.add_argument("--worst", type=int, default=8, help="images in the worst-cases grid / report (default 8)")
     parser.add_argument("--out", help="score JSON (default scores/<submission name>.json); PNGs go beside it")
     parser.add_argument("--expected-ids", nargs="+", metavar="ID",
                         help="--check: the ids the submission must hold: integers, or one answer-key / "
@@ -105,16 +112,23 @@ def run_score(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("scores") / f"{scoring.submission_name(args.pred)}.json"
     stem = out.with_suffix("")
     if args.phase == 1:
-        result = scoring.score_phase1(args.pred, args.truth, args.probs)
+        result = scoring.score_phase1(args.pred, args.truth, args.probs, args.n_boot)
         print(scoring.phase1_table(result))
         result["confusion_png"] = str(scoring.plot_confusion(
             result["confusion"], f"{stem}.confusion.png", title=f"{out.stem}: phase 1"))
     else:
         result = scoring.score_phase2(args.pred, args.truth, args.se_size, not args.pixel_rule,
-                                      args.empty_score)
+                                      args.empty_score, args.n_boot)
         print(scoring.phase2_table(result))
         result["worst_cases_png"] = str(scoring.plot_worst_cases(
             result, f"{stem}.worst_cases.png", args.worst, args.images))
+    if result.get("intervals"):
+        print("\n" + scoring.intervals_table(result))
+    if args.report:
+        from strokekit.report import write_submission_report
+
+        result["report_html"] = str(write_submission_report(result, f"{stem}.report.html", args.images,
+                                                            args.probs, args.worst))
     print(f"\nwrote {scoring.write_json(out, result)}")
     return 0
 

@@ -87,8 +87,9 @@ def _plain(value):
 
 
 def score_phase1(pred_path: os.PathLike | str, truth_path: os.PathLike | str,
-                 probs_path: os.PathLike | str | None = None) -> dict:
-    """Confusion matrix and threshold metrics of an asama1.txt; ROC AUC from a probs CSV if given."""
+                 probs_path: os.PathLike | str | None = None, n_boot: int = 1000) -> dict:
+    """Confusion matrix and threshold metrics of an asama1.txt; ROC AUC from a probs CSV if given; 95 %
+    bootstrap intervals of each (`n_boot` resamples of the scored images; 0 = none)."""
     truth = read_labels(truth_path)
     pred = read_labels(pred_path)
     try:
@@ -107,8 +108,16 @@ def score_phase1(pred_path: os.PathLike | str, truth_path: os.PathLike | str,
               "extra_ids": sorted(set(pred) - set(truth)), "format_problems": format_problems,
               "confusion": counts, **metrics.metrics_from_counts(**counts), "auc": None, "auc_n_images": 0}
     result["qualifies"] = result["balanced_accuracy"] >= QUALIFYING_BALANCED_ACCURACY
+    probs = None
     if probs_path is not None:
-        result.update(_auc_from_probs(truth, read_probs_csv(probs_path)))
+        probs = read_probs_csv(probs_path)
+        result.update(_auc_from_probs(truth, probs))
+    if n_boot:
+        from strokekit.bootstrap import phase1_intervals
+
+        complete = probs is not None and all(i in probs for i in ids)  # AUC's interval only over every image
+        result["intervals"] = phase1_intervals(y, answered, [probs[i] for i in ids] if complete else None,
+                                               n_boot=n_boot)
     return result
 
 
@@ -186,8 +195,9 @@ def score_image(pred: np.ndarray, true: np.ndarray, se_size: int = 3, region_rul
 
 
 def score_phase2(pred_dir: os.PathLike | str, truth_dir: os.PathLike | str, se_size: int = 3,
-                 region_rule: bool = True, empty: float = 1.0) -> dict:
-    """Score a folder of `<id>.png` masks against a folder of true MASK PNGs (every truth id is scored)."""
+                 region_rule: bool = True, empty: float = 1.0, n_boot: int = 1000) -> dict:
+    """Score a folder of `<id>.png` masks against a folder of true MASK PNGs (every truth id is scored), with
+    95 % bootstrap intervals of the headline figures (`n_boot` resamples of the scored images; 0 = none)."""
     pred_dir, truth_dir = Path(pred_dir), Path(truth_dir)
     truth_files = mask_files(truth_dir)
     if not truth_files:
@@ -199,6 +209,12 @@ def score_phase2(pred_dir: os.PathLike | str, truth_dir: os.PathLike | str, se_s
         records.append({"id": id_, "status": status, **score_image(pred, true, se_size, region_rule, empty)})
         stats.append(metrics.seg_stats(pred, true))
     strict = metrics.SegStats(*(np.concatenate(parts) for parts in zip(*stats)))
+    intervals = {}
+    if n_boot:
+        from strokekit.bootstrap import phase2_intervals
+
+        intervals = phase2_intervals([r["iou"] for r in records], [r["dice"] for r in records], strict,
+                                     n_boot=n_boot)
     return {"phase": 2, "pred": str(pred_dir), "truth": str(truth_dir), "n_images": len(records),
             "se_size": se_size, "rule": "region" if region_rule else "pixel",
             "empty_image_score": empty,
@@ -209,7 +225,22 @@ def score_phase2(pred_dir: os.PathLike | str, truth_dir: os.PathLike | str, se_s
             "strict": {"empty_rule": "class empty in truth and prediction -> NaN, left out of means",
                        **metrics.seg_scores(strict)},
             **_type_summary(records),
+            "intervals": intervals,
             "per_image": records}
+
+
+def intervals_table(result: dict) -> str:
+    """The result's 95 % bootstrap intervals, one line per figure ('' when none were computed)."""
+    from strokekit.bootstrap import format_interval
+
+    rows = [(name, value) for name, value in (result.get("intervals") or {}).items()
+            if np.isfinite(value.get("estimate", np.nan))]
+    if not rows:
+        return ""
+    width = max(len(name) for name, _ in rows)
+    lines = ["95 % intervals (bootstrap over the scored images):"]
+    lines += [f"  {name:<{width}}  {format_interval(value)}" for name, value in rows]
+    return "\n".join(lines)
 
 
 def _official_summary(records: list[dict], empty: float) -> dict:

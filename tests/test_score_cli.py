@@ -115,6 +115,37 @@ def test_phase2_official_and_strict_scores(phase2):
     assert "official (tolerant)" in out.stdout
 
 
+def test_intervals_cover_the_figures_and_the_report_embeds_everything(phase1, phase2):
+    from html.parser import HTMLParser
+
+    class Images(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.sources = []
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "img":
+                self.sources.append(dict(attrs).get("src", ""))
+
+    for phase, (cwd, pred, truth, extra) in ((1, phase1), (2, phase2)):
+        flag = "--probs" if phase == 1 else "--images"
+        out = run("--phase", phase, "--pred", pred, "--truth", truth, flag, extra, "--report", "--out",
+                  cwd / f"p{phase}.json", cwd=cwd)
+        assert out.returncode == 0, out.stderr
+        result = json.loads((cwd / f"p{phase}.json").read_text())
+        figures = {"balanced_accuracy": result.get("balanced_accuracy"), "auc": result.get("auc")} if phase == 1 \
+            else {"official_iou": result["official"]["mean_imagewise"]["iou"],
+                  "dice_macro_imagewise_lesion_mean": result["strict"]["dice_macro_imagewise_lesion_mean"]}
+        for name, value in figures.items():
+            got = result["intervals"][name]
+            assert got["estimate"] == pytest.approx(value) and got["low"] <= value <= got["high"], name
+            assert got["low"] < got["high"], name  # 3-5 images: the draws differ
+        assert "95 % intervals" in out.stdout
+        page = Images()
+        page.feed(Path(result["report_html"]).read_text(encoding="utf-8"))
+        assert page.sources and all(src.startswith("data:image/png;base64,") for src in page.sources)
+
+
 def test_phase2_invalid_mask_scores_as_background_and_pixel_rule(phase2):
     cwd, pred_dir, truth_dir, _ = phase2
     Image.fromarray(np.zeros((16, 16, 4), np.uint8), "RGBA").save(pred_dir / "11.png")
