@@ -2,6 +2,8 @@
 
     python bench/folds_leakage.py                              # 600-slice 128-px phantom, 5 folds, no training
     python bench/folds_leakage.py --train tiny_type tiny_seg      # + train.py on each split (~40 min CPU)
+    python bench/folds_leakage.py --crowd 3000                  # a crowded set: groups and split patients
+
 
 Three splits of the same images (all stratified by class x lesion type): random (kfold.py --group-by none,
 what published results on this data set did), similarity (--group-by similarity: groups from the images,
@@ -11,6 +13,10 @@ brain-window thumbnails) is of the same patient; the OOF figures of a 1-nearest-
 thumbnails (a model that can only memorise: stroke AUC, type AUC on stroke slices); with --train, the pooled
 OOF AUC of a kit config trained by train.py on each split. Also times the similarity grouping and its link
 step scaled to 7,000 slices. Writes bench/results/folds_leakage.json.
+
+--crowd N instead makes an N-slice phantom (5x the patients of the default at N = 3000) and reports the
+similarity groups with the default group-size cap (half a fold), a quarter of it, and none: how many groups,
+the largest, links refused, and how many patients end up split -> bench/results/folds_crowded.json.
 """
 from __future__ import annotations
 
@@ -93,6 +99,33 @@ def scaled_link_time(pose: np.ndarray, codes: np.ndarray, n: int = 7000) -> floa
     return round(time.perf_counter() - start, 3)
 
 
+def crowded(args) -> int:
+    """Similarity groups of an N-slice phantom under three group-size caps."""
+    data = args.work / f"phantom_{args.crowd}_{args.size}_s7"
+    if not (data / TRUTH_CSV).is_file():
+        make_phantom(data, n=args.crowd, seed=7, size=args.size, n_test1=2, n_test2=2, overwrite=data.exists())
+    index, _ = build_index(data)
+    train = index[index.split == "train"].reset_index(drop=True)
+    patients = train.image_id.map(pd.read_csv(data / TRUTH_CSV).set_index("id")["patient"]).to_numpy()
+    half_fold = len(train) // (2 * args.folds)
+    result = {"data": str(data), "n_images": len(train), "n_patients": int(len(set(patients))), "folds": args.folds,
+              "caps": {}}
+    for cap in (half_fold, half_fold // 2, 0):
+        start = time.perf_counter()
+        grouping = fold_groups(index, "similarity", args.folds, max_group=cap)
+        sizes = grouping.groups.value_counts()
+        folds = make_folds(index, args.folds, seed=args.seed, groups=grouping.groups)
+        row = {"seconds": round(time.perf_counter() - start, 1), "groups": int(len(sizes)),
+               "largest": int(sizes.max()), "refused_links": int(grouping.table.attrs["refused_links"]),
+               "patients_split": int((pd.Series(folds.fold.to_numpy()).groupby(patients).nunique() > 1).sum())}
+        result["caps"][str(cap)] = row
+        print(f"max_group {cap}: {row}", flush=True)
+    random = make_folds(index, args.folds, seed=args.seed, groups=fold_groups(index, "none").groups)
+    result["random_patients_split"] = int((pd.Series(random.fold.to_numpy()).groupby(patients).nunique() > 1).sum())
+    _write(args.out.with_name("folds_crowded.json"), result)
+    return 0
+
+
 def _label(group_by: str) -> str:
     return "random" if group_by == "none" else group_by
 
@@ -113,8 +146,11 @@ def main(argv=None) -> int:
     parser.add_argument("--train", nargs="*", default=[], help="configs to train on each split (e.g. tiny_type)")
     parser.add_argument("--train-folds", default="all", help="folds to train with --train: all (default) or 0,1")
     parser.add_argument("--epochs", type=int, help="override the trained configs' epochs")
+    parser.add_argument("--crowd", type=int, default=0, help="measure grouping on an N-slice phantom instead")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "folds_leakage.json")
     args = parser.parse_args(argv)
+    if args.crowd:
+        return crowded(args)
     data = args.data or args.work / f"phantom_{args.n}_{args.size}_s{args.seed}"
     if not (data / TRUTH_CSV).is_file():
         make_phantom(data, n=args.n, seed=args.seed, size=args.size, n_test1=4, n_test2=4, overwrite=data.exists())
