@@ -77,8 +77,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="seg: search on every OOF slice, not only the lesion-bearing ones (the "
                              "never-empty rule stays)")
     parser.add_argument("--gate-runs", nargs="+", metavar="RUN",
-                        help="seg: stroke classifier run folders whose mean OOF probability gates each image "
-                             "(gate candidates 0.3/0.5/0.7 join the grid unless --grid names them); a "
+                        help="seg: classifier run folders whose mean OOF probability gates the lesion classes: "
+                             "stroke runs gate both on P(stroke); type runs gate each class on its own type "
+                             "probability (type-conditioned segmentation). Gate candidates join the grid unless "
+                             "--grid names them; infer.py then needs --gate-ensemble (a spec of that task); a "
                              "segmentation-based gate is the grid's `triplet` rule")
     parser.add_argument("--robust", default="p10", choices=("p10", "p25", "median", "mean", "off"),
                         help="bootstrap statistic whose plateau picks the seg post-processing setting or the "

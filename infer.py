@@ -16,8 +16,9 @@ with --split (default test1 for phase 1, test2 for phase 2). Writes submissions/
 --ensemble (alias --model) is an ensemble spec YAML or a model folder from export.py: phase 1 runs its
 stroke ensemble, phase 2 its seg ensemble and, unless --type-ensemble is given, its type ensemble. A
 model folder whose files do not match their recorded sha256 is refused (exit 2).
-A seg spec whose post-processing gates the lesion classes on P(stroke) (ensemble.py --gate-runs) needs
-that stroke classifier at inference: --gate-ensemble, or the model folder's stroke ensemble.
+A seg spec whose post-processing gates the lesion classes (ensemble.py --gate-runs) needs that classifier at
+inference: --gate-ensemble (a stroke spec; or a type spec for type-conditioned masks, where --type-ensemble
+also serves), or the model folder's ensemble of that task.
 Every phase-2 image holds a lesion, so when post-processing leaves a mask empty the most probable lesion
 region is drawn instead (--no-fallback turns this off). The submission is validated before it is
 reported; an existing folder is only replaced with --overwrite. Every test image is checked from its header
@@ -48,9 +49,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "stroke seg_classifier also serves phase 1) or a model folder from export.py")
     parser.add_argument("--type-ensemble", help="phase 2: type spec (or model folder) deciding each image's "
                                                 "stroke type")
-    parser.add_argument("--gate-ensemble", help="phase 2: stroke spec (or model folder) whose P(stroke) a gated "
-                                                "seg spec compares with its gate (ensemble.py --gate-runs); a "
-                                                "model folder's own stroke ensemble serves when not given")
+    parser.add_argument("--gate-ensemble", help="phase 2: the classifier spec (or model folder) a gated seg spec "
+                                                "compares with its gate (ensemble.py --gate-runs): a stroke spec, "
+                                                "or a type spec for type-conditioned masks (default: the "
+                                                "--type-ensemble / model folder's ensemble of that task)")
     parser.add_argument("--data", required=True, help="test folder (YARISMA_1 ...) or data root with --split")
     parser.add_argument("--split", choices=("test1", "test2"), help="with a data root: which test set")
     parser.add_argument("--out", help="submission folder (default submissions/<spec name>_<split>)")
@@ -95,18 +97,22 @@ def load_type(args):
     return None
 
 
-def load_gate(args, predictor):
-    """Phase 2's gate ensemble for a gated seg spec: --gate-ensemble, else the model folder's stroke ensemble."""
+def load_gate(args, predictor, type_predictor):
+    """Phase 2's gate ensemble for a gated seg spec: --gate-ensemble, else the model folder's ensemble of the
+    gate's task (stroke or type); a type gate reuses the type ensemble when one is loaded."""
     from strokekit.modelfolder import is_model_folder, read_model_folder
-    from strokekit.submit import needs_gate
+    from strokekit.submit import gate_kind, needs_gate
 
     if args.phase != 2 or not needs_gate(predictor.spec):
         return None
+    role = gate_kind(predictor.spec)
     if args.gate_ensemble:
-        return load(args.gate_ensemble, args, "stroke")
-    if is_model_folder(args.ensemble) and "stroke" in read_model_folder(args.ensemble):
-        return load(args.ensemble, args, "stroke")
-    return None  # submit.gate_probs says what is missing
+        return load(args.gate_ensemble, args, role)
+    if role == "type" and type_predictor is not None:
+        return type_predictor
+    if is_model_folder(args.ensemble) and role in read_model_folder(args.ensemble):
+        return load(args.ensemble, args, role)
+    return None  # submit.require_gate says what is missing
 
 
 def amp_used(predictor, amp: str | None) -> str:
@@ -122,10 +128,11 @@ def run(args) -> int:
     rows, split = submit.find_test_rows(args.data, args.split, args.phase)
     predictor = load(args.ensemble, args, "stroke" if args.phase == 1 else "seg")
     type_predictor = load_type(args)
-    gate_predictor = load_gate(args, predictor)
+    gate_predictor = load_gate(args, predictor, type_predictor)
     if args.phase == 2:
         submit.require_gate(predictor, gate_predictor)  # before any image is read
     extra = [p for p in (type_predictor, gate_predictor) if p is not None]
+    extra = [p for k, p in enumerate(extra) if all(p is not q for q in extra[:k])]  # a type gate may be the type ensemble
     rows, check = submit.check_test_rows(rows, (predictor, *extra), args.on_bad_input)
     print(check.summary())
     out = submit.prepare_out_dir(args.out or f"submissions/{Path(args.ensemble).stem}_{split}", args.overwrite)
@@ -135,7 +142,7 @@ def run(args) -> int:
     print(f"{len(rows)} {split} images from {args.data}; ensemble {args.ensemble} ({predictor.task}, "
           f"{len(predictor.members)} members, {predictor.n_checkpoints} checkpoints) on {predictor.device}")
     for name, p in (("ensemble", predictor), ("type ensemble", type_predictor), ("gate ensemble", gate_predictor)):
-        if p is not None:
+        if p is not None and (name != "gate ensemble" or p is not type_predictor):
             cost = p.cost(len(rows))
             print(f"{name}: {cost['forward_passes']} forward passes (batch {p.batch_size}, flips "
                   f"{','.join(cost['flips'])}), {cost['images_through_models']} images through models")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from strokekit import bootstrap, selection
 from strokekit.data.index import build_index
@@ -98,8 +99,9 @@ def build_seg_spec(runs: list[Run], spec_path, data, metric: str = "dice", top_k
     metric: the post-processing objective (seg_objectives.OBJECTIVES); folds and members are ranked by its
     strict kind. phase2: score the never-empty rule; lesion_only (default: phase2): search on the OOF
     slices that hold a lesion. robust: bootstrap statistic that picks the setting (None: the point score).
-    gate_runs: classifier run folders whose mean OOF P(stroke) is the image gate's probability (the grid
-    then searches `gate` too; infer.py must be given that classifier's probability per image).
+    gate_runs: classifier run folders whose mean OOF probability gates the lesion classes (gate_probs: P(stroke)
+    of stroke runs, or per class P(type) of type runs); the grid then searches `gate` too, and infer.py needs
+    a spec of that task (--gate-ensemble).
     """
     if metric not in OBJECTIVES:
         raise KeyError(f"unknown seg metric {metric!r}; valid: {list(OBJECTIVES)}")
@@ -123,10 +125,10 @@ def build_seg_spec(runs: list[Run], spec_path, data, metric: str = "dice", top_k
     blended = {"image_id": ids, "probs": choice["blended"].astype(np.float32)}
     searched = lesion_subset(blended, masks) if lesion_only else blended
     grid = dict(grid or DEFAULT_GRID)
-    image_probs = None
+    image_probs, gate_kind = None, None
     if gate_runs:
-        image_probs = gate_probs(gate_runs)
-        grid.setdefault("gate", [None, 0.3, 0.5, 0.7])
+        gate_kind, image_probs = gate_probs(gate_runs)
+        grid.setdefault("gate", [None, 0.2, 0.3, 0.5, 0.7] if gate_kind == "type" else [None, 0.3, 0.5, 0.7])
     search = run_search(searched, masks, grid, metric, image_probs=image_probs, never_empty=phase2)
     table = search.table
     size = test_size or bootstrap.PHASE_TEST_SIZES[2]
@@ -151,6 +153,7 @@ def build_seg_spec(runs: list[Run], spec_path, data, metric: str = "dice", top_k
                     "blends_tried": {b: c["score"] for b, c in tried.items()}},
             "postprocess_search": {"grid": grid, "rows": int(len(table)), "objective": metric,
                                    "gate_source": [str(r) for r in gate_runs] if gate_runs else None,
+                                   "gate_kind": gate_kind,
                                    "phase2": phase2, "lesion_only": lesion_only, "robust": robust or "off",
                                    "test_size": size, "n_boot": n_boot,
                                    "tolerance": tolerance, "stability": post["stability"]},
@@ -170,12 +173,34 @@ def build_seg_spec(runs: list[Run], spec_path, data, metric: str = "dice", top_k
     return spec, report
 
 
-def gate_probs(run_dirs) -> pd.Series:
-    """Mean OOF probability by image id of classifier runs (the image gate's P(stroke))."""
+def gate_probs(run_dirs) -> tuple[str, pd.Series | dict]:
+    """(gate kind, image-level probabilities) from classifier runs' mean OOF probability.
+
+    Stroke runs give P(stroke), one gate probability for both lesion classes ("stroke"); type runs give
+    P(hemorrhagic), so the gate of each class is its own type probability, (1 - p, p) ("type": the
+    type-conditioned segmentation of Samak 2024 / Uygun & Demirhan 2025 — the classifier decides the type,
+    the U-Net draws the mask; a gate below 0.5 keeps both classes where the classifier hesitates).
+    """
     frames = [selection.load_oof(run) for run in run_dirs]
     if any(not isinstance(f, pd.DataFrame) for f in frames):
         raise ValueError("--gate-runs must be classifier runs (oof.csv), not segmentation runs")
-    return pd.concat([f.set_index("image_id")["prob"] for f in frames], axis=1).mean(axis=1)
+    tasks = {run_task(run) for run in run_dirs}
+    if len(tasks) != 1 or not tasks <= {"stroke", "type"}:
+        raise ValueError(f"--gate-runs must all be stroke runs or all type runs; got tasks {sorted(tasks)}")
+    mean = pd.concat([f.set_index("image_id")["prob"] for f in frames], axis=1).mean(axis=1)
+    kind = tasks.pop()
+    if kind == "stroke":
+        return kind, mean
+    return kind, {int(i): (1.0 - float(p), float(p)) for i, p in mean.items()}
+
+
+def run_task(run_dir) -> str:
+    """The task a run folder trained (its folds' resolved config.yaml)."""
+    for fold in selection.fold_dirs(run_dir):
+        config = fold / "config.yaml"
+        if config.is_file():
+            return str((yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("task"))
+    raise ValueError(f"{run_dir}: no fold holds a config.yaml")
 
 
 def _describe(metric: str) -> str:

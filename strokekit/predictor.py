@@ -33,7 +33,8 @@ from strokekit.ensemble_spec import SpecError, read_spec
 from strokekit.modelfolder import ROLES, is_model_folder, read_model_folder, spec_role
 from strokekit.predict import EnsemblePredictor
 from strokekit.seg_classifier import seg_classifier_prob
-from strokekit.submit import decision_threshold, image_probs, needs_gate, require_gate
+from strokekit.submit import (decision_threshold, gate_kind, gate_value, image_probs, needs_gate,
+                              require_gate)
 
 IMAGE_SUFFIXES = {".png": "png", ".dcm": "dicom"}
 
@@ -147,14 +148,21 @@ class Predictor:
             result.type_probs = {"ischemic": float(1.0 - p), "hemorrhagic": float(p)}
         return [float(p) for p in prob], decision_threshold(ens.spec)
 
+    @staticmethod
+    def _gate(kind: str | None, result: Prediction, p_hemorrhagic):
+        """The gate's image-level probability for phase2_class_map (None for an ungated spec)."""
+        if kind is None:
+            return None
+        return gate_value(result.stroke_prob if kind == "stroke" else p_hemorrhagic, kind)
+
     def _seg(self, rows: list[dict], results: list[Prediction], p_hem: list, type_threshold, keep: bool) -> None:
         ens = self.ensembles.get("seg")
         if ens is None:
             for result, p in zip(results, p_hem):
                 result.type = None if p is None else ("hemorrhagic" if p >= type_threshold else "ischemic")
             return
-        require_gate(ens, self.ensembles.get("stroke"))  # a gated seg spec compares the stroke ensemble's P(stroke)
-        gated = needs_gate(ens.spec)
+        kind = gate_kind(ens.spec) if needs_gate(ens.spec) else None  # a gated seg spec: its classifier's probs
+        require_gate(ens, self.ensembles.get(kind) if kind else None)
         clf = ens.spec.get("seg_classifier") or {}
         own_type = type_threshold is None and clf.get("target") == "type"
         threshold = float(clf["threshold"]["threshold"]) if own_type else type_threshold
@@ -165,7 +173,7 @@ class Predictor:
                 result.type_probs = {"ischemic": float(1.0 - p), "hemorrhagic": float(p)}
             class_map, used = phase2_class_map(probs, ens.spec["postprocess"], self.fallback,
                                                self.fallback_fraction, type_class(p, threshold),
-                                               self.fallback_max_area, result.stroke_prob if gated else None)
+                                               self.fallback_max_area, self._gate(kind, result, p_hem[image_id]))
             result.class_map, result.fallback = class_map, bool(used)
             result.type = type_decision(class_map, p, threshold)
             result.probs = probs if keep else None

@@ -151,22 +151,37 @@ def needs_gate(seg_spec: dict) -> bool:
     return normalise_spec(seg_spec.get("postprocess"))["gate"] is not None
 
 
+def gate_kind(seg_spec: dict) -> str:
+    """'stroke' (both classes gated on P(stroke)) or 'type' (each class on its type probability)."""
+    return (seg_spec.get("postprocess_search") or {}).get("gate_kind") or "stroke"
+
+
 def require_gate(predictor, gate_predictor) -> None:
-    """ValueError when the seg spec is gated and no stroke ensemble gives the gate its P(stroke)."""
-    if gate_predictor is None and needs_gate(predictor.spec):
+    """ValueError when the seg spec is gated and no ensemble of the gate's task gives its probabilities."""
+    if not needs_gate(predictor.spec):
+        return
+    kind = gate_kind(predictor.spec)
+    if gate_predictor is None or gate_predictor.task != kind:
         sources = (predictor.spec.get("postprocess_search") or {}).get("gate_source")
-        raise ValueError(f"{predictor.spec['path']}: its post-processing gates each lesion class on P(stroke) "
-                         f"(tuned on the OOF of {sources or 'a stroke classifier'}); pass that classifier's "
-                         "stroke spec or model folder with --gate-ensemble")
+        got = "" if gate_predictor is None else f"; {gate_predictor.spec['path']} is a {gate_predictor.task} spec"
+        raise ValueError(f"{predictor.spec['path']}: its post-processing gates the lesion classes on the "
+                         f"{kind} classifier's probabilities (tuned on the OOF of {sources or 'a ' + kind + ' run'})"
+                         f"; pass a {kind} spec or model folder over those runs with --gate-ensemble{got}")
 
 
 def gate_probs(predictor, gate_predictor, rows: pd.DataFrame) -> dict:
-    """{image_id: P(stroke)} from the gate's stroke ensemble when the seg spec is gated, else {}."""
+    """{image_id: the gate's image-level probability} when the seg spec is gated, else {}: P(stroke) for both
+    classes, or {ischemic: 1 - P(hemorrhagic), hemorrhagic: P(hemorrhagic)} from a type ensemble."""
     require_gate(predictor, gate_predictor)
     if not needs_gate(predictor.spec):
         return {}
-    result = image_probs(gate_predictor, rows, "stroke")
-    return dict(zip(result["image_id"].tolist(), result["prob"].tolist()))
+    result = image_probs(gate_predictor, rows, gate_predictor.task)
+    return {int(i): gate_value(p, gate_predictor.task) for i, p in zip(result["image_id"], result["prob"])}
+
+
+def gate_value(prob: float, kind: str):
+    """What phase2_class_map's image_prob takes for a gate of `kind`."""
+    return float(prob) if kind == "stroke" else {"ischemic": 1.0 - float(prob), "hemorrhagic": float(prob)}
 
 
 def run_phase2(predictor, rows: pd.DataFrame, out: Path, type_predictor=None, fallback: bool = True,

@@ -150,10 +150,11 @@ def test_phase2_submission_is_valid_with_no_empty_mask(loop, seg_spec, type_spec
     print(f"phase 2 on the phantom: official IoU {official['iou']:.3f}, Dice {official['dice']:.3f}")
 
 
-def test_gated_seg_spec_needs_the_stroke_ensemble_and_gates_as_it_says(loop, seg_spec, stroke_spec):
-    """A seg spec whose post-processing gates the lesion classes on P(stroke) (ensemble.py --gate-runs): infer.py
-    refuses it without a stroke ensemble; with one, a mask is the ungated mask where P(stroke) >= the gate and
-    empty where it is below."""
+def test_gated_seg_spec_needs_its_classifier_and_gates_as_it_says(loop, seg_spec, stroke_spec, type_spec):
+    """A seg spec whose post-processing gates the lesion classes (ensemble.py --gate-runs): infer.py refuses it
+    without the classifier. A stroke gate: a mask is the ungated mask where P(stroke) >= the gate, empty below.
+    A type gate (type-conditioned segmentation): each class is kept only where its type probability reaches
+    the gate, so at 0.5 a mask keeps the class the type ensemble chose and loses the other."""
     import yaml
 
     test_dir, tmp = loop.data / "YARISMA_2", loop.root / "gate"
@@ -163,10 +164,11 @@ def test_gated_seg_spec_needs_the_stroke_ensemble_and_gates_as_it_says(loop, seg
     spec = yaml.safe_load(seg_spec[0].read_text(encoding="utf-8"))
     spec["postprocess"] = {"threshold": 0.02}  # permissive: the tiny U-Net's masks are not empty
 
-    def write(name: str, gate: float | None) -> Path:
+    def write(name: str, gate: float | None, kind: str = "stroke") -> Path:
         path = seg_spec[0].with_name(f"{name}.yaml")
-        path.write_text(yaml.safe_dump({**spec, "postprocess": {**spec["postprocess"], "gate": gate}}),
-                        encoding="utf-8")
+        search = {**spec["postprocess_search"], "gate_kind": kind}
+        path.write_text(yaml.safe_dump({**spec, "postprocess": {**spec["postprocess"], "gate": gate},
+                                        "postprocess_search": search}), encoding="utf-8")
         return path
 
     def masks(name: str, *source) -> dict:
@@ -187,6 +189,17 @@ def test_gated_seg_spec_needs_the_stroke_ensemble_and_gates_as_it_says(loop, seg
     assert any(plain[i].any() for i in below) and len(below) < len(plain)
     assert all(not kept[i].any() for i in below)
     assert all(np.array_equal(kept[i], plain[i]) for i in plain if p_stroke[i] >= gate)
+    # type-conditioned: ensemble.py tunes a type gate on the type runs' OOF; infer.py applies it per class
+    tuned = run_script("ensemble.py", "--task", "seg", loop.runs / "seg_a", "--gate-runs", loop.runs / "type_a",
+                       "--out", tmp / "seg_type_gate.yaml", cwd=loop.root)
+    assert yaml.safe_load((tmp / "seg_type_gate.yaml").read_text())["postprocess_search"]["gate_kind"] == "type"
+    assert "gate" in tuned.stdout
+    by_type = masks("type_gated", write("seg_type_gated", 0.5, "type"), "--type-ensemble", type_spec)
+    types = pd.read_csv(tmp / "type_gated" / "types.csv").set_index("image_id")
+    dropped = {i: 1 if types.at[i, "p_hemorrhagic"] >= 0.5 else 2 for i in plain}
+    assert len(set(dropped.values())) == 2 or len(plain) < 4  # both types chosen somewhere
+    assert any((plain[i] == dropped[i]).any() for i in plain)   # the gate has something to remove
+    assert all(np.array_equal(by_type[i], np.where(plain[i] == dropped[i], 0, plain[i])) for i in plain)
 
 
 def test_ensemble_refuses_runs_of_another_task(loop):
