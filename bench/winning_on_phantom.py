@@ -10,7 +10,12 @@ tolerant counting and by strict Dice; intervals from 1,000 resamples of 97 image
   joint search, lesion only  the same search on the lesion-bearing slices only
   + never empty              ... scoring the never-empty rule too (the full phase-2 prior, the default)
   (strict-Dice pick)         the phase-2 search's best setting by strict Dice: the rules pick differently
+  + type gate                with --type-runs: the phase-2 search with each lesion class gated on the type
+                             classifiers' OOF probability (type-conditioned segmentation, ensemble.py
+                             --gate-runs <type runs>)
 Prints a Markdown table and writes bench/results/winning_phantom.json.
+
+    python bench/winning_on_phantom.py --run runs/tiny_seg --type-runs runs/tiny_type --data data/phantom
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import machine, write_result  # noqa: E402
 from strokekit import bootstrap, selection  # noqa: E402
-from strokekit.ensemble_seg import DEFAULT_GRID, lesion_subset, load_masks  # noqa: E402
+from strokekit.ensemble_seg import DEFAULT_GRID, gate_probs, lesion_subset, load_masks  # noqa: E402
 from strokekit.seg_search import _matches, run_search, setting_columns  # noqa: E402
 
 SCORED = ("official_iou", "official_dice", "dice")
@@ -44,6 +49,7 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, help="a seg run folder (fold<k>/oof.npz)")
     parser.add_argument("--data", required=True, help="the data set it was trained on")
+    parser.add_argument("--type-runs", nargs="+", help="type classifier run folders: adds the type-gated row")
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
@@ -69,6 +75,14 @@ def main(argv=None) -> int:
             "joint search on lesion slices only": figures(on_lesion, lesion_only["row"], args.n_boot),
             "+ never-empty rule (phase-2 prior)": figures(phase2, prior["row"], args.n_boot),
             "(phase-2 search, best by strict Dice)": figures(phase2, strict, args.n_boot)}
+    specs = {"all_slices": joint["spec"], "lesion_only": lesion_only["spec"], "phase2": prior["spec"]}
+    if args.type_runs:
+        kind, type_probs = gate_probs(args.type_runs)
+        gated = run_search(lesion, masks, {**DEFAULT_GRID, "gate": [None, 0.2, 0.3, 0.5]}, "official_iou",
+                           image_probs=type_probs, never_empty=True)
+        by_type = bootstrap.robust_choice(gated, "p10", 97, args.n_boot)
+        rows[f"+ {kind} gate (type-conditioned), phase-2 prior"] = figures(gated, by_type["row"], args.n_boot)
+        specs["type_gate"] = by_type["spec"]
     cell = lambda r: f"{r['estimate']:.3f} [{r['low']:.3f}, {r['high']:.3f}]"
     print(f"{len(lesion['image_id'])} lesion-bearing OOF slices of {len(oof['image_id'])}; 95 % intervals at n = 97")
     print("| post-processing | official IoU (DEIoU) | official Dice | strict Dice |")
@@ -79,8 +93,7 @@ def main(argv=None) -> int:
     if not args.no_write:
         write_result("winning_phantom", {
             "machine": machine(), "run": str(args.run), "n_oof": len(oof["image_id"]),
-            "n_lesion": len(lesion["image_id"]), "rows": rows,
-            "specs": {"all_slices": joint["spec"], "lesion_only": lesion_only["spec"], "phase2": prior["spec"]}})
+            "n_lesion": len(lesion["image_id"]), "rows": rows, "type_runs": args.type_runs, "specs": specs})
     return 0
 
 
