@@ -250,7 +250,8 @@ def run_search(cfg: dict, space: dict, n_trials: int, folds_to_run: list[int], s
                     (run_dir / "pruned").write_text(f"{pruned}\n", encoding="utf-8")
                     log(f"trial {trial.number}: pruned, {pruned}")
                     raise
-                scores.append(float(summary["best_metric"]))
+                averaged = summary.get("topk_average") or {}  # best.pt holds the top-k mean: score that model
+                scores.append(float(averaged.get("averaged_metric", summary["best_metric"])))
             trial.set_user_attr("fold_scores", scores)
             value = sum(scores) / len(scores)
             log(f"trial {trial.number}: {metric} {value:.4f} (folds {', '.join(f'{s:.4f}' for s in scores)})")
