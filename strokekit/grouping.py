@@ -196,7 +196,7 @@ def capped_groups(n: int, pairs: np.ndarray, dist: np.ndarray, max_group: int = 
         if size[a] < size[b]:
             a, b = b, a
         parent[b], size[a] = a, size[a] + size[b]
-    return np.unique([root(i) for i in range(n)], return_inverse=True)[1], refused
+    return pd.factorize(np.array([root(i) for i in range(n)]))[0], refused   # numbered by first member
 
 
 def similarity_groups(index: pd.DataFrame, params: SimilarityParams = SimilarityParams(),
