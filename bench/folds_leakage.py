@@ -1,7 +1,7 @@
 """How far a random split's OOF figures sit above a grouped split's, on the phantom (which has patients).
 
     python bench/folds_leakage.py                              # 600-slice 128-px phantom, 5 folds, no training
-    python bench/folds_leakage.py --train tiny_type tiny_seg      # + train.py on each split (~40 min CPU)
+    python bench/folds_leakage.py --train tiny_type tiny_seg      # + train.py on each split (~45 min CPU)
     python bench/folds_leakage.py --crowd 3000                  # a crowded set: groups and split patients
 
 
