@@ -22,7 +22,8 @@ from PIL import Image, PngImagePlugin
 
 from .data.encodings import HEMORRHAGIC, ISCHEMIC, class_map_to_rgb, encode_overlay
 from .data.readers import BRAIN_WINDOW, window
-from .phantom_anatomy import Head, Slice, random_head, random_lesion, render_slice
+from .phantom_anatomy import Head, Slice, random_head, render_slice
+from .phantom_lesions import random_lesion
 
 # Folder of each part of the data set and the sub-folders written there, per layout. Training parts are
 # named by class (as strokekit.data.layout.CLASS_NAMES), test parts by phase. Readers may import this.

@@ -3,7 +3,8 @@
 Shapes are drawn in a head frame: u runs across the head (image left to right), v from the face (-) to the
 back of the head (+, down in the image), both in units of half the image width, so a slice looks the same
 at any image size. `level` runs from the skull base (0) to the vertex (1). Pixel-sized details (blur,
-lesion borders) are given at 512 px and scaled with the image.
+lesion borders) are given at 512 px and scaled with the image. Drawing primitives (the head frame, soft
+masks, texture) live in phantom_draw.py, the lesions in phantom_lesions.py.
 """
 from __future__ import annotations
 
@@ -13,49 +14,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from .data.encodings import HEMORRHAGIC, ISCHEMIC
+from .phantom_draw import Frame, Layers, Tissue, bump, level_profile, soften, texture
+from .phantom_lesions import Lesion, draw_lesions
 
 AIR, FAT = -1000.0, -90.0
-REFERENCE_SIZE = 512
-HEMORRHAGE_KINDS = ("ich", "sdh")         # intraparenchymal blob, subdural crescent
-ISCHEMIA_KINDS = ("territory", "lacune")  # vascular-territory wedge, small deep infarct
-MIMIC_KINDS = ("old_infarct",)            # chronic infarct: CSF-dense, sharp, not a stroke label
 # Deep grey matter of the right side (u, v, half-axes, angle), mirrored for the left: caudate head,
 # lentiform nucleus, thalamus, insular cortex.
 DEEP_GREY = ((0.12, -0.16, 0.035, 0.05, 0.0), (0.2, -0.02, 0.04, 0.1, -0.15), (0.08, 0.1, 0.055, 0.07, 0.0),
              (0.31, -0.05, 0.025, 0.11, 0.2))
-
-
-@dataclass
-class Lesion:
-    """A lesion (or chronic mimic) of one patient, drawn on the slices with z_lo <= level <= z_hi."""
-    kind: str                 # one of HEMORRHAGE_KINDS, ISCHEMIA_KINDS, MIMIC_KINDS
-    shape: str                # blob (ich, lacune), wedge (territory), crescent (sdh); old infarcts: either
-    side: int                 # hemisphere: +1 (u > 0) or -1
-    u: float                  # blob centre
-    v: float
-    size: float               # radius (blob), half-angle in rad (wedge), largest thickness (crescent)
-    value: float              # HU (ich, sdh, old_infarct) or HU change (territory, lacune)
-    z_lo: float
-    z_hi: float
-    step: float = 0.08        # slice spacing of the patient, sets how fast the lesion tapers
-    angle: float = 0.0        # blob orientation; wedge / crescent direction (outline angle)
-    elong: float = 1.0
-    depth: float = 0.5        # wedge's inner radius, in brain radii
-    spread: float = 0.6       # crescent's angular half-width (rad)
-    wobble: tuple = ()        # boundary harmonics ((k, amplitude, phase), ...)
-
-    @property
-    def label(self) -> int:
-        return HEMORRHAGIC if self.kind in HEMORRHAGE_KINDS else ISCHEMIC if self.kind in ISCHEMIA_KINDS else 0
-
-    def scale_at(self, level: float) -> float:
-        """0 off the lesion's levels; 0.5..1 on them, largest mid-way (a rough ellipsoid in z)."""
-        if not self.z_lo <= level <= self.z_hi:
-            return 0.0
-        half = (self.z_hi - self.z_lo) / 2 + 0.5 * self.step
-        t = (level - (self.z_lo + self.z_hi) / 2) / half
-        return 0.5 + 0.5 * math.sqrt(max(0.0, 1.0 - t * t))
 
 
 @dataclass
@@ -84,7 +50,7 @@ class Head:
     table: bool                # patient table lines at the bottom of the image
     calcs: tuple = ()          # choroid, pineal, basal_ganglia, falx
     leuko: float = 0.0         # HU change of periventricular white-matter disease (0 = none)
-    lesions: list = field(default_factory=list)
+    lesions: list[Lesion] = field(default_factory=list)
 
 
 def random_head(rng: np.random.Generator) -> Head:
@@ -110,112 +76,9 @@ def random_head(rng: np.random.Generator) -> Head:
         leuko=float(-rng.uniform(4.0, 7.0)) if old and rng.random() < 0.5 else 0.0)
 
 
-def random_lesion(kind: str, rng: np.random.Generator, z_lo: float, z_hi: float, step: float,
-                  side: int | None = None, small: bool = False) -> Lesion:
-    """A lesion of `kind` on levels z_lo..z_hi; small=True for the minor lesion of a both-types slice."""
-    side = int(side if side is not None else rng.choice((-1, 1)))
-    wobble = tuple((k, float(rng.uniform(0.02, 0.12)), float(rng.uniform(0, 2 * math.pi))) for k in (2, 3, 5))
-    common = dict(kind=kind, side=side, z_lo=z_lo, z_hi=z_hi, step=step, wobble=wobble,
-                  angle=float(rng.uniform(0, math.pi)), elong=float(rng.uniform(1.0, 1.6)))
-    deep = (side * rng.uniform(0.08, 0.24), rng.uniform(-0.15, 0.15))
-    lobar = (side * rng.uniform(0.15, 0.38), rng.uniform(-0.45, 0.45))
-    lateral = float(rng.uniform(-1.1, 1.1) + (0 if side > 0 else math.pi))  # wedge / crescent direction
-    if kind == "ich":
-        u, v = deep if rng.random() < 0.5 else lobar
-        radius = math.exp(rng.uniform(math.log(0.015), math.log(0.035 if small else 0.13)))
-        return Lesion(shape="blob", u=u, v=v, size=radius, value=float(rng.uniform(68, 90)), **common)
-    if kind == "sdh":
-        return Lesion(shape="crescent", u=0.0, v=0.0, size=float(rng.uniform(0.012, 0.025 if small else 0.06)),
-                      value=float(rng.uniform(66, 86)), spread=float(rng.uniform(0.35, 0.9)),
-                      **{**common, "angle": lateral})
-    if kind == "lacune" or (kind == "old_infarct" and rng.random() < 0.4):
-        u, v = deep
-        value = float(rng.uniform(4, 14)) if kind == "old_infarct" else float(rng.uniform(-9.5, -6.5))
-        return Lesion(shape="blob", u=u, v=v, size=float(rng.uniform(0.015, 0.032)), value=value,
-                      **{**common, "kind": kind, "elong": 1.0 if kind == "lacune" else 1.2})
-    if kind in ("territory", "old_infarct"):
-        half = float(rng.uniform(0.08, 0.15) if small or kind == "old_infarct" else rng.uniform(0.12, 0.45))
-        value = float(rng.uniform(4, 14)) if kind == "old_infarct" else float(rng.uniform(-8.5, -5.5))
-        return Lesion(shape="wedge", u=0.0, v=0.0, size=half, value=value,
-                      depth=float(rng.uniform(0.35, 0.75) if not small else rng.uniform(0.7, 0.85)),
-                      **{**common, "angle": lateral})
-    raise ValueError(f"unknown lesion kind {kind!r}; known: {HEMORRHAGE_KINDS + ISCHEMIA_KINDS + MIMIC_KINDS}")
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Drawing
 # ---------------------------------------------------------------------------------------------------------
-
-class Frame:
-    """The pixel grid mapped into the head frame, with shape helpers working on a bounding box."""
-
-    def __init__(self, size: int, head: Head):
-        self.size, self.head = size, head
-        t = (np.arange(size, dtype=np.float32) + 0.5) * (2.0 / size) - 1.0
-        x, y = t[None, :] - head.cx, t[:, None] - head.cy
-        c, s = math.cos(head.angle), math.sin(head.angle)
-        self.u = (c * x + s * y) / head.scale
-        self.v = (-s * x + c * y) / head.scale
-        self.unit_px = size / 2 * head.scale  # pixels per head unit
-        self.px512 = size / REFERENCE_SIZE    # pixel lengths given at 512 -> this size
-
-    def to_pixel(self, u: float, v: float) -> tuple[float, float]:
-        h = self.head
-        c, s = math.cos(h.angle), math.sin(h.angle)
-        x = h.cx + h.scale * (c * u - s * v)
-        y = h.cy + h.scale * (s * u + c * v)
-        return (y + 1) * self.size / 2 - 0.5, (x + 1) * self.size / 2 - 0.5
-
-    def box(self, u: float, v: float, radius: float) -> tuple[slice, slice]:
-        row, col = self.to_pixel(u, v)
-        r = radius * self.unit_px + 2
-        clip = lambda a: int(min(max(a, 0), self.size))  # noqa: E731
-        return slice(clip(row - r), clip(row + r + 1)), slice(clip(col - r), clip(col + r + 1))
-
-    def blob(self, u: float, v: float, au: float, av: float, angle: float = 0.0, wobble=()) -> np.ndarray:
-        """Full-size boolean mask of a rotated ellipse whose outline wobbles by the given harmonics."""
-        mask = np.zeros((self.size, self.size), dtype=bool)
-        reach = max(au, av) * (1 + sum(a for _, a, _ in wobble))
-        box = self.box(u, v, reach)
-        du, dv = self.u[box] - u, self.v[box] - v
-        c, s = math.cos(angle), math.sin(angle)
-        du, dv = c * du + s * dv, -s * du + c * dv
-        rho2 = (du / au) ** 2 + (dv / av) ** 2
-        if wobble:
-            phi = np.arctan2(dv / av, du / au)
-            bound = 1 + sum(a * np.cos(k * phi + p) for k, a, p in wobble)
-            mask[box] = rho2 < bound * bound
-        else:
-            mask[box] = rho2 < 1
-        return mask
-
-    def disc_px(self, u: float, v: float, radius: float, min_px: float = 1.2) -> np.ndarray:
-        """A disc of at least `min_px` pixels radius (small dots stay visible at small sizes)."""
-        r = max(radius, min_px / self.unit_px)
-        return self.blob(u, v, r, r)
-
-
-def soften(mask: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian-blurred float copy of a mask, computed on its bounding box only."""
-    out = np.zeros(mask.shape, dtype=np.float32)
-    boxes = ndimage.find_objects(mask.astype(np.uint8))
-    if not boxes or boxes[0] is None:
-        return out
-    pad = int(3 * sigma) + 2
-    box = tuple(slice(max(s.start - pad, 0), min(s.stop + pad, n)) for s, n in zip(boxes[0], mask.shape))
-    out[box] = ndimage.gaussian_filter(mask[box].astype(np.float32), sigma)
-    return out
-
-
-def wrap(angle):
-    """Angle difference folded into [-pi, pi)."""
-    return (angle + np.pi) % (2 * np.pi) - np.pi
-
-
-def level_profile(level: float) -> float:
-    """Relative head size at a level: the vault is roughly an ellipsoid whose widest cut is at 0.35."""
-    return math.sqrt(max(0.05, 1.0 - ((level - 0.35) / 0.72) ** 2))
-
 
 @dataclass
 class Slice:
@@ -224,11 +87,6 @@ class Slice:
     class_map: np.ndarray
     parenchyma: np.ndarray  # brain tissue (grey, white matter, nuclei) before lesions: for tests
     findings: list          # non-stroke findings drawn (calcifications, old infarct, streaks ...)
-
-
-def bump(level: float, centre: float, half_width: float) -> float:
-    """1 at `centre`, falling to 0 at `centre` +- `half_width` (how much of a structure a level cuts)."""
-    return max(0.0, 1.0 - ((level - centre) / half_width) ** 2)
 
 
 def render_slice(head: Head, level: float, size: int, rng: np.random.Generator) -> Slice:
@@ -244,14 +102,10 @@ def render_slice(head: Head, level: float, size: int, rng: np.random.Generator) 
     _skull_base(f, level, hu, layers, anatomy_rng)
     tissue = _brain(f, level, hu, layers, anatomy_rng)
     _mimics(f, level, hu, layers, tissue, anatomy_rng)
-    class_map = _lesions(f, level, hu, layers, tissue, lesion_rng)
+    class_map = draw_lesions(f, level, hu, layers, tissue, lesion_rng)
     _outside_head(f, hu, layers)
     return Slice(hu=_scanner(f, hu, scanner_rng), class_map=class_map, parenchyma=tissue.parenchyma,
                  findings=layers.findings)
-
-
-class Layers:
-    """Per-pixel geometry of the head at one level (plain attributes, filled by the drawing steps)."""
 
 
 def _head_layers(f: Frame, level: float, hu: np.ndarray) -> Layers:
@@ -337,10 +191,6 @@ def _streaks(f: Frame, hu: np.ndarray, g: Layers, v0: float, rng: np.random.Gene
         hu += np.where(inside, amp * g.base * np.exp(-(dist / width) ** 2), 0).astype(np.float32)
 
 
-class Tissue:
-    """Masks of the brain's compartments at one level (plain attributes)."""
-
-
 def _brain(f: Frame, level: float, hu: np.ndarray, g: Layers, rng: np.random.Generator) -> Tissue:
     """Cortex and white matter, deep grey nuclei, ventricles, fissures, sulci, posterior fossa."""
     h, t = f.head, Tissue()
@@ -384,7 +234,7 @@ def _brain(f: Frame, level: float, hu: np.ndarray, g: Layers, rng: np.random.Gen
     csf &= brain
     hu[csf] = h.csf
     hu[fissure & cerebrum & (np.abs(f.u) < 0.0025) & ~_ventricles(f, level, a)] = h.gm + 20  # falx
-    hu[brain] += _texture(f.size, rng)[brain]
+    hu[brain] += texture(f.size, rng)[brain]
     t.brain, t.csf = brain, csf
     t.sulci &= csf
     t.parenchyma = brain & ~csf
@@ -412,17 +262,8 @@ def _ventricles(f: Frame, level: float, atrophy: float) -> np.ndarray:
     return out
 
 
-def _texture(size: int, rng: np.random.Generator) -> np.ndarray:
-    """Slow +-1 HU variation of brain density (beam, partial volume): an 8x8 field, bilinearly enlarged."""
-    coarse = rng.standard_normal((8, 8)).astype(np.float32)
-    x = np.linspace(0, 7, size, dtype=np.float32)
-    weights = np.maximum(0, 1 - np.abs(x[:, None] - np.arange(8, dtype=np.float32)[None, :]))  # size x 8
-    rows = np.einsum("ik,kl->il", weights, coarse * 1.2)
-    return np.einsum("il,jl->ij", rows, weights)  # einsum, not @: no BLAS thread pool per worker
-
-
 def _mimics(f: Frame, level: float, hu: np.ndarray, g: Layers, t: Tissue, rng: np.random.Generator) -> None:
-    """Findings that are not acute stroke: calcifications, white-matter disease (old infarcts: _lesions)."""
+    """Findings that are not acute stroke: calcifications, white-matter disease (old infarcts: phantom_lesions)."""
     h = f.head
     dots = {"choroid": [(s * 0.155, 0.21, 0.011) for s in (-1, 1)] if 0.42 < level < 0.58 else [],
             "pineal": [(0.0, 0.15, 0.009)] if 0.33 < level < 0.48 else [],
@@ -443,102 +284,6 @@ def _mimics(f: Frame, level: float, hu: np.ndarray, g: Layers, t: Tissue, rng: n
                 caps |= f.blob(s * 0.17, -0.12, 0.06, 0.08) | f.blob(s * 0.17, 0.14, 0.06, 0.08)
         hu += h.leuko * soften(caps, 4 * f.px512 + 0.5) * t.wm
         g.findings.append("white_matter_disease")
-
-
-def _lesions(f: Frame, level: float, hu: np.ndarray, g: Layers, t: Tissue,
-             rng: np.random.Generator) -> np.ndarray:
-    """Draw the patient's lesions present at this level; returns the class map (0/1/2)."""
-    h = f.head
-    order = {"old_infarct": 0, "territory": 1, "lacune": 1, "ich": 2, "sdh": 2}
-    present = sorted((les for les in h.lesions if les.scale_at(level) > 0), key=lambda les: order[les.kind])
-    hem = np.zeros_like(t.brain)
-    isc = np.zeros_like(t.brain)
-    near_bone = g.inner < h.gap + 2.5 / f.unit_px
-    if g.intrusion.any():
-        near_bone |= ndimage.binary_dilation(g.intrusion, iterations=3)
-    inside = g.intracranial & ~g.intrusion
-    for les in present:
-        k = les.scale_at(level)
-        if les.kind == "ich":
-            region = _blob_lesion(f, les, k, t.parenchyma & ~near_bone) & inside
-            edema = _blob_lesion(f, les, k * 1.35, t.parenchyma & ~near_bone) & t.parenchyma & ~region
-            hu[edema] -= rng.uniform(3, 6)
-            hu[region] = les.value + 2.5 * _texture(f.size, rng)[region]
-            hem |= region
-        elif les.kind == "sdh":
-            off = np.abs(wrap(g.phi - les.angle))
-            thick = max(les.size * k, 1.5 / f.unit_px) * np.cos(np.minimum(off / les.spread, 1) * np.pi / 2)
-            region = inside & (g.inner < thick) & (off < les.spread)
-            if not region.any():
-                region = _fallback(f, les, inside & (g.inner <= h.gap + 3 / f.unit_px))
-            hu[region] = les.value
-            hem |= region
-        else:
-            isc |= _infarct(f, les, k, hu, g, t, near_bone)
-    if hem.any():
-        isc &= ~ndimage.binary_dilation(hem, iterations=2)   # keep the two kinds apart: OVERLAYs stay decodable
-    class_map = np.zeros(hu.shape, dtype=np.uint8)
-    class_map[isc] = ISCHEMIC
-    class_map[hem] = HEMORRHAGIC
-    return class_map
-
-
-def _blob_lesion(f: Frame, les: Lesion, k: float, allowed: np.ndarray) -> np.ndarray:
-    """A round lesion at the patient's lesion centre, moved to the nearest allowed pixel if needed."""
-    centre = _snap(f, allowed, les.u, les.v)
-    if centre is None:
-        return np.zeros_like(allowed)
-    r = max(les.size * k, 1.6 / f.unit_px)
-    return f.blob(*centre, r * math.sqrt(les.elong), r / math.sqrt(les.elong), les.angle, les.wobble)
-
-
-def _snap(f: Frame, allowed: np.ndarray, u: float, v: float) -> tuple[float, float] | None:
-    row, col = f.to_pixel(u, v)
-    r, c = int(round(row)), int(round(col))
-    if 0 <= r < f.size and 0 <= c < f.size and allowed[r, c]:
-        return u, v
-    rows, cols = np.nonzero(allowed)
-    if rows.size == 0:
-        return None
-    i = int(np.argmin((rows - row) ** 2 + (cols - col) ** 2))
-    return float(f.u[rows[i], cols[i]]), float(f.v[rows[i], cols[i]])
-
-
-def _fallback(f: Frame, les: Lesion, allowed: np.ndarray) -> np.ndarray:
-    """A small disc where a lesion's shape found no room at this level (it must show on its slices)."""
-    centre = _snap(f, allowed, les.u if les.shape == "blob" else les.side * 0.25, les.v)
-    if centre is None:
-        raise RuntimeError("phantom: no brain tissue on this slice to hold a lesion")
-    return f.disc_px(*centre, 0.02, min_px=2.0) & allowed
-
-
-def _infarct(f: Frame, les: Lesion, k: float, hu: np.ndarray, g: Layers, t: Tissue,
-             near_bone: np.ndarray) -> np.ndarray:
-    """Acute ischemia (soft hypodensity, returns its hard mask) or a chronic infarct (sharp, CSF-dense)."""
-    h = f.head
-    if les.shape == "blob":
-        region = _blob_lesion(f, les, k, t.parenchyma & ~near_bone) & (t.parenchyma | t.sulci)
-    else:  # a wedge of a vascular territory, from `depth` out to the cortex
-        _, amp, phase = les.wobble[0]
-        off = np.abs(wrap(g.phi - les.angle))
-        region = ((off < les.size * k * (1 + amp * np.sin(7 * g.rho_b + phase)))
-                  & (g.rho_b > les.depth * (1 + amp * np.sin(5 * g.phi + phase)))
-                  & (t.parenchyma | t.sulci) & (f.u * les.side > 0))
-    if les.kind == "old_infarct":
-        hu[region & ~near_bone] = les.value
-        t.parenchyma = t.parenchyma & ~region   # lost tissue: no acute lesion can sit there
-        g.findings.append("old_infarct")
-        return np.zeros_like(region)
-    hu[region & t.sulci] = h.gm                       # swollen cortex effaces its sulci
-    eligible = (t.parenchyma | (region & t.sulci)) & ~near_bone
-    if not (region & eligible).any():
-        region = _fallback(f, les, eligible)
-    radius_px = math.sqrt(region.sum() / math.pi)
-    soft = soften(region, max(0.3, min(3.0 * f.px512, 0.35 * radius_px)))
-    effect = np.clip((soft - 0.1) / 0.6, 0, 1) * eligible  # full inside the mask, fading over its border
-    hu += effect * (les.value - 0.3 * (h.gm - h.wm) * t.gm)  # and the grey/white contrast fades
-    mask = (soft > 0.5) & eligible
-    return mask if mask.any() else region & eligible
 
 
 def _outside_head(f: Frame, hu: np.ndarray, g: Layers) -> None:
