@@ -43,14 +43,7 @@ def validation_rows(data: Path, task: str) -> pd.DataFrame:
     return get_task(task).split(index, folds, 0, cfg)[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny models gain little from a second thread, and on a busy 2-core runner two spin-waiting
-    threads make training several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models on a busy 2-core runner
 
 
 @pytest.fixture(scope="module")
