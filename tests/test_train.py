@@ -150,7 +150,10 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1")  # the same thread count in every ru
 
 
 def _stop_after_epoch(command: list[str], last: Path, epoch: int, sig: int) -> subprocess.CompletedProcess:
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+    # a job started in the background by a non-interactive shell inherits SIGINT ignored (and Python then
+    # installs no KeyboardInterrupt handler): give the child the terminal's default, as a user's Ctrl-C has
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if last.exists() and read_checkpoint(last)["epoch"] >= epoch:
