@@ -56,6 +56,8 @@ DEFAULTS: dict[str, Any] = {
     "lesion_share": 0.5,
     "seg_negatives": 0.0,      # seg: share of no-stroke slices added to training as negatives
     "seg_val_negatives": False,  # seg: also validate (and write OOF for) the fold's no-stroke slices
+    "seg_lesion_type": None,   # seg: ischemic | hemorrhagic = a type-specific segmenter (trains on that type's
+                               # slices, its masks keep that class only; validates on every lesion slice)
     "amp": "bf16",             # bf16 | fp16 | none (CUDA only; CPU runs fp32)
     "channels_last": True,
     "ema": False,
@@ -228,6 +230,9 @@ def validate(cfg: dict) -> None:
         raise ConfigError(f"ddp_backend must be nccl, gloo or null (nccl on CUDA, gloo on the CPU), "
                           f"got {cfg['ddp_backend']!r}")
     validate_selection(cfg)
+    if cfg["seg_lesion_type"] not in (None, "ischemic", "hemorrhagic"):
+        raise ConfigError(f"seg_lesion_type must be ischemic, hemorrhagic or null (3-class), "
+                          f"got {cfg['seg_lesion_type']!r}")
     if not 0.0 <= cfg["lesion_share"] <= 1.0:
         raise ConfigError(f"lesion_share must be in [0, 1], got {cfg['lesion_share']}")
 

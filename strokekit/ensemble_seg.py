@@ -128,7 +128,9 @@ def build_seg_spec(runs: list[Run], spec_path, data, metric: str = "dice", top_k
     image_probs, gate_kind = None, None
     if gate_runs:
         gate_kind, image_probs = gate_probs(gate_runs)
-        grid.setdefault("gate", [None, 0.2, 0.3, 0.5, 0.7] if gate_kind == "type" else [None, 0.3, 0.5, 0.7])
+        # per class, so the grid grows by the square: type gates need few (0.5: the type chosen; 0.3: both
+        # where the classifier hesitates)
+        grid.setdefault("gate", [None, 0.3, 0.5] if gate_kind == "type" else [None, 0.3, 0.5, 0.7])
     search = run_search(searched, masks, grid, metric, image_probs=image_probs, never_empty=phase2)
     table = search.table
     size = test_size or bootstrap.PHASE_TEST_SIZES[2]

@@ -135,6 +135,8 @@ class SegTask(Task):
         stroke = pool[pool["class_name"] != "no_stroke"]
         labelled = stroke[(stroke["mask"] != "") | (stroke["overlay"] != "")]
         negatives = pool[pool["class_name"] == "no_stroke"]
+        if train and cfg["seg_lesion_type"]:  # a type-specific segmenter learns from its type's slices only
+            labelled = labelled[labelled[f"has_{cfg['seg_lesion_type']}"] == 1]
         if train:
             negatives = negatives.sample(frac=cfg["seg_negatives"], random_state=cfg["seed"])
         elif not cfg["seg_val_negatives"]:

@@ -206,3 +206,18 @@ def test_folds_file_must_match_the_data(train_phantom, tmp_path, capsys):
                        "--folds-csv", str(tmp_path / "short.csv"), "--out", str(tmp_path)])
     assert code == 2 and "does not match the data index" in capsys.readouterr().err
     assert not (tmp_path / "tiny_stroke").exists()  # nothing trained
+
+
+def test_type_specific_segmenter_learns_its_type_only(train_phantom, tmp_path):
+    """seg_lesion_type: trained on its type's slices with the other class as background, validated on every
+    lesion slice of the fold (OOF lines up with a 3-class run's), it never draws the other class."""
+    overrides = ["epochs=2", "img_size=64", "oof_size=32", "seg_lesion_type=hemorrhagic"]
+    cfg = load_config(ROOT / "configs" / "tiny_seg.yaml", overrides + [f"data={train_phantom}"])
+    index, _ = build_index(train_phantom)
+    train_rows, val_rows = get_task("seg").split(index, read_folds(train_phantom / "folds.csv", index), 0, cfg)
+    assert (train_rows["has_hemorrhagic"] == 1).all() and (val_rows["has_ischemic"] == 1).any()
+    run_dir = train_fold0("tiny_seg.yaml", train_phantom, tmp_path, *overrides)
+    oof = np.load(run_dir / "oof.npz")
+    assert oof["image_id"].tolist() == validation_rows(train_phantom, "seg")["image_id"].tolist()
+    drawn = oof["probs"].astype(np.float32).argmax(axis=1)
+    assert (drawn == 2).any() and not (drawn == 1).any()  # a 3-class run draws ischemia here (~5 % of pixels)

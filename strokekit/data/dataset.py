@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, g
 
 from .. import distributed
 from .cache import open_cache, resize_step
+from .encodings import HEMORRHAGIC, ISCHEMIC
 from .readers import BadInputError, load_class_map, load_image
 
 LABELS = {0, 1, 2}
@@ -131,6 +132,8 @@ class SliceDataset(Dataset):
         if mask_hw is not None and tuple(mask_hw) != tuple(hw):
             raise BadInputError(row.get("mask") or row.get("overlay"),
                                 f"mask {tuple(mask_hw)} and its image {tuple(hw)} differ in size")
+        if self.cfg.get("seg_lesion_type"):
+            mask, full = (keep_lesion_type(m, self.cfg["seg_lesion_type"]) for m in (mask, full))
         return image, mask, full
 
     def __getitem__(self, i: int) -> dict:
@@ -154,6 +157,14 @@ class SliceDataset(Dataset):
         if self.targets is not None:
             item["target"] = torch.tensor(self.targets[i])
         return item
+
+
+def keep_lesion_type(class_map: np.ndarray | None, lesion_type: str) -> np.ndarray | None:
+    """A type-specific segmenter's target: the other lesion class becomes background."""
+    if class_map is None:
+        return None
+    other = HEMORRHAGIC if lesion_type == "ischemic" else ISCHEMIC
+    return np.where(class_map == other, 0, class_map).astype(class_map.dtype)
 
 
 def collate(batch: list[dict]) -> dict:
