@@ -38,11 +38,11 @@ def main(argv=None) -> int:
     if not (data / "TRAINING").is_dir():
         run([PY, "make_phantom.py", "--out", str(data), "--n", str(args.n), "--seed", "0"])
     run([PY, "kfold.py", "--data", str(data), "--folds", "5"])
-    for config in ("tiny_stroke", "tiny_seg"):
+    for config in ("tiny_stroke_aux", "tiny_seg"):
         for fold in args.folds.split(","):
             run([PY, "train.py", "--config", f"configs/{config}.yaml", "--fold", fold, "--data", str(data),
                  "--no-progress", *extra])
-    run([PY, "ensemble.py", "--task", "stroke", "runs/tiny_stroke", "--data", str(data),
+    run([PY, "ensemble.py", "--task", "stroke", "runs/tiny_stroke_aux", "--data", str(data),
          "--objective", "recall", "--target-recall", "0.95", "--out", "ensembles/demo_stroke.yaml"])
     run([PY, "ensemble.py", "--task", "seg", "runs/tiny_seg", "--data", str(data),
          "--out", "ensembles/demo_seg.yaml"])

@@ -34,6 +34,8 @@ DEFAULTS: dict[str, Any] = {
     "encoder": "resnet34",     # smp encoder name (seg only); `tu-<timm name>` for any timm backbone
     "pretrained": False,       # ImageNet weights through timm/smp: needs the hub or a local cache
     "weights": None,           # path to a local state dict / checkpoint to start from
+    "aux_seg": 0.0,            # stroke/type: weight of an auxiliary loss on where the lesions are (from the masks),
+                               # a 1x1-conv head on the last feature map; 0 = off. Inference is unchanged
     "drop_rate": 0.0,          # classifiers: dropout before the head; seg: spatial dropout (Dropout2d) before it
     "decoder_attention": None,  # seg, smp Unet / UnetPlusPlus: decoder attention, e.g. scse
     # optimisation

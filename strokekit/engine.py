@@ -26,7 +26,6 @@ from .atomic import write_text_atomic
 from .checkpoint import (build_checkpoint, model_state, read_checkpoint, rng_state, save_atomic,
                          seed_everything, set_rng_state, versions)
 from .data.dataset import make_loader
-from .losses import build_loss
 from .models import build_model
 from .optim import LrSchedule, build_optimizer
 from .runlog import EpochLog, plot_curves, write_json
@@ -146,7 +145,7 @@ def setup(cfg: dict, index, folds, fold: int) -> Trainer:
     if weights == "balanced":
         counts = task.class_counts(train_ds)
         weights = (counts.sum() / (len(counts) * np.maximum(counts, 1))).tolist()
-    loss_fn = build_loss(cfg["loss"] or task.default_loss, task.loss_mode, weights).to(device)
+    loss_fn = task.build_loss(cfg, weights).to(device)
     optimizer = build_optimizer(model, cfg)
     schedule = LrSchedule(optimizer, cfg, math.ceil(len(train_loader) / cfg["accum_steps"]))
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and cfg["amp"] == "fp16" else None
@@ -180,7 +179,7 @@ def train_one_epoch(tr: Trainer, progress: bool = True) -> dict:
         images = batch["image"].to(tr.device, non_blocking=True)
         if tr.device.type == "cuda" and cfg["channels_last"]:
             images = images.contiguous(memory_format=torch.channels_last)
-        target = batch["mask" if "mask" in batch else "target"].to(tr.device, non_blocking=True)
+        target = tr.task.loss_target(batch, tr.device)
         stepping = (i + 1) % accum == 0 or i + 1 == len(tr.train_loader)
         with distributed.no_sync(model, stepping):  # DDP: all-reduce gradients on stepping batches only
             with autocast(cfg, tr.device):

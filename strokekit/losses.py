@@ -139,3 +139,35 @@ def build_loss(spec, mode: str, class_weights=None) -> nn.Module:
 
 def _as_tensor(weights) -> torch.Tensor | None:
     return None if weights is None else torch.as_tensor([float(w) for w in weights], dtype=torch.float32)
+
+
+class LesionAuxLoss(nn.Module):
+    """A classifier's loss plus `weight` x BCE of its lesion head (config `aux_seg`, models.LesionAuxClassifier).
+
+    The head's target per cell of the last feature map: does the cell hold ischemic / hemorrhagic pixels (the
+    mask max-pooled to the map's size), so a lesion of a few pixels still marks its cell. In eval mode the
+    model gives image logits only and this is the classifier's loss alone (the logged val_loss).
+    """
+
+    def __init__(self, base: nn.Module, weight: float):
+        super().__init__()
+        self.base, self.weight = base, float(weight)
+
+    def forward(self, output, target) -> torch.Tensor:
+        label, mask = target if isinstance(target, tuple) else (target, None)
+        if not isinstance(output, tuple):
+            return self.base(output, label)
+        logits, lesion = output
+        if mask is None:
+            raise ValueError("aux_seg: the training batch holds no masks for the lesion head")
+        cells = lesion_cells(mask, lesion.shape[-2:])
+        bce = F.binary_cross_entropy_with_logits(lesion.float(), cells, reduction="none")
+        # lesion cells are a few in a hundred: each side gets half the weight, or the head learns "never"
+        balanced = 0.5 * (bce[cells == 0].mean() + bce[cells > 0].mean()) if (cells > 0).any() else bce.mean()
+        return self.base(logits, label) + self.weight * balanced
+
+
+def lesion_cells(mask: torch.Tensor, size) -> torch.Tensor:
+    """(N, 2, *size) float: 1 where a cell of the (N, H, W) class map holds ischemia (channel 0) / hemorrhage (1)."""
+    classes = torch.stack([mask == 1, mask == 2], dim=1).float()
+    return F.adaptive_max_pool2d(classes, tuple(size))

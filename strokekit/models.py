@@ -46,6 +46,25 @@ def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
                          nn.ReLU(inplace=True))
 
 
+class SequentialClassifier(nn.Sequential):
+    """A plain layer stack split the way timm models are: forward_features (the last feature map, with
+    `num_features` channels) then forward_head (pooling to logits), so aux_seg can hook a lesion head between."""
+
+    def __init__(self, features: list[nn.Module], head: list[nn.Module], num_features: int):
+        super().__init__(*features, *head)  # flat, so the state dict keys are those of one nn.Sequential
+        self.split, self.num_features = len(features), num_features
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in list(self)[:self.split]:
+            x = layer(x)
+        return x
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in list(self)[self.split:]:
+            x = layer(x)
+        return x
+
+
 @register_model("tiny_cnn")
 def tiny_cnn(cfg: dict, num_outputs: int) -> nn.Module:
     """Four conv blocks + global pooling: a seconds-fast classifier for tests and smoke runs."""
@@ -53,8 +72,8 @@ def tiny_cnn(cfg: dict, num_outputs: int) -> nn.Module:
     layers = []
     for c_in, c_out in zip(widths, widths[1:]):
         layers += [_conv_block(c_in, c_out), nn.MaxPool2d(2)]
-    return nn.Sequential(*layers, AvgMaxPool(), nn.Dropout(cfg["drop_rate"]),
-                         nn.Linear(2 * widths[-1], num_outputs))
+    return SequentialClassifier(layers, [AvgMaxPool(), nn.Dropout(cfg["drop_rate"]),
+                                         nn.Linear(2 * widths[-1], num_outputs)], widths[-1])
 
 
 class AvgMaxPool(nn.Module):
@@ -116,7 +135,39 @@ def build_model(cfg: dict, num_outputs: int | None = None) -> nn.Module:
         model = _build_timm(cfg, num_outputs)
     if cfg["weights"] and not getattr(model, "_weights_loaded", False):
         fit_state_dict(model, read_state_dict(cfg["weights"]), source=str(cfg["weights"]))
+    if cfg["task"] != "seg" and cfg["aux_seg"]:
+        model = LesionAuxClassifier(model, cfg)
     return model
+
+
+class LesionAuxClassifier(nn.Module):
+    """A classifier with a 1x1-conv lesion head on its last feature map (config `aux_seg`).
+
+    The head learns which cells of that map hold ischemia / hemorrhage (channels 0 / 1), from the training
+    masks: pixel-level supervision that tells the backbone where the evidence is, which an image label alone
+    does not (small lesions among look-alikes). In training mode forward returns (image logits, lesion
+    logits (N, 2, h, w)); in eval mode the image logits only, so inference, ensembling and export see a plain
+    classifier.
+    """
+
+    def __init__(self, net: nn.Module, cfg: dict):
+        super().__init__()
+        if not (hasattr(net, "forward_features") and hasattr(net, "forward_head")):
+            raise ModelNameError(f"aux_seg needs a model with forward_features / forward_head (timm models and "
+                                 f"tiny_cnn / simple_cnn have them); {cfg['model']} has not")
+        was_training = net.training
+        with torch.no_grad():
+            feats = net.eval().forward_features(torch.zeros(1, cfg["in_chans"], cfg["img_size"], cfg["img_size"]))
+        net.train(was_training)
+        if feats.ndim != 4:
+            raise ModelNameError(f"aux_seg needs a convolutional feature map; {cfg['model']}'s forward_features "
+                                 f"gives shape {tuple(feats.shape)}")
+        self.net, self.lesion_head = net, nn.Conv2d(feats.shape[1], 2, 1)
+
+    def forward(self, x: torch.Tensor):
+        feats = self.net.forward_features(x)
+        logits = self.net.forward_head(feats)
+        return (logits, self.lesion_head(feats)) if self.training else logits
 
 
 def _unknown_name(kind: str, name: str, valid: list[str], hint: str) -> ModelNameError:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import ModelNameError, register_model
+from .models import ModelNameError, SequentialClassifier, register_model
 from .weights import WeightsError, downloads_allowed, missing_weights_message, smp_pretrained_file
 
 
@@ -24,8 +24,9 @@ def simple_cnn(cfg: dict, num_outputs: int) -> nn.Module:
     for c_in, c_out in zip(widths, widths[1:]):
         layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
     # the adaptive pool keeps the dense layer's size fixed whatever img_size is
-    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(widths[-1] * 16, 128),
-                         nn.ReLU(inplace=True), nn.Dropout(cfg["drop_rate"]), nn.Linear(128, num_outputs))
+    return SequentialClassifier(layers, [nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(widths[-1] * 16, 128),
+                                         nn.ReLU(inplace=True), nn.Dropout(cfg["drop_rate"]),
+                                         nn.Linear(128, num_outputs)], widths[-1])
 
 
 def _conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from . import distributed, metrics, official
 from .checkpoint import write_atomic
 from .data.dataset import BalancedSampler, LesionBatchSampler, SliceDataset
+from .losses import LesionAuxLoss, build_loss
 
 CLASSIFIER_METRICS = ("auc", "recall", "precision", "f1", "specificity", "balanced_accuracy", "accuracy")
 
@@ -52,6 +53,13 @@ class Task:
     def metric_mode(self, metric: str) -> str:
         return "min" if metric.endswith("loss") else "max"
 
+    def build_loss(self, cfg: dict, class_weights=None) -> torch.nn.Module:
+        return build_loss(cfg["loss"] or self.default_loss, self.loss_mode, class_weights)
+
+    def loss_target(self, batch: dict, device: torch.device):
+        """What the training loss compares the model's output with."""
+        return batch["mask" if "mask" in batch else "target"].to(device, non_blocking=True)
+
 
 class ClassifierTask(Task):
     positive = "?"
@@ -60,7 +68,17 @@ class ClassifierTask(Task):
         raise NotImplementedError
 
     def dataset(self, rows, cfg, train: bool) -> SliceDataset:
-        return SliceDataset(rows, cfg, train, targets=self.targets(rows))
+        """With aux_seg, training items carry their masks too (for the lesion head)."""
+        return SliceDataset(rows, cfg, train, targets=self.targets(rows), masks=train and cfg["aux_seg"] > 0)
+
+    def build_loss(self, cfg: dict, class_weights=None) -> torch.nn.Module:
+        loss = super().build_loss(cfg, class_weights)
+        return LesionAuxLoss(loss, cfg["aux_seg"]) if cfg["aux_seg"] else loss
+
+    def loss_target(self, batch: dict, device: torch.device):
+        """The label; with aux_seg, (label, mask)."""
+        label = batch["target"].to(device, non_blocking=True)
+        return (label, batch["mask"].to(device, non_blocking=True)) if "mask" in batch else label
 
     def sampler(self, dataset: SliceDataset, cfg: dict) -> dict:
         """DataLoader keyword for the configured sampler (`balanced`, or None for shuffling)."""

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from strokekit.losses import LOSSES, LossNameError, build_loss, parse_loss_spec
+from strokekit.losses import LOSSES, LesionAuxLoss, LossNameError, build_loss, lesion_cells, parse_loss_spec
 
 BINARY = (torch.tensor([[2.0, -1.0], [0.5, 0.3], [-1.0, 2.5], [0.0, 1.0]]), torch.tensor([0, 0, 1, 1]))
 
@@ -68,3 +68,31 @@ def test_unknown_loss_lists_the_valid_ones(spec):
     with pytest.raises(LossNameError) as err:
         build_loss(spec, "multiclass")
     assert all(name in str(err.value) for name in LOSSES)
+
+
+def test_lesion_cells_mark_every_cell_a_lesion_touches():
+    mask = torch.zeros(1, 16, 16, dtype=torch.long)
+    mask[0, 5, 5] = 2             # one hemorrhage pixel: cell (1, 1) of a 4x4 grid
+    mask[0, 12:16, 0:8] = 1       # ischemia over cells (3, 0) and (3, 1)
+    cells = lesion_cells(mask, (4, 4))
+    want = torch.zeros(1, 2, 4, 4)
+    want[0, 1, 1, 1] = 1
+    want[0, 0, 3, 0:2] = 1
+    assert torch.equal(cells, want)
+
+
+def test_aux_loss_weighs_lesion_cells_as_much_as_the_rest():
+    base = build_loss("ce", "binary")
+    label, mask = torch.tensor([1]), torch.zeros(1, 32, 32, dtype=torch.long)
+    mask[0, 0, 0] = 2  # one lesion cell of 64
+    logits = torch.tensor([[0.0, 2.0]])
+    never = torch.full((1, 2, 8, 8), -6.0)  # a head that says "no lesion" everywhere
+    right = never.clone()
+    right[0, 1, 0, 0] = 6.0
+    aux = LesionAuxLoss(base, 1.0)
+    assert float(aux(logits, (label, mask))) == pytest.approx(float(base(logits, label)))  # eval: no head output
+    missed = float(aux((logits, never), (label, mask))) - float(base(logits, label))
+    assert missed > 2.5  # half the weight on the missed cell: 0.5 * 6.0; a plain mean would give 0.1
+    assert float(aux((logits, right), (label, mask))) < float(base(logits, label)) + 0.01
+    with pytest.raises(ValueError, match="no masks"):
+        aux((logits, never), label)

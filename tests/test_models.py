@@ -92,6 +92,30 @@ def test_checkpoint_round_trip(tmp_path, task, model):
         assert torch.equal(load_checkpoint(path, use_ema=False)[0](x), net(x))
 
 
+@pytest.mark.parametrize("model", ["tiny_cnn", "simple_cnn", "resnet18", "efficientnet_b0"])
+def test_aux_seg_adds_a_lesion_head_that_inference_never_sees(tmp_path, model):
+    cfg = cfg_for("stroke", model, aux_seg=1.0)
+    net = build_model(cfg)
+    logits, lesion = net.train()(torch.randn(2, 3, 64, 64))  # training: (image logits, lesion-cell logits)
+    assert logits.shape == (2, 2) and lesion.shape[:2] == (2, 2) and lesion.ndim == 4
+    (logits.mean() + lesion.mean()).backward()
+    assert net.lesion_head.weight.grad.abs().sum() > 0  # the head trains with the net
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        net.eval()
+        assert torch.equal(net(x), net.net(x))  # eval: the plain classifier's logits, nothing else
+    path = tmp_path / "best.pt"
+    save_atomic(build_checkpoint(net, cfg, 2, epoch=1), path)
+    loaded, _ = load_checkpoint(path)  # the config rebuilds the head, so the state dict fits
+    with torch.no_grad():
+        assert torch.equal(loaded(x), net(x))
+
+
+def test_aux_seg_needs_a_feature_map():
+    with pytest.raises(ModelNameError, match="aux_seg needs a convolutional feature map"):
+        build_model(cfg_for("stroke", "vit_tiny_patch16_224", aux_seg=1.0, img_size=224))
+
+
 def test_broken_checkpoint_is_a_clear_error(tmp_path):
     path = tmp_path / "last.pt"
     path.write_bytes(b"\x80\x02 truncated")

@@ -53,7 +53,7 @@ def runs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stroke_run(train_phantom, runs) -> Path:
-    return train_fold0("tiny_stroke.yaml", train_phantom, runs)
+    return train_fold0("tiny_stroke_aux.yaml", train_phantom, runs)
 
 
 @pytest.fixture(scope="module")
@@ -96,26 +96,27 @@ def test_classifier_run_dir_and_oof(task, request, train_phantom):
     assert roc_auc(oof["target"], oof["prob"]) == pytest.approx(summary["final_metrics"]["auc"])
 
 
-def test_type_classifier_beats_chance_on_the_held_out_fold(type_run):
-    oof = pd.read_csv(type_run / "oof.csv")
+@pytest.mark.parametrize("task", ["stroke", "type"])
+def test_classifier_beats_chance_on_the_held_out_fold(task, request):
+    """stroke: tiny_stroke_aux (DICOM windows + the lesion-location loss) on the patients of fold 0."""
+    oof = pd.read_csv(request.getfixturevalue(f"{task}_run") / "oof.csv")
     assert roc_auc(oof["target"], oof["prob"]) >= 0.8
 
 
-def test_stroke_classifier_learns_its_training_folds(stroke_run, train_phantom):
-    """Held-out stroke AUC >= 0.8 on this phantom needs more data and epochs than a CPU test has (its
-    no-stroke slices carry lesion mimics; the type test above checks held-out learning), so this checks
-    that the loop learns: the loss falls, and the last checkpoint, reloaded as infer.py loads it, ranks the
-    slices it was trained on well above chance."""
+def test_stroke_checkpoint_reloaded_gives_back_the_oof(stroke_run, train_phantom):
+    """best.pt, reloaded as infer.py loads it (the aux_seg head rebuilt from the config, then unused),
+    predicts the validation slices exactly as the OOF file says, and the loss fell while training."""
     log = pd.read_csv(stroke_run / "log.csv")
-    assert log["train_loss"].iloc[-1] < 0.9 * log["train_loss"].iloc[0]
-    model, cfg = load_checkpoint(stroke_run / "last.pt")
-    index, _ = build_index(train_phantom)
+    assert log["train_loss"].iloc[-1] < 0.7 * log["train_loss"].iloc[0]
+    model, cfg = load_checkpoint(stroke_run / "best.pt")
+    assert cfg["aux_seg"] > 0 and hasattr(model, "lesion_head")
+    val = validation_rows(train_phantom, "stroke")
     task = get_task("stroke")
-    train_rows, _ = task.split(index, read_folds(train_phantom / "folds.csv", index), 0, cfg)
-    loader = make_loader(task.dataset(train_rows, cfg, train=False), cfg, torch.device("cpu"))
+    loader = make_loader(task.dataset(val, cfg, train=False), cfg, torch.device("cpu"))
     metrics, state = predict_loader(model, loader, task, cfg, torch.device("cpu"))
-    assert np.concatenate(state["ids"]).tolist() == train_rows["image_id"].tolist()
-    assert metrics["auc"] >= 0.65
+    oof = pd.read_csv(stroke_run / "oof.csv")
+    assert np.concatenate(state["ids"]).tolist() == oof["image_id"].tolist()
+    assert np.allclose(np.concatenate(state["prob"]), oof["prob"], atol=1e-6)
 
 
 def test_seg_run_dir_oof_and_dice(seg_run, train_phantom):
