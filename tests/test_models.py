@@ -107,8 +107,9 @@ def test_aux_seg_adds_a_lesion_head_that_inference_never_sees(tmp_path, model):
     path = tmp_path / "best.pt"
     save_atomic(build_checkpoint(net, cfg, 2, epoch=1), path)
     loaded, _ = load_checkpoint(path)  # the config rebuilds the head, so the state dict fits
+    plain = build_model({**cfg, "aux_seg": 0.0, "weights": str(path)}).eval()  # its classifier as `weights`
     with torch.no_grad():
-        assert torch.equal(loaded(x), net(x))
+        assert torch.equal(loaded(x), net(x)) and torch.equal(plain(x), net(x))
 
 
 def test_aux_seg_needs_a_feature_map():
