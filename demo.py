@@ -1,7 +1,7 @@
 """The whole competition loop on the built-in phantom data set, on CPU, in a few minutes.
 
     python demo.py                 # phantom -> folds -> train (2 folds x 2 models) -> ensemble -> infer -> score
-    python demo.py --n 200 --epochs 2
+    python demo.py --n 200 --epochs 2  # faster, to see the loop run (the models learn little)
 
 Each stage is the same command a competitor runs on the real data set; the demo prints every command
 before it runs it, so you can copy them. Outputs: data/phantom/, runs/, ensembles/, submissions/, scores/.
@@ -26,7 +26,8 @@ def run(cmd: list[str]) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="data/phantom", help="where the phantom goes (default data/phantom)")
-    parser.add_argument("--n", type=int, default=300, help="training slices in the phantom (default 300)")
+    parser.add_argument("--n", type=int, default=600, help="training slices in the phantom (default 600; with "
+                        "300 the stroke classifier sees too few patients to generalise)")
     parser.add_argument("--epochs", type=int, default=None, help="override the tiny configs' epochs")
     parser.add_argument("--folds", default="0,1", help="folds to train (default 0,1)")
     args = parser.parse_args(argv)
