@@ -12,8 +12,9 @@ With `select_postprocess` (a post-processing spec), seg validation also draws ea
 own resolution and logs `pp_`-prefixed strict scores of it, plus `pp_official_{iou,dice}` (the organisers'
 tolerant counting, official.py, mean over lesion slices); best.pt is then picked by
 pp_dice_macro_imagewise_lesion_mean unless `metric` names another.
-Classifier OOF: oof.csv with image_id, fold, target, prob. Seg OOF: oof.npz with image_id (N,) int64,
-probs (N, 3, S, S) float16 softmax at `oof_size`, fold (N,) int64, orig_hw (N, 2) int64.
+Classifiers with `aux_seg` > 0 also load their training slices' masks, for the lesion head's loss
+(losses.LesionAuxLoss). Classifier OOF: oof.csv with image_id, fold, target, prob. Seg OOF: oof.npz with
+image_id (N,) int64, probs (N, 3, S, S) float16 softmax at `oof_size`, fold (N,) int64, orig_hw (N, 2) int64.
 """
 from __future__ import annotations
 
@@ -72,6 +73,8 @@ class ClassifierTask(Task):
         return SliceDataset(rows, cfg, train, targets=self.targets(rows), masks=train and cfg["aux_seg"] > 0)
 
     def build_loss(self, cfg: dict, class_weights=None) -> torch.nn.Module:
+        if cfg["aux_seg"] < 0:
+            raise ValueError(f"aux_seg is a loss weight: 0 (off) or more, not {cfg['aux_seg']}")
         loss = super().build_loss(cfg, class_weights)
         return LesionAuxLoss(loss, cfg["aux_seg"]) if cfg["aux_seg"] else loss
 

@@ -195,7 +195,7 @@ def test_interrupt_then_resume_matches_an_uninterrupted_run(train_phantom, tmp_p
 
 def test_sweep_skips_done_folds(stroke_run, train_phantom, capsys):
     out = stroke_run.parents[1]
-    assert train.main(["--config", str(ROOT / "configs" / "tiny_stroke.yaml"), "--fold", "0", "--data",
+    assert train.main(["--config", str(ROOT / "configs" / f"{stroke_run.parent.name}.yaml"), "--fold", "0", "--data",
                        str(train_phantom), "--out", str(out), "--no-progress"]) == 0
     assert "skipping" in capsys.readouterr().out
 
