@@ -58,7 +58,7 @@ def stroke_run(train_phantom, runs) -> Path:
 
 @pytest.fixture(scope="module")
 def type_run(train_phantom, runs) -> Path:
-    return train_fold0("tiny_type.yaml", train_phantom, runs)
+    return train_fold0("tiny_type_aux.yaml", train_phantom, runs)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,8 @@ def test_classifier_run_dir_and_oof(task, request, train_phantom):
 
 @pytest.mark.parametrize("task", ["stroke", "type"])
 def test_classifier_beats_chance_on_the_held_out_fold(task, request):
-    """stroke: tiny_stroke_aux (DICOM windows + the lesion-location loss) on the patients of fold 0."""
+    """tiny_stroke_aux / tiny_type_aux (DICOM windows + the lesion-location loss) on the patients of fold 0
+    (bench/aux_seg.py: every fold and two seeds clear 0.8; the PNG-only tiny configs mostly do not)."""
     oof = pd.read_csv(request.getfixturevalue(f"{task}_run") / "oof.csv")
     assert roc_auc(oof["target"], oof["prob"]) >= 0.8
 
