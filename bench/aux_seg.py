@@ -8,9 +8,10 @@ loss (aux_seg), and what each part of tiny_stroke_aux is worth (ablations), over
 stroke variants: tiny_stroke (as shipped: PNG at 96 px), tiny_stroke_aux (three DICOM windows at 128 px + the
 lesion-location auxiliary loss), and tiny_stroke_aux without aux_seg, and with the PNG (the brain window)
 instead of the DICOM windows. type variants: tiny_type (as shipped: PNG at 128 px, 6 epochs), tiny_type_aux (the
-same recipe as tiny_stroke_aux, 12 epochs), its two ablations, and tiny_type with only the DICOM windows. Each run is train.py on one fold of the same phantom and folds file
-the tests use (make_phantom n=600 seed=0 size=128; make_folds 5 folds seed 42); the figure is the fold's
-held-out AUC (summary.json final_metrics.auc = the OOF file's). Two runs at a time, one thread each.
+same recipe as tiny_stroke_aux, 12 epochs), its two ablations, and tiny_type with only the DICOM windows.
+Each run is train.py on one fold of the same phantom and folds file the tests use (make_phantom n=600 seed=0
+size=128; make_folds 5 folds seed 42); the figure is the fold's held-out AUC (summary.json final_metrics.auc,
+the OOF file's). Two runs at a time, one thread each.
 Writes bench/results/<task>_aux.json.
 """
 from __future__ import annotations
@@ -101,7 +102,8 @@ def main(argv=None) -> int:
             raise SystemExit(f"train.py {variant} fold {fold} seed {seed} failed:\n{output[-2000:]}")
         auc = round(float(json.loads(summary.read_text())["final_metrics"]["auc"]), 4)
         results[variant].setdefault(f"seed{seed}", {})[f"fold{fold}"] = auc
-        print(f"{variant:38s} seed {seed:3d} fold {fold}: held-out AUC {auc:.3f} ({time.time() - t0:.0f} s)", flush=True)
+        print(f"{variant:38s} seed {seed:3d} fold {fold}: held-out AUC {auc:.3f} ({time.time() - t0:.0f} s)",
+              flush=True)
     summary = {}
     for variant, by_seed in results.items():
         aucs = [a for folds in by_seed.values() for a in folds.values()]
