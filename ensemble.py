@@ -26,11 +26,11 @@ from pathlib import Path
 
 import yaml
 
-from strokekit.ensemble_build import build_classifier_spec, format_report, read_runs
-from strokekit.ensemble_spec import CLASSIFIER_BLENDS, SpecError, write_spec
-from strokekit.seg_objectives import OBJECTIVES
-from strokekit.selection import CLASSIFIER_METRICS
-from strokekit.tta import resolve_flips
+from strokekit.ensembling.classifiers import build_classifier_spec, format_report, read_runs
+from strokekit.ensembling.spec import CLASSIFIER_BLENDS, SpecError, write_spec
+from strokekit.ensembling.seg_objectives import OBJECTIVES
+from strokekit.ensembling.selection import CLASSIFIER_METRICS
+from strokekit.models.tta import resolve_flips
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -123,7 +123,7 @@ def build(args) -> tuple[dict, dict, Path]:
                                              metric_options=options, keep_blend=args.keep_blend,
                                              robust=None if args.robust == "off" else args.robust, **common)
         return spec, report, out
-    from strokekit.ensemble_seg import build_seg_spec
+    from strokekit.ensembling.segmenters import build_seg_spec
 
     grid = yaml.safe_load(Path(args.grid).read_text(encoding="utf-8")) if args.grid else None
     spec, report = build_seg_spec(runs, out, args.data or runs[0].cfg["data"], metric=args.metric or "dice",
@@ -151,7 +151,7 @@ def main(argv=None) -> int:
     try:
         spec, report, out = build(args)
         if args.task == "seg":
-            from strokekit.ensemble_seg import format_seg_report
+            from strokekit.ensembling.segmenters import format_seg_report
             print(format_seg_report(report))
         else:
             print(format_report(report))

@@ -21,8 +21,8 @@ import argparse
 import json
 import sys
 
-from strokekit.ensemble_spec import SpecError
-from strokekit.weights import WeightsError
+from strokekit.ensembling.spec import SpecError
+from strokekit.models.weights import WeightsError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -43,8 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def verify(folder: str) -> int:
-    from strokekit.manifest import verify_folder
-    from strokekit.modelfolder import ModelFolderError, read_model_folder
+    from strokekit.inference.manifest import verify_folder
+    from strokekit.inference.modelfolder import ModelFolderError, read_model_folder
 
     try:
         ensembles = read_model_folder(folder)
@@ -63,7 +63,7 @@ def verify(folder: str) -> int:
 
 
 def run(args) -> int:
-    from strokekit.modelfolder import MODEL_JSON, export_model
+    from strokekit.inference.modelfolder import MODEL_JSON, export_model
 
     out = export_model(args.specs, args.out, overwrite=args.overwrite, allow_outside=args.allow_outside,
                        command=args.command)

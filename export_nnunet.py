@@ -19,10 +19,10 @@ import sys
 
 from strokekit.data.index import DataLayoutError
 from strokekit.data.readers import BadInputError
-from strokekit.folds import FoldsError
-from strokekit.nnunet import (DEFAULT_CHANNEL_NAME, DEFAULT_PREFIX, NnUNetError, copy_splits, export_dataset,
+from strokekit.data.folds import FoldsError
+from strokekit.inference.nnunet import (DEFAULT_CHANNEL_NAME, DEFAULT_PREFIX, NnUNetError, copy_splits, export_dataset,
                               predictions_to_submission)
-from strokekit.submission import SubmissionError
+from strokekit.data.submission import SubmissionError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -74,7 +74,7 @@ def run_export(args) -> None:
 def run_convert(args) -> None:
     expected = None
     if args.test_data:
-        from strokekit.scoring import ids_from_folder
+        from strokekit.evaluation.score import ids_from_folder
         expected = ids_from_folder(args.test_data)
     summary = predictions_to_submission(args.predictions, args.out, expected, args.overwrite)
     print(f"wrote {summary['n_images']} masks -> {summary['out']}")

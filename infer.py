@@ -25,7 +25,7 @@ reported; an existing folder is only replaced with --overwrite. Every test image
 first: --on-bad-input fail (default) stops at a bad file; skip leaves it out of the submission and lists it in
 skipped.csv (the organisers score a missing phase-1 id as wrong, a missing phase-2 mask as empty).
 Checkpoint paths in a spec must stay inside the spec's folder, the folder above it or the current directory
-(--allow-outside lifts this for a spec you trust). The logic lives in strokekit.submit.
+(--allow-outside lifts this for a spec you trust). The logic lives in strokekit.inference.submit.
 """
 from __future__ import annotations
 
@@ -35,9 +35,9 @@ from pathlib import Path
 
 from strokekit.data.index import DataLayoutError
 from strokekit.data.readers import BadInputError
-from strokekit.ensemble_spec import SpecError
-from strokekit.submission import SubmissionError
-from strokekit.weights import WeightsError
+from strokekit.ensembling.spec import SpecError
+from strokekit.data.submission import SubmissionError
+from strokekit.models.weights import WeightsError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -79,7 +79,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def load(source: str, args, role: str):
     """An EnsemblePredictor of a spec YAML, or of a model folder's `role` ensemble."""
-    from strokekit.predict import EnsemblePredictor
+    from strokekit.inference.predict import EnsemblePredictor
 
     flips = args.tta.split(",") if args.tta else None
     return EnsemblePredictor(source, device=args.device, flips=flips, batch_size=args.batch_size, amp=args.amp,
@@ -88,7 +88,7 @@ def load(source: str, args, role: str):
 
 def load_type(args):
     """Phase 2's type ensemble: --type-ensemble, else the model folder's own type ensemble, else none."""
-    from strokekit.modelfolder import is_model_folder, read_model_folder
+    from strokekit.inference.modelfolder import is_model_folder, read_model_folder
 
     if args.type_ensemble:
         return load(args.type_ensemble, args, "type")
@@ -100,8 +100,8 @@ def load_type(args):
 def load_gate(args, predictor, type_predictor):
     """Phase 2's gate ensemble for a gated seg spec: --gate-ensemble, else the model folder's ensemble of the
     gate's task (stroke or type); a type gate reuses the type ensemble when one is loaded."""
-    from strokekit.modelfolder import is_model_folder, read_model_folder
-    from strokekit.submit import gate_kind, needs_gate
+    from strokekit.inference.modelfolder import is_model_folder, read_model_folder
+    from strokekit.inference.submit import gate_kind, needs_gate
 
     if args.phase != 2 or not needs_gate(predictor.spec):
         return None
@@ -123,7 +123,7 @@ def amp_used(predictor, amp: str | None) -> str:
 
 
 def run(args) -> int:
-    from strokekit import manifest, submit
+    from strokekit.inference import manifest, submit
 
     rows, split = submit.find_test_rows(args.data, args.split, args.phase)
     predictor = load(args.ensemble, args, "stroke" if args.phase == 1 else "seg")

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from strokekit.data.index import DataLayoutError, build_index
 from strokekit.data.readers import BadInputError
-from strokekit.folds import GROUP_BY, FoldsError, fold_groups, make_folds, write_folds
-from strokekit.grouping import GroupingError, SimilarityParams, default_workers, group_summary
+from strokekit.data.folds import GROUP_BY, FoldsError, fold_groups, make_folds, write_folds
+from strokekit.data.grouping import GroupingError, SimilarityParams, default_workers, group_summary
 
 
 def parse_args(argv):

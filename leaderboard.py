@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from strokekit.leaderboard import build
+from strokekit.report.leaderboard import build
 
 
 def main(argv=None) -> int:

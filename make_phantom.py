@@ -10,7 +10,7 @@ import argparse
 import time
 from collections import Counter
 
-from strokekit.phantom import ANSWER_KEY, LAYOUTS, TRUTH_CSV, make_phantom
+from strokekit.phantom.dataset import ANSWER_KEY, LAYOUTS, TRUTH_CSV, make_phantom
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -27,7 +27,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--layout", choices=sorted(LAYOUTS), default="competition",
                         help="competition: the organisers' TRAINING/INMEYOK..., YARISMA_1, YARISMA_2, with "
                              "training MASKs; public: the public release's İNME VERİSETİ/İnme Yok..., no "
-                             "training MASKs (folder names: strokekit.phantom.LAYOUTS; default competition)")
+                             "training MASKs (folder names: strokekit.phantom.dataset.LAYOUTS; default competition)")
     parser.add_argument("--n-test1", type=int, default=40, help="phase-1 test slices, mixed (default 40)")
     parser.add_argument("--n-test2", type=int, default=20,
                         help="phase-2 test slices, all with lesions (default 20)")

@@ -9,7 +9,7 @@ of either. Per run / ensemble: training curves per fold, OOF metrics per fold wi
 confusion matrix, ROC and precision-recall curves (classifiers), the threshold-search surfaces, per-class
 results by lesion-size bin, the false-positive rate on no-stroke slices and the worst OOF cases drawn in
 the competition's colours (ischemia blue, hemorrhage green). True masks and slices come from the data set
-the runs trained on (the config's `data`, or --data). The logic lives in strokekit.report.
+the runs trained on (the config's `data`, or --data). The logic lives in strokekit.report.runs.
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ import sys
 
 from strokekit.data.index import DataLayoutError
 from strokekit.data.readers import BadInputError
-from strokekit.report import write_report
-from strokekit.report_eval import SIZE_BINS, ReportError
+from strokekit.report.runs import write_report
+from strokekit.report.evaluate import SIZE_BINS, ReportError
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -6,7 +6,7 @@
 
 Prints a table with 95 % bootstrap intervals, writes scores/<name>.json (--out) and, beside it,
 <name>.confusion.png (phase 1) or <name>.worst_cases.png (phase 2), and with --report <name>.report.html
-(one static page: report.py's figures for a scored submission). The logic lives in strokekit.scoring.
+(one static page: report.py's figures for a scored submission). The logic lives in strokekit.evaluation.score.
 
 --check also verifies the submission against the manifest.json infer.py wrote beside it: every file it
 lists must be there with the same sha256, and no file may have been added (exit status 1 otherwise).
@@ -17,8 +17,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from strokekit import scoring
-from strokekit.submission import SubmissionError, read_labels
+from strokekit.evaluation import score as scoring
+from strokekit.data.submission import SubmissionError, read_labels
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -92,7 +92,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 def check_manifest(target: str) -> int:
     """The submission's files against the manifest.json beside them (1 when they differ)."""
-    from strokekit.manifest import verify_folder
+    from strokekit.inference.manifest import verify_folder
 
     folder = Path(target) if Path(target).is_dir() else Path(target).parent
     manifest, problems = verify_folder(folder)
@@ -125,7 +125,7 @@ def run_score(args: argparse.Namespace) -> int:
     if result.get("intervals"):
         print("\n" + scoring.intervals_table(result))
     if args.report:
-        from strokekit.report import write_submission_report
+        from strokekit.report.runs import write_submission_report
 
         result["report_html"] = str(write_submission_report(result, f"{stem}.report.html", args.images,
                                                             args.probs, args.worst))

@@ -30,15 +30,15 @@ import sys
 from pathlib import Path
 
 from strokekit.config import ConfigError, add_config_args, folds_path, load_config, save_config
-from strokekit import distributed
+from strokekit.training import distributed
 from strokekit.data.check import apply_policy, check_files
 from strokekit.data.index import DataLayoutError, build_index
 from strokekit.data.readers import BadInputError
-from strokekit.folds import FoldsError, read_folds
-from strokekit.losses import LossNameError
-from strokekit.models import ModelNameError
-from strokekit.runlog import INTERRUPTED, exit_process
-from strokekit.weights import WeightsError
+from strokekit.data.folds import FoldsError, read_folds
+from strokekit.training.losses import LossNameError
+from strokekit.models.registry import ModelNameError
+from strokekit.training.runlog import INTERRUPTED, exit_process
+from strokekit.models.weights import WeightsError
 
 USER_ERRORS = (ConfigError, DataLayoutError, FoldsError, BadInputError, WeightsError, ModelNameError,
                LossNameError, distributed.DistributedError)
@@ -121,7 +121,7 @@ def prepare_fold(fold: int, run_dir: Path, cfg: dict, check, args) -> bool:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from strokekit.engine import train_fold  # torch / timm import after argument errors are out of the way
+    from strokekit.training.engine import train_fold  # torch / timm import after argument errors are out of the way
 
     main_rank = os.environ.get("RANK", "0") == "0"  # torchrun's other ranks print nothing
     try:

@@ -20,12 +20,12 @@ from pathlib import Path
 
 from strokekit.config import ConfigError, add_config_args, folds_path, load_config
 from strokekit.data.index import DataLayoutError, build_index
-from strokekit.folds import FoldsError, read_folds
-from strokekit.losses import LossNameError
-from strokekit.models import ModelNameError
-from strokekit.runlog import INTERRUPTED, exit_process
-from strokekit.tuning import TuneError, read_space, run_search, write_results
-from strokekit.weights import WeightsError
+from strokekit.data.folds import FoldsError, read_folds
+from strokekit.training.losses import LossNameError
+from strokekit.models.registry import ModelNameError
+from strokekit.training.runlog import INTERRUPTED, exit_process
+from strokekit.training.tuning import TuneError, read_space, run_search, write_results
+from strokekit.models.weights import WeightsError
 
 USER_ERRORS = (ConfigError, DataLayoutError, FoldsError, WeightsError, ModelNameError, LossNameError, TuneError)
 

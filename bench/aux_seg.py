@@ -49,8 +49,8 @@ VARIANTS = {
 def test_phantom(work: Path) -> Path:
     """The phantom and folds of tests/conftest.py's train_phantom."""
     from strokekit.data.index import build_index
-    from strokekit.folds import make_folds, write_folds
-    from strokekit.phantom import make_phantom
+    from strokekit.data.folds import make_folds, write_folds
+    from strokekit.phantom.dataset import make_phantom
 
     data = work / "phantom_600_128"
     if not (data / "folds.csv").is_file():

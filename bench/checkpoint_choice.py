@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import machine, write_result  # noqa: E402
 from strokekit.config import load_config  # noqa: E402
 from strokekit.data.index import build_index  # noqa: E402
-from strokekit.engine import train_fold  # noqa: E402
-from strokekit.folds import make_folds, read_folds, write_folds  # noqa: E402
-from strokekit.phantom import make_phantom  # noqa: E402
+from strokekit.training.engine import train_fold  # noqa: E402
+from strokekit.data.folds import make_folds, read_folds, write_folds  # noqa: E402
+from strokekit.phantom.dataset import make_phantom  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PP = "select_postprocess={threshold: 0.5, min_area: 16}"

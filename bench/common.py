@@ -24,7 +24,7 @@ MODELS = {  # the two architectures the issue names, at their usual sizes
 
 def phantom(work: Path, n_train: int = 320, n_test: int = 100) -> Path:
     """A 512-px phantom (the real data's size) under work/, made once and reused."""
-    from strokekit.phantom import TRUTH_CSV, make_phantom
+    from strokekit.phantom.dataset import TRUTH_CSV, make_phantom
 
     root = work / f"phantom_{n_train}_{n_test}"
     if not (root / TRUTH_CSV).is_file():
@@ -46,8 +46,8 @@ def save_checkpoints(cfg: dict, folder: Path, n: int = 2) -> list[str]:
     matters); their weights are what an ensemble of n folds would load."""
     import torch
 
-    from strokekit.checkpoint import build_checkpoint, save_atomic
-    from strokekit.models import build_model, head_size
+    from strokekit.models.checkpoint import build_checkpoint, save_atomic
+    from strokekit.models.registry import build_model, head_size
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -66,7 +66,7 @@ def save_checkpoints(cfg: dict, folder: Path, n: int = 2) -> list[str]:
 
 def write_bench_spec(task: str, checkpoints: list[str], flips: list[str], path: Path) -> str:
     """An ensemble spec with one member per checkpoint (2 models = 2 members), mean blend."""
-    from strokekit.ensemble_spec import checkpoint_ref, write_spec
+    from strokekit.ensembling.spec import checkpoint_ref, write_spec
 
     members = [{"name": f"m{i}", "checkpoints": [checkpoint_ref(c, path)], "weight": 1.0, "threshold": 0.5}
                for i, c in enumerate(checkpoints)]

@@ -36,9 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from strokekit.data.index import build_index  # noqa: E402
-from strokekit.folds import fold_groups, make_folds, write_folds  # noqa: E402
-from strokekit.grouping import SimilarityParams, capped_groups, hamming_pairs, pose_pairs, slice_grey  # noqa: E402
-from strokekit.phantom import TRUTH_CSV, make_phantom  # noqa: E402
+from strokekit.data.folds import fold_groups, make_folds, write_folds  # noqa: E402
+from strokekit.data.grouping import SimilarityParams, capped_groups, hamming_pairs, pose_pairs, slice_grey  # noqa: E402
+from strokekit.phantom.dataset import TRUTH_CSV, make_phantom  # noqa: E402
 
 
 def thumbnails(index: pd.DataFrame, side: int = 32) -> np.ndarray:

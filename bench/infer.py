@@ -32,14 +32,14 @@ import torch.nn.functional as F  # noqa: E402
 import infer  # noqa: E402
 from strokekit.data.dataset import preprocess  # noqa: E402
 from strokekit.data.readers import load_image, read_mask  # noqa: E402
-from strokekit.decide import phase2_class_map  # noqa: E402
-from strokekit.engine import autocast, pick_device  # noqa: E402
-from strokekit.ensemble_spec import read_spec  # noqa: E402
-from strokekit.models import load_checkpoint  # noqa: E402
-from strokekit.postprocess import normalise_spec  # noqa: E402
-from strokekit.predict import EnsemblePredictor, default_batch_size  # noqa: E402
-from strokekit.submit import find_test_rows  # noqa: E402
-from strokekit.tta import apply_flip  # noqa: E402
+from strokekit.postprocess.decide import phase2_class_map  # noqa: E402
+from strokekit.training.engine import autocast, pick_device  # noqa: E402
+from strokekit.ensembling.spec import read_spec  # noqa: E402
+from strokekit.models.registry import load_checkpoint  # noqa: E402
+from strokekit.postprocess.steps import normalise_spec  # noqa: E402
+from strokekit.inference.predict import EnsemblePredictor, default_batch_size  # noqa: E402
+from strokekit.inference.submit import find_test_rows  # noqa: E402
+from strokekit.models.tta import apply_flip  # noqa: E402
 
 FLIPS = ["none", "hflip", "vflip", "hvflip"]
 SETUPS = {"stroke": ("resnet18@224", 1, "YARISMA_1"), "seg": ("unet_r34@256", 2, "YARISMA_2")}
@@ -92,7 +92,7 @@ def forward_floor(checkpoints: list[str], rows: pd.DataFrame, device, batch_size
     images = torch.stack([preprocess(load_image(r, cfg), cfg) for r in rows.to_dict("records")])
     wall = cpu = 0.0
     for model, cfg in models:
-        cl = cfg.get("channels_last", True)  # as strokekit.predict.load_member
+        cl = cfg.get("channels_last", True)  # as strokekit.inference.predict.load_member
         model = model.to(memory_format=torch.channels_last) if cl else model
         for start in range(0, len(images), batch_size):
             batch = images[start:start + batch_size]

@@ -25,9 +25,9 @@ import torch  # noqa: E402
 
 from strokekit.data.dataset import make_loader  # noqa: E402
 from strokekit.data.index import build_index  # noqa: E402
-from strokekit.engine import autocast, optimizer_step, pick_device, setup, train_one_epoch  # noqa: E402
-from strokekit.folds import make_folds  # noqa: E402
-from strokekit.tasks import get_task  # noqa: E402
+from strokekit.training.engine import autocast, optimizer_step, pick_device, setup, train_one_epoch  # noqa: E402
+from strokekit.data.folds import make_folds  # noqa: E402
+from strokekit.training.tasks import get_task  # noqa: E402
 
 import prepare  # noqa: E402
 

@@ -78,7 +78,7 @@ def main() -> None:
     import torch
 
     from strokekit.data.index import build_index
-    from strokekit.folds import make_folds, write_folds
+    from strokekit.data.folds import make_folds, write_folds
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     info = machine(args.note)

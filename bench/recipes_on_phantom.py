@@ -98,8 +98,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # a shared, loaded box: more threads only spin-wait
     from strokekit.data.index import build_index
-    from strokekit.folds import make_folds, write_folds
-    from strokekit.phantom import make_phantom
+    from strokekit.data.folds import make_folds, write_folds
+    from strokekit.phantom.dataset import make_phantom
 
     data = args.work / f"phantom_{args.n}"
     if not (data / "folds.csv").is_file():

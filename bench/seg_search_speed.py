@@ -23,10 +23,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import machine, table, write_result  # noqa: E402
-from strokekit import bootstrap  # noqa: E402
-from strokekit.ensemble_seg import DEFAULT_GRID  # noqa: E402
-from strokekit.seg_objectives import OBJECTIVES  # noqa: E402
-from strokekit.seg_search import evaluate_objectives, run_search  # noqa: E402
+from strokekit.evaluation import bootstrap  # noqa: E402
+from strokekit.ensembling.segmenters import DEFAULT_GRID  # noqa: E402
+from strokekit.ensembling.seg_objectives import OBJECTIVES  # noqa: E402
+from strokekit.ensembling.seg_search import evaluate_objectives, run_search  # noqa: E402
 
 
 def synthetic_oof(n: int, oof_size: int, size: int, seed: int = 0) -> tuple[dict, dict]:

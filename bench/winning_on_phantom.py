@@ -27,9 +27,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import machine, write_result  # noqa: E402
-from strokekit import bootstrap, selection  # noqa: E402
-from strokekit.ensemble_seg import DEFAULT_GRID, gate_probs, lesion_subset, load_masks  # noqa: E402
-from strokekit.seg_search import _matches, run_search, setting_columns  # noqa: E402
+from strokekit.evaluation import bootstrap  # noqa: E402
+from strokekit.ensembling import selection
+from strokekit.ensembling.segmenters import DEFAULT_GRID, gate_probs, lesion_subset, load_masks  # noqa: E402
+from strokekit.ensembling.seg_search import _matches, run_search, setting_columns  # noqa: E402
 
 SCORED = ("official_iou", "official_dice", "dice")
 

@@ -9,7 +9,7 @@ __all__ = ["Predictor", "Prediction", "__version__"]
 
 def __getattr__(name: str):
     if name in ("Predictor", "Prediction"):
-        from strokekit import predictor
+        from strokekit.inference import predictor
 
         return getattr(predictor, name)
     raise AttributeError(f"module 'strokekit' has no attribute {name!r}")

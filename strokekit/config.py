@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from .atomic import write_text_atomic
+from strokekit.atomic import write_text_atomic
 
 # Every key a config may hold, with its default. A config file only lists what it changes.
 DEFAULTS: dict[str, Any] = {
@@ -255,7 +255,7 @@ def validate_selection(cfg: dict) -> None:
     if not isinstance(spec, dict):
         raise ConfigError(f"select_postprocess must be a post-processing mapping such as {{min_area: 20}}, "
                           f"got {spec!r}")
-    from .postprocess import normalise_spec  # numpy/scipy only
+    from strokekit.postprocess.steps import normalise_spec  # numpy/scipy only
     try:
         spec = normalise_spec(spec)
     except (KeyError, ValueError, TypeError) as err:

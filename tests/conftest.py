@@ -33,8 +33,8 @@ def real_samples() -> Path:
 def train_phantom(tmp_path_factory) -> Path:
     """A 128-px phantom (competition layout) with its 5-fold folds.csv, shared by the training tests."""
     from strokekit.data.index import build_index
-    from strokekit.folds import make_folds, write_folds
-    from strokekit.phantom import make_phantom
+    from strokekit.data.folds import make_folds, write_folds
+    from strokekit.phantom.dataset import make_phantom
 
     root = make_phantom(tmp_path_factory.mktemp("train_phantom") / "data", n=600, seed=0, size=128,
                         n_test1=4, n_test2=4)
@@ -57,8 +57,8 @@ def one_thread():
 def small_phantom(folder: Path, n: int, seed: int, size: int, n_test1: int, n_test2: int, n_folds: int = 2) -> Path:
     """A tiny phantom with its folds.csv, for module-scoped fixtures."""
     from strokekit.data.index import build_index
-    from strokekit.folds import make_folds, write_folds
-    from strokekit.phantom import make_phantom
+    from strokekit.data.folds import make_folds, write_folds
+    from strokekit.phantom.dataset import make_phantom
 
     root = make_phantom(folder / "data", n=n, seed=seed, size=size, n_test1=n_test1, n_test2=n_test2)
     index, _ = build_index(root)

@@ -57,7 +57,7 @@ def train_all(root: Path, data: Path, parallel: int = 2) -> Path:
 @pytest.fixture(scope="session")
 def loop(tmp_path_factory) -> SimpleNamespace:
     """One phantom, its folds, and every config trained on 2 folds (shared by all tests here)."""
-    from strokekit.phantom import make_phantom
+    from strokekit.phantom.dataset import make_phantom
 
     root = tmp_path_factory.mktemp("loop")
     data = make_phantom(root / "data", n=240, seed=3, size=64, n_test1=60, n_test2=16)

@@ -18,7 +18,7 @@ import infer
 import kfold
 import train
 from helpers import write_dicom, write_png
-from strokekit.checkpoint import build_checkpoint, save_atomic
+from strokekit.models.checkpoint import build_checkpoint, save_atomic
 from strokekit.config import load_config
 from strokekit.data.check import check_files
 from strokekit.data.dataset import SliceDataset, make_loader
@@ -26,10 +26,10 @@ from strokekit.data.encodings import class_map_to_rgb, encode_overlay
 from strokekit.data.index import build_index
 from strokekit.data.readers import (BadInputError, check_dicom, check_png, read_dicom_hu, read_mask,
                                     read_overlay_mask, read_png)
-from strokekit.ensemble_spec import write_spec
-from strokekit.folds import make_folds, write_folds
-from strokekit.models import build_model
-from strokekit.phantom import make_phantom
+from strokekit.ensembling.spec import write_spec
+from strokekit.data.folds import make_folds, write_folds
+from strokekit.models.registry import build_model
+from strokekit.phantom.dataset import make_phantom
 
 ROOT = Path(__file__).resolve().parents[1]
 GREY = np.random.default_rng(0).integers(0, 256, (24, 24), dtype=np.uint8)

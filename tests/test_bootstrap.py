@@ -3,9 +3,9 @@ settings agree with the search; the robust choice maximises its statistic; class
 import numpy as np
 import pytest
 
-from strokekit import bootstrap, metrics
-from strokekit.seg_objectives import combine
-from strokekit.seg_search import run_search
+from strokekit.evaluation import bootstrap, metrics
+from strokekit.ensembling.seg_objectives import combine
+from strokekit.ensembling.seg_search import run_search
 from tests.test_seg_search import random_seg_oof
 
 

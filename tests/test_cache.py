@@ -18,9 +18,9 @@ from strokekit.config import load_config
 from strokekit.data.cache import PreprocessCache, cache_folder
 from strokekit.data.dataset import SliceDataset, collate, make_loader, worker_init_fn
 from strokekit.data.index import build_index
-from strokekit.engine import train_fold
-from strokekit.folds import make_folds
-from strokekit.phantom import make_phantom
+from strokekit.training.engine import train_fold
+from strokekit.data.folds import make_folds
+from strokekit.phantom.dataset import make_phantom
 
 HEAVY_AUG = ["aug.hflip=0.5", "aug.shift_scale_rotate=1.0", "aug.brightness_contrast=1.0", "aug.elastic=0.5"]
 DICOM_3 = ["image_source=dicom", "windows=[[40,80],[80,200],[32,8]]"]

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from strokekit.decide import (fallback_region, mask_type, phase1_labels, phase2_class_map, type_class,
+from strokekit.postprocess.decide import (fallback_region, mask_type, phase1_labels, phase2_class_map, type_class,
                               type_decision)
 
 

@@ -15,10 +15,10 @@ import train
 from strokekit.config import load_config
 from strokekit.data.dataset import BalancedSampler, LesionBatchSampler, ShardSampler, shard_of_batches
 from strokekit.data.index import build_index
-from strokekit.engine import train_fold
-from strokekit.folds import read_folds
-from strokekit.metrics import roc_auc
-from strokekit.tasks import get_task
+from strokekit.training.engine import train_fold
+from strokekit.data.folds import read_folds
+from strokekit.evaluation.metrics import roc_auc
+from strokekit.training.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "tiny_stroke.yaml"

@@ -13,13 +13,13 @@ import pandas as pd
 import pytest
 from phantom_loop import CONFIGS, TARGET_RECALL, run_script  # the session fixtures come through conftest.py
 
-from strokekit import metrics
+from strokekit.evaluation import metrics
 from strokekit.data.index import build_index
-from strokekit.decide import phase2_class_map, type_class
-from strokekit.ensemble_spec import combine, read_spec, write_spec
-from strokekit.predict import EnsemblePredictor
-from strokekit.selection import align_members, classifier_score, load_oof
-from strokekit.submission import mask_files, read_labels, read_phase2_mask, validate_phase1, validate_phase2
+from strokekit.postprocess.decide import phase2_class_map, type_class
+from strokekit.ensembling.spec import combine, read_spec, write_spec
+from strokekit.inference.predict import EnsemblePredictor
+from strokekit.ensembling.selection import align_members, classifier_score, load_oof
+from strokekit.data.submission import mask_files, read_labels, read_phase2_mask, validate_phase1, validate_phase2
 
 
 def test_stroke_spec_decisions_hold_on_the_oof_files(loop, stroke_spec):

@@ -10,10 +10,10 @@ import torch
 from phantom_loop import run_main
 from safetensors.torch import load_file
 
-from strokekit.checkpoint import read_checkpoint
-from strokekit.ensemble_spec import read_spec
-from strokekit.manifest import sha256
-from strokekit.modelfolder import ModelFolderError, read_model_folder
+from strokekit.models.checkpoint import read_checkpoint
+from strokekit.ensembling.spec import read_spec
+from strokekit.inference.manifest import sha256
+from strokekit.inference.modelfolder import ModelFolderError, read_model_folder
 
 
 def submission_files(folder) -> dict[str, bytes]:
@@ -115,7 +115,7 @@ def test_export_refuses_two_specs_of_one_role_and_an_existing_folder(shipped, st
 
 
 def test_overwrite_replaces_a_model_folder_and_a_failed_export_leaves_nothing(shipped, stroke_spec, tmp_path, capsys):
-    from strokekit.ensemble_spec import write_spec
+    from strokekit.ensembling.spec import write_spec
 
     folder = tmp_path / "models" / "m"
     shutil.copytree(shipped.model, folder)

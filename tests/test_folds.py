@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from strokekit.folds import FoldsError, check_folds, make_folds, read_folds, write_folds
+from strokekit.data.folds import FoldsError, check_folds, make_folds, read_folds, write_folds
 
 
 def synthetic_index(n_patients=60, seed=0):
@@ -62,7 +62,7 @@ def test_too_few_groups():
 
 
 def test_explicit_groups_are_kept_whole_and_checked():
-    from strokekit.folds import fold_groups
+    from strokekit.data.folds import fold_groups
 
     index = synthetic_index()
     train = index[index.split == "train"].reset_index(drop=True)

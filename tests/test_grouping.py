@@ -8,10 +8,10 @@ from PIL import Image
 
 import kfold
 from strokekit.data.index import build_index
-from strokekit.folds import fold_groups, make_folds, read_folds
-from strokekit.grouping import (MIN_HASH_BITS, SimilarityParams, capped_groups, dhash, group_summary,
+from strokekit.data.folds import fold_groups, make_folds, read_folds
+from strokekit.data.grouping import (MIN_HASH_BITS, SimilarityParams, capped_groups, dhash, group_summary,
                                 hamming_pairs, head_pose, link_groups, similarity_groups, slice_grey)
-from strokekit.phantom import TRUTH_CSV
+from strokekit.phantom.dataset import TRUTH_CSV
 
 
 def truth_patients(root, image_ids) -> pd.Series:

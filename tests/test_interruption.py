@@ -13,13 +13,13 @@ import torch
 
 import train
 from strokekit.atomic import write_atomic
-from strokekit.checkpoint import build_checkpoint, read_checkpoint, save_atomic
+from strokekit.models.checkpoint import build_checkpoint, read_checkpoint, save_atomic
 from strokekit.config import load_config
 from strokekit.data.index import build_index
-from strokekit.engine import train_fold
-from strokekit.folds import make_folds, read_folds, write_folds
-from strokekit.models import build_model
-from strokekit.phantom import make_phantom
+from strokekit.training.engine import train_fold
+from strokekit.data.folds import make_folds, read_folds, write_folds
+from strokekit.models.registry import build_model
+from strokekit.phantom.dataset import make_phantom
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["model=tiny_cnn", "img_size=64", "epochs=2", "num_workers=0", "batch_size=16"]
@@ -41,7 +41,7 @@ def test_a_failing_writer_leaves_the_previous_file(tmp_path):
 
 KILLED_WRITER = textwrap.dedent("""
     import sys, time, torch
-    from strokekit.checkpoint import save_atomic
+    from strokekit.models.checkpoint import save_atomic
 
     class Pause:  # stands in for a slow write: torch.save is busy with this object when the kill lands
         def __reduce__(self):

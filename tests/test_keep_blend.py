@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from strokekit.ensemble_build import build_classifier_spec, read_runs
+from strokekit.ensembling.classifiers import build_classifier_spec, read_runs
 
 
 def fake_run(root, name, target, prob):

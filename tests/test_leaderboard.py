@@ -17,10 +17,10 @@ import ensemble
 import leaderboard
 from strokekit.config import load_config, save_config
 from strokekit.data.index import build_index
-from strokekit.engine import train_fold
-from strokekit.folds import make_folds, read_folds, write_folds
-from strokekit.leaderboard import build, summary_table
-from strokekit.phantom import make_phantom
+from strokekit.training.engine import train_fold
+from strokekit.data.folds import make_folds, read_folds, write_folds
+from strokekit.report.leaderboard import build, summary_table
+from strokekit.phantom.dataset import make_phantom
 
 CONFIGS = {"stroke_a": ["model=tiny_cnn", "seed=1"], "stroke_b": ["model=tiny_cnn", "seed=2", "lr=3e-3"],
            "seg_a": ["task=seg", "model=tiny_unet", "loss=dice+ce", "oof_size=64"]}

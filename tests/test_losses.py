@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from strokekit.losses import LOSSES, LesionAuxLoss, LossNameError, build_loss, lesion_cells, parse_loss_spec
+from strokekit.training.losses import LOSSES, LesionAuxLoss, LossNameError, build_loss, lesion_cells, parse_loss_spec
 
 BINARY = (torch.tensor([[2.0, -1.0], [0.5, 0.3], [-1.0, 2.5], [0.0, 1.0]]), torch.tensor([0, 0, 1, 1]))
 

@@ -7,9 +7,9 @@ import pytest
 import yaml
 from phantom_loop import run_main
 
-from strokekit import manifest as mf
-from strokekit.checkpoint import read_checkpoint
-from strokekit.ensemble_spec import read_spec
+from strokekit.inference import manifest as mf
+from strokekit.models.checkpoint import read_checkpoint
+from strokekit.ensembling.spec import read_spec
 
 
 def test_submission_manifest_records_what_made_it(shipped, loop, seg_spec, type_spec):

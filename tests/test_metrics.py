@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
-from strokekit import metrics
+from strokekit.evaluation import metrics
 
 # 4 positives, 6 negatives; at threshold 0.5: tp 3, fn 1, fp 2, tn 4
 Y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])

@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from strokekit.checkpoint import build_checkpoint, read_checkpoint, save_atomic
+from strokekit.models.checkpoint import build_checkpoint, read_checkpoint, save_atomic
 from strokekit.config import load_config
-from strokekit.models import ModelNameError, build_model, load_checkpoint
-from strokekit.weights import WeightsError
+from strokekit.models.registry import ModelNameError, build_model, load_checkpoint
+from strokekit.models.weights import WeightsError
 
 
 def cfg_for(task: str, model: str, encoder: str = "resnet18", **changes) -> dict:

@@ -13,8 +13,8 @@ from PIL import Image
 
 from strokekit.data.index import build_index
 from strokekit.data.readers import load_class_map, read_png
-from strokekit.nnunet import case_name, image_id_of, predictions_to_submission, read_predictions, write_label_pngs
-from strokekit.submission import mask_files, read_phase2_mask
+from strokekit.inference.nnunet import case_name, image_id_of, predictions_to_submission, read_predictions, write_label_pngs
+from strokekit.data.submission import mask_files, read_phase2_mask
 from tests.conftest import small_phantom
 
 import export_nnunet

@@ -8,7 +8,7 @@ import numpy as np
 import openpyxl
 import pytest
 
-from strokekit.official import (FN, FP, TN, TP, misclassified_regions, official_scores, outcome_map,
+from strokekit.evaluation.official import (FN, FP, TN, TP, misclassified_regions, official_scores, outcome_map,
                                 tolerance_bands, tolerant_counts, tolerant_scores)
 
 WORKBOOK = "teknofest_official_docs/docs/Bilgi Notu.xlsx"

@@ -8,12 +8,12 @@ import pandas as pd
 import pytest
 import torch
 
-from strokekit.checkpoint import build_checkpoint, save_atomic
+from strokekit.models.checkpoint import build_checkpoint, save_atomic
 from strokekit.config import load_config
-from strokekit.ensemble_spec import SpecError, checkpoint_ref, combine, read_spec, write_spec
-from strokekit.models import build_model
-from strokekit.predict import EnsemblePredictor
-from strokekit.selection import blend
+from strokekit.ensembling.spec import SpecError, checkpoint_ref, combine, read_spec, write_spec
+from strokekit.models.registry import build_model
+from strokekit.inference.predict import EnsemblePredictor
+from strokekit.ensembling.selection import blend
 from tests.helpers import write_dicom, write_png
 
 SIZES = [(40, 40), (48, 40), (40, 56), (40, 40), (64, 64)]  # (H, W): odd batch sizes, mixed shapes

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from strokekit import Prediction, Predictor
-from strokekit.checkpoint import build_checkpoint, save_atomic
+from strokekit.models.checkpoint import build_checkpoint, save_atomic
 from strokekit.config import load_config
 from strokekit.data.readers import BadInputError, read_dicom_hu
-from strokekit.ensemble_spec import write_spec
-from strokekit.models import build_model
-from strokekit.submission import read_labels, read_phase2_mask
-from strokekit.submit import find_test_rows
+from strokekit.ensembling.spec import write_spec
+from strokekit.models.registry import build_model
+from strokekit.data.submission import read_labels, read_phase2_mask
+from strokekit.inference.submit import find_test_rows
 
 
 @pytest.fixture(scope="module")

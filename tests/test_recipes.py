@@ -15,13 +15,13 @@ import yaml
 
 from strokekit.config import DEFAULTS, load_config
 from strokekit.data.index import build_index
-from strokekit.ensemble_spec import read_spec
-from strokekit.engine import optimizer_step, setup
-from strokekit.folds import read_folds
-from strokekit.models import build_model
-from strokekit.recipe_models import HypercolumnUNet
-from strokekit.submission import validate_phase1
-from strokekit.weights import WeightsError
+from strokekit.ensembling.spec import read_spec
+from strokekit.training.engine import optimizer_step, setup
+from strokekit.data.folds import read_folds
+from strokekit.models.registry import build_model
+from strokekit.models.recipes import HypercolumnUNet
+from strokekit.data.submission import validate_phase1
+from strokekit.models.weights import WeightsError
 from conftest import small_phantom
 
 ROOT = Path(__file__).resolve().parents[1]

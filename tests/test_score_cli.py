@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from strokekit.submission import write_phase1, write_phase2_mask
+from strokekit.data.submission import write_phase1, write_phase2_mask
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,11 +5,11 @@ import pytest
 import yaml
 from scipy import ndimage
 
-from strokekit import metrics
-from strokekit.postprocess import resize_probs
-from strokekit.seg_classifier import (area_threshold, seg_classifier_oof, seg_classifier_prob, seg_classifier_scores,
+from strokekit.evaluation import metrics
+from strokekit.postprocess.steps import resize_probs
+from strokekit.ensembling.seg_classifier import (area_threshold, seg_classifier_oof, seg_classifier_prob, seg_classifier_scores,
                                       seg_image_features, targets_from_masks, tune_seg_classifier)
-from strokekit.seg_search import (choose_postprocess, evaluate_postprocess, row_to_spec, search_postprocess,
+from strokekit.ensembling.seg_search import (choose_postprocess, evaluate_postprocess, row_to_spec, search_postprocess,
                                   seg_fold_scores, seg_score)
 
 

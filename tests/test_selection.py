@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from strokekit import metrics
-from strokekit.selection import (align_members, blend, classifier_score, fold_scores, greedy_select, load_oof,
+from strokekit.evaluation import metrics
+from strokekit.ensembling.selection import (align_members, blend, classifier_score, fold_scores, greedy_select, load_oof,
                                  plateau, recall_at_precision, top_k_folds, tune_classifier_threshold)
 
 
@@ -226,7 +226,7 @@ def test_robust_threshold_meets_the_recall_target_and_tracks_the_bootstrap():
     tuned = tune_classifier_threshold(y, p, "recall", 0.9, robust="p10", test_size=192, n_boot=300)
     assert metrics.recall(y, p, tuned["threshold"]) >= 0.9 and tuned["robust"] == "p10"
     f1 = tune_classifier_threshold(y, p, "f1", robust="p10", test_size=192, n_boot=300, tolerance=0.0)
-    from strokekit import bootstrap
+    from strokekit.evaluation import bootstrap
 
     thresholds, draws = bootstrap.threshold_curve_draws(y, p, "f1", 192, 300)
     p10 = bootstrap.robust_scores(draws, "p10")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from strokekit.submission import (PHASE1_HEADER, SubmissionError, read_labels, read_phase2_mask,
+from strokekit.data.submission import (PHASE1_HEADER, SubmissionError, read_labels, read_phase2_mask,
                                   validate_phase1, validate_phase2, write_phase1, write_phase2,
                                   write_phase2_mask)
 

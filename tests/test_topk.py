@@ -10,16 +10,16 @@ import pytest
 import torch
 
 from conftest import small_phantom
-from strokekit.checkpoint import read_checkpoint, save_atomic
+from strokekit.models.checkpoint import read_checkpoint, save_atomic
 from strokekit.config import ConfigError, load_config
 from strokekit.data.index import build_index
 from strokekit.data.readers import load_class_map
-from strokekit.decide import phase2_class_map
-from strokekit.engine import train_fold
-from strokekit.folds import read_folds
-from strokekit.metrics import dice_score, seg_stats
-from strokekit.tasks import get_task
-from strokekit.topk import TopK, average_weights
+from strokekit.postprocess.decide import phase2_class_map
+from strokekit.training.engine import train_fold
+from strokekit.data.folds import read_folds
+from strokekit.evaluation.metrics import dice_score, seg_stats
+from strokekit.training.tasks import get_task
+from strokekit.training.topk import TopK, average_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 PP = {"threshold": 0.35, "min_area": 12}

@@ -14,16 +14,16 @@ import torch
 import yaml
 
 import train
-from strokekit.checkpoint import read_checkpoint
+from strokekit.models.checkpoint import read_checkpoint
 from strokekit.config import load_config
 from strokekit.data.dataset import make_loader
 from strokekit.data.index import build_index
 from strokekit.data.readers import load_class_map
-from strokekit.engine import predict_loader
-from strokekit.folds import read_folds
-from strokekit.metrics import roc_auc
-from strokekit.models import load_checkpoint
-from strokekit.tasks import get_task
+from strokekit.training.engine import predict_loader
+from strokekit.data.folds import read_folds
+from strokekit.evaluation.metrics import roc_auc
+from strokekit.models.registry import load_checkpoint
+from strokekit.training.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_FILES = {"config.yaml", "log.csv", "curves.png", "best.pt", "last.pt", "summary.json", "done"}

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from strokekit.tta import FLIPS, apply_flip, forward_passes, predict_with_tta, resolve_flips
+from strokekit.models.tta import FLIPS, apply_flip, forward_passes, predict_with_tta, resolve_flips
 
 FLIP_SETS = [["none"], ["hflip"], ["vflip"], ["hvflip"], ["none", "hflip"], ["none", "hflip", "vflip", "hvflip"]]
 

@@ -12,8 +12,8 @@ import yaml
 import tune
 from strokekit.config import load_config
 from strokekit.data.index import build_index
-from strokekit.folds import read_folds
-from strokekit.tuning import StudyLock, TuneError, apply_params, check_space, read_space, run_search
+from strokekit.data.folds import read_folds
+from strokekit.training.tuning import StudyLock, TuneError, apply_params, check_space, read_space, run_search
 from conftest import small_phantom
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,13 +11,13 @@ import torch
 import infer
 import train
 from helpers import write_png
-from strokekit.checkpoint import FORMAT, build_checkpoint, read_checkpoint, save_atomic
+from strokekit.models.checkpoint import FORMAT, build_checkpoint, read_checkpoint, save_atomic
 from strokekit.config import load_config
-from strokekit.ensemble_spec import SpecError, read_spec, write_spec
-from strokekit.models import build_model, load_checkpoint
-from strokekit.predict import EnsemblePredictor
-from strokekit.submit import prepare_out_dir
-from strokekit.weights import WeightsError, read_state_dict
+from strokekit.ensembling.spec import SpecError, read_spec, write_spec
+from strokekit.models.registry import build_model, load_checkpoint
+from strokekit.inference.predict import EnsemblePredictor
+from strokekit.inference.submit import prepare_out_dir
+from strokekit.models.weights import WeightsError, read_state_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -20,12 +20,12 @@ import pytest
 import yaml
 from scipy import ndimage
 
-from strokekit import metrics, prior
-from strokekit.decide import fill_region, phase2_class_map
-from strokekit.postprocess import resize_probs
-from strokekit.selection import tune_classifier_threshold
-from strokekit.submission import read_phase2_mask
-from strokekit.seg_search import choose_postprocess, evaluate_objectives, row_to_spec, run_search
+from strokekit.evaluation import metrics, prior
+from strokekit.postprocess.decide import fill_region, phase2_class_map
+from strokekit.postprocess.steps import resize_probs
+from strokekit.ensembling.selection import tune_classifier_threshold
+from strokekit.data.submission import read_phase2_mask
+from strokekit.ensembling.seg_search import choose_postprocess, evaluate_objectives, row_to_spec, run_search
 from tests.conftest import small_phantom
 from tests.test_seg_search import random_seg_oof
 

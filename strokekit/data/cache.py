@@ -26,7 +26,7 @@ import albumentations as A
 import cv2
 import numpy as np
 
-from .readers import load_class_map, load_image
+from strokekit.data.readers import load_class_map, load_image
 
 CACHE_VERSION = 1
 OVERLAY_METHOD = "exact"  # what SliceDataset decodes OVERLAYs with

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from ..atomic import write_atomic
-from .layout import CLASS_NAMES
-from .readers import PNG_MODES_16BIT, BadInputError, check_dicom, check_png
+from strokekit.atomic import write_atomic
+from strokekit.data.layout import CLASS_NAMES
+from strokekit.data.readers import PNG_MODES_16BIT, BadInputError, check_dicom, check_png
 
 POLICIES = ("fail", "skip")
 SKIPPED_COLUMNS = ["image_id", "file", "problem"]

@@ -18,10 +18,10 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, get_worker_info
 
-from .. import distributed
-from .cache import open_cache, resize_step
-from .encodings import HEMORRHAGIC, ISCHEMIC
-from .readers import BadInputError, load_class_map, load_image
+from strokekit.training import distributed
+from strokekit.data.cache import open_cache, resize_step
+from strokekit.data.encodings import HEMORRHAGIC, ISCHEMIC
+from strokekit.data.readers import BadInputError, load_class_map, load_image
 
 LABELS = {0, 1, 2}
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..atomic import write_atomic, write_text_atomic
-from . import layout
-from .readers import BadInputError, load_class_map, read_dicom_header
+from strokekit.atomic import write_atomic, write_text_atomic
+from strokekit.data import layout
+from strokekit.data.readers import BadInputError, load_class_map, read_dicom_header
 
 COLUMNS = ["image_id", "split", "class_name", "png", "dicom", "mask", "overlay", "stroke",
            "has_ischemic", "has_hemorrhagic", "patient_id", "study_uid", "series_uid"]
@@ -156,7 +156,7 @@ def _add_labels(index: pd.DataFrame, answer_keys: dict, lesion_labels: bool, hea
     index["stroke"] = np.where(index.split == "train", (index.class_name != "no_stroke").astype(int), -1)
     index.loc[index.split == "test2", "stroke"] = 1  # every phase-2 image holds a lesion
     if "test1" in answer_keys:
-        from ..submission import SubmissionError, read_labels
+        from strokekit.data.submission import SubmissionError, read_labels
 
         try:
             key = read_labels(answer_keys["test1"])

@@ -1,0 +1,375 @@
+"""What score.py does: score a submission against the truth (phase 1 labels, phase 2 masks), check one, report.
+
+Phase 1: an id missing from the upload counts as wrong (scored as the opposite of the truth), as the
+organisers said; ids not in the truth are listed and ignored. Phase 2: a mask that is missing or not in
+the official format (24-bit RGB PNG, the truth's size, official colours) is scored as all background.
+Every figure in the JSON names how it was averaged.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from strokekit.evaluation import metrics, official
+from strokekit.atomic import write_text_atomic
+from strokekit.data.encodings import CLASS_NAMES, class_map_to_rgb
+from strokekit.data.submission import (PHASE1_FILENAME, SubmissionError, check_phase2_mask, mask_files,
+                                  read_labels, read_phase2_mask, validate_phase1, validate_phase2)
+
+QUALIFYING_BALANCED_ACCURACY = 0.75  # the specification's phase-1 bar
+TYPE_NAMES = ("none", "ischemic", "hemorrhagic", "both")  # image type = the set of lesion classes present
+OUTCOME_COLOURS = {official.TN: (0, 0, 0), official.TP: (255, 255, 255), official.FP: (255, 0, 0),
+                   official.FN: (255, 190, 0)}
+
+
+# --------------------------------------------------------------------------- ids and side files
+
+
+def ids_from_folder(folder: os.PathLike | str) -> list[int]:
+    """Image ids of a test folder: `<id>.png|.dcm` in its PNG/ or DICOM/ subfolder, or in the folder itself."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder")
+    subfolders = {p.name.lower(): p for p in folder.iterdir() if p.is_dir()}
+    for candidate in (subfolders.get("png"), subfolders.get("dicom"), folder):
+        if candidate is None:
+            continue
+        ids = {int(p.stem) for p in candidate.iterdir()
+               if p.suffix.lower() in (".png", ".dcm") and p.stem.isdigit()}
+        if ids:
+            return sorted(ids)
+    raise FileNotFoundError(f"{folder}: no <id>.png or <id>.dcm files in it, or in PNG/ or DICOM/")
+
+
+def read_probs_csv(path: os.PathLike | str) -> dict[int, float]:
+    """{id: probability} from a CSV with columns image_id, prob (other columns ignored)."""
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"image_id", "prob"} - set(reader.fieldnames or [])
+        if missing:
+            raise ValueError(f"{path}: needs columns image_id, prob; missing {sorted(missing)} "
+                             f"(has {reader.fieldnames})")
+        return {int(row["image_id"]): float(row["prob"]) for row in reader}
+
+
+def submission_name(pred: os.PathLike | str) -> str:
+    """Name for the score files: the submission folder's name (also for submissions/<name>/asama1.txt)."""
+    pred = Path(pred).resolve()
+    return pred.parent.name if pred.is_file() and pred.name == PHASE1_FILENAME else pred.stem
+
+
+def write_json(path: os.PathLike | str, data: dict) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(_plain(data), indent=2, allow_nan=False) + "\n")
+    return path
+
+
+def _plain(value):
+    """JSON-safe copy: numpy scalars to Python, NaN to null (strict JSON has no NaN), paths to str."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return str(value) if isinstance(value, Path) else value
+
+
+# --------------------------------------------------------------------------- phase 1
+
+
+def score_phase1(pred_path: os.PathLike | str, truth_path: os.PathLike | str,
+                 probs_path: os.PathLike | str | None = None, n_boot: int = 1000) -> dict:
+    """Confusion matrix and threshold metrics of an asama1.txt; ROC AUC from a probs CSV if given; 95 %
+    bootstrap intervals of each (`n_boot` resamples of the scored images; 0 = none)."""
+    truth = read_labels(truth_path)
+    pred = read_labels(pred_path)
+    try:
+        validate_phase1(pred_path, truth)
+        format_problems = []
+    except SubmissionError as err:
+        format_problems = err.problems
+    ids = sorted(truth)
+    missing = [i for i in ids if i not in pred]
+    y = np.array([truth[i] for i in ids])
+    # a missing id is wrong whatever the truth: score it as the opposite label
+    answered = np.array([pred.get(i, 1 - truth[i]) for i in ids])
+    counts = metrics.confusion_counts(y, answered)
+    result = {"phase": 1, "pred": str(pred_path), "truth": str(truth_path), "n_images": len(ids),
+              "n_positive": int(y.sum()), "missing_ids": missing,
+              "extra_ids": sorted(set(pred) - set(truth)), "format_problems": format_problems,
+              "confusion": counts, **metrics.metrics_from_counts(**counts), "auc": None, "auc_n_images": 0}
+    result["qualifies"] = result["balanced_accuracy"] >= QUALIFYING_BALANCED_ACCURACY
+    probs = None
+    if probs_path is not None:
+        probs = read_probs_csv(probs_path)
+        result.update(_auc_from_probs(truth, probs))
+    if n_boot:
+        from strokekit.evaluation.bootstrap import phase1_intervals
+
+        complete = probs is not None and all(i in probs for i in ids)  # AUC's interval only over every image
+        result["intervals"] = phase1_intervals(y, answered, [probs[i] for i in ids] if complete else None,
+                                               n_boot=n_boot)
+    return result
+
+
+def _auc_from_probs(truth: dict[int, int], probs: dict[int, float]) -> dict:
+    ids = [i for i in sorted(truth) if i in probs]
+    auc = metrics.roc_auc([truth[i] for i in ids], [probs[i] for i in ids]) if ids else float("nan")
+    return {"auc": auc, "auc_n_images": len(ids),
+            "auc_missing_ids": [i for i in sorted(truth) if i not in probs]}
+
+
+def phase1_table(result: dict) -> str:
+    c = result["confusion"]
+    lines = [f"phase 1: {result['n_images']} images ({result['n_positive']} stroke), "
+             f"{len(result['missing_ids'])} missing (scored wrong), {len(result['extra_ids'])} extra (ignored)",
+             "",
+             "               pred 0   pred 1",
+             f"  truth 0  {c['tn']:>8} {c['fp']:>8}",
+             f"  truth 1  {c['fn']:>8} {c['tp']:>8}",
+             ""]
+    for key in ("accuracy", "precision", "recall", "specificity", "f1", "balanced_accuracy"):
+        lines.append(f"  {key:<18} {result[key]:.4f}")
+    lines[-1] += "   (the specification's metric; 0.75 qualified)"
+    if result["auc"] is not None:
+        lines.append(f"  {'auc':<18} {result['auc']:.4f}   (from probs, {result['auc_n_images']} images)")
+    for problem in result["format_problems"]:
+        lines.append(f"  format problem: {problem}")
+    return "\n".join(lines)
+
+
+def plot_confusion(counts: dict, path: os.PathLike | str, title: str = "") -> Path:
+    plt = _pyplot()
+    matrix = np.array([[counts["tn"], counts["fp"]], [counts["fn"], counts["tp"]]])
+    fig, ax = plt.subplots(figsize=(3.6, 3.2))
+    ax.imshow(matrix, cmap="Blues")
+    for (r, c), value in np.ndenumerate(matrix):
+        ax.text(c, r, str(value), ha="center", va="center",
+                color="white" if value > matrix.max() / 2 else "black", fontsize=14)
+    ax.set_xticks([0, 1], ["no stroke", "stroke"])
+    ax.set_yticks([0, 1], ["no stroke", "stroke"])
+    ax.set_xlabel("prediction")
+    ax.set_ylabel("truth")
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- phase 2
+
+
+def image_type(class_map: np.ndarray) -> str:
+    present = set(np.unique(class_map).tolist())
+    return TYPE_NAMES[(1 if 1 in present else 0) + (2 if 2 in present else 0)]
+
+
+def load_prediction(pred_dir: Path, id_: int, shape: tuple[int, int]) -> tuple[np.ndarray, str]:
+    """(class map, status) of one submitted mask; missing or malformed -> all background, as officially."""
+    path = pred_dir / f"{id_}.png"
+    if not path.is_file():
+        return np.zeros(shape, np.uint8), "missing"
+    problems = check_phase2_mask(path, size=(shape[1], shape[0]))
+    if problems:
+        return np.zeros(shape, np.uint8), "invalid: " + "; ".join(problems)
+    return read_phase2_mask(path), "ok"
+
+
+def score_image(pred: np.ndarray, true: np.ndarray, se_size: int = 3, region_rule: bool = True,
+                empty: float = 1.0) -> dict:
+    """Official tolerant counts and scores, strict per-class counts and image types of one image."""
+    record = official.official_scores(pred, true, se_size, region_rule, empty)
+    strict = metrics.seg_stats(pred, true)
+    for c in (1, 2):
+        name = CLASS_NAMES[c]
+        record.update({f"strict_{k}_{name}": int(getattr(strict, k)[0, c]) for k in ("tp", "fp", "fn")})
+    record.update(type_true=image_type(true), type_pred=image_type(pred))
+    return record
+
+
+def score_phase2(pred_dir: os.PathLike | str, truth_dir: os.PathLike | str, se_size: int = 3,
+                 region_rule: bool = True, empty: float = 1.0, n_boot: int = 1000) -> dict:
+    """Score a folder of `<id>.png` masks against a folder of true MASK PNGs (every truth id is scored), with
+    95 % bootstrap intervals of the headline figures (`n_boot` resamples of the scored images; 0 = none)."""
+    pred_dir, truth_dir = Path(pred_dir), Path(truth_dir)
+    truth_files = mask_files(truth_dir)
+    if not truth_files:
+        raise FileNotFoundError(f"{truth_dir}: no <id>.png truth masks")
+    records, stats = [], []
+    for id_, path in truth_files.items():
+        true = read_phase2_mask(path, strict=False)  # mirrors may store masks as RGBA/grey
+        pred, status = load_prediction(pred_dir, id_, true.shape)
+        records.append({"id": id_, "status": status, **score_image(pred, true, se_size, region_rule, empty)})
+        stats.append(metrics.seg_stats(pred, true))
+    strict = metrics.SegStats(*(np.concatenate(parts) for parts in zip(*stats)))
+    intervals = {}
+    if n_boot:
+        from strokekit.evaluation.bootstrap import phase2_intervals
+
+        intervals = phase2_intervals([r["iou"] for r in records], [r["dice"] for r in records], strict,
+                                     n_boot=n_boot)
+    return {"phase": 2, "pred": str(pred_dir), "truth": str(truth_dir), "n_images": len(records),
+            "se_size": se_size, "rule": "region" if region_rule else "pixel",
+            "empty_image_score": empty,
+            "missing_ids": [r["id"] for r in records if r["status"] == "missing"],
+            "invalid": {str(r["id"]): r["status"] for r in records if r["status"].startswith("invalid")},
+            "extra_ids": sorted(set(mask_files(pred_dir)) - set(truth_files)) if pred_dir.is_dir() else [],
+            "official": _official_summary(records, empty),
+            "strict": {"empty_rule": "class empty in truth and prediction -> NaN, left out of means",
+                       **metrics.seg_scores(strict)},
+            **_type_summary(records),
+            "intervals": intervals,
+            "per_image": records}
+
+
+def intervals_table(result: dict) -> str:
+    """The result's 95 % bootstrap intervals, one line per figure ('' when none were computed)."""
+    from strokekit.evaluation.bootstrap import format_interval
+
+    rows = [(name, value) for name, value in (result.get("intervals") or {}).items()
+            if np.isfinite(value.get("estimate", np.nan))]
+    if not rows:
+        return ""
+    width = max(len(name) for name, _ in rows)
+    lines = ["95 % intervals (bootstrap over the scored images):"]
+    lines += [f"  {name:<{width}}  {format_interval(value)}" for name, value in rows]
+    return "\n".join(lines)
+
+
+def _official_summary(records: list[dict], empty: float) -> dict:
+    counts = {k: np.array([r[k] for r in records]) for k in ("tp", "fp", "fn", "tn")}
+    totals = {k: int(v.sum()) for k, v in counts.items()}
+    per_image = official.tolerant_scores(*counts.values(), empty=empty)
+    return {"mean_imagewise": {k: float(metrics.nanmean(v, axis=0)) for k, v in per_image.items()},
+            "micro": {**totals, **official.tolerant_scores(**totals, empty=empty)}}
+
+
+def _type_summary(records: list[dict]) -> dict:
+    confusion = {t: {p: 0 for p in TYPE_NAMES} for t in TYPE_NAMES}
+    for r in records:
+        confusion[r["type_true"]][r["type_pred"]] += 1
+    right = sum(confusion[t][t] for t in TYPE_NAMES)
+    return {"type_accuracy": right / len(records), "type_confusion_true_by_pred": confusion}
+
+
+def phase2_table(result: dict, worst: int = 5) -> str:
+    o, s = result["official"], result["strict"]
+    lines = [f"phase 2: {result['n_images']} images, {len(result['missing_ids'])} missing and "
+             f"{len(result['invalid'])} invalid (scored as background), {len(result['extra_ids'])} extra; "
+             f"tolerant counting with a {result['se_size']}x{result['se_size']} element, {result['rule']} rule",
+             "", f"  {'official (tolerant)':<28} {'IoU':>7} {'Dice':>7} {'prec':>7} {'recall':>7}"]
+    for name, key in (("mean over images", "mean_imagewise"), ("micro (summed counts)", "micro")):
+        v = o[key]
+        lines.append(f"  {name:<28} {v['iou']:>7.4f} {v['dice']:>7.4f} {v['precision']:>7.4f} {v['recall']:>7.4f}")
+    lines += ["", f"  {'strict per class':<28} {'IoU':>7} {'Dice':>7}"]
+    for reduction in ("micro", "macro_imagewise"):
+        for cls in ("ischemic", "hemorrhagic", "lesion_mean"):
+            lines.append(f"  {reduction + ' ' + cls:<28} {s[f'iou_{reduction}_{cls}']:>7.4f} "
+                         f"{s[f'dice_{reduction}_{cls}']:>7.4f}")
+    lines += ["", f"  image type accuracy (set of classes present): {result['type_accuracy']:.4f}", "",
+              "  worst images (official IoU):"]
+    for r in worst_records(result["per_image"], worst):
+        lines.append(f"    {r['id']:>6}  IoU {r['iou']:.3f}  TP {r['tp']} FP {r['fp']} FN {r['fn']}  "
+                     f"{r['type_true']} -> {r['type_pred']}  {r['status']}")
+    return "\n".join(lines)
+
+
+def worst_records(records: list[dict], k: int) -> list[dict]:
+    """The k images with the lowest official IoU (NaN last)."""
+    return sorted(records, key=lambda r: (np.isnan(r["iou"]), r["iou"]))[:k]
+
+
+def plot_worst_cases(result: dict, path: os.PathLike | str, k: int = 8,
+                     images_dir: os.PathLike | str | None = None) -> Path:
+    """Grid of the k worst images: [image], truth, prediction (official colours), official outcome map."""
+    plt = _pyplot()
+    records = worst_records(result["per_image"], k)
+    columns = (["image"] if images_dir else []) + ["truth", "prediction", "outcome"]
+    fig, axes = plt.subplots(len(records), len(columns), figsize=(2.6 * len(columns), 2.6 * len(records)),
+                             squeeze=False)
+    for row, record in zip(axes, records):
+        panels = _worst_case_panels(result, record, images_dir)
+        for ax, name in zip(row, columns):
+            ax.imshow(panels[name], cmap="gray" if panels[name].ndim == 2 else None)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        row[0].set_ylabel(f"{record['id']}  IoU {record['iou']:.2f}", fontsize=8)
+    for ax, name in zip(axes[0], columns):
+        ax.set_title(name if name != "outcome" else "TP white, FP red, FN amber", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _worst_case_panels(result: dict, record: dict, images_dir) -> dict[str, np.ndarray]:
+    true = read_phase2_mask(Path(result["truth"]) / f"{record['id']}.png", strict=False)
+    pred, _ = load_prediction(Path(result["pred"]), record["id"], true.shape)
+    outcomes = official.outcome_map(pred, true, result["se_size"], result["rule"] == "region")
+    lut = np.array([OUTCOME_COLOURS[i] for i in range(4)], dtype=np.uint8)
+    panels = {"truth": class_map_to_rgb(true), "prediction": class_map_to_rgb(pred), "outcome": lut[outcomes]}
+    if images_dir:
+        panels["image"] = _read_grey(Path(images_dir) / f"{record['id']}.png", true.shape)
+    return panels
+
+
+def _read_grey(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    if not path.is_file():
+        return np.zeros(shape, np.uint8)
+    with Image.open(path) as image:
+        return np.asarray(image.convert("L"))
+
+
+# --------------------------------------------------------------------------- checking
+
+
+def check_submission(target: os.PathLike | str, expected_ids: Iterable[int] | None = None,
+                     size: tuple[int, int] = (512, 512)) -> list[str]:
+    """Validate an asama1.txt, a phase-2 mask folder, or a folder holding either; returns what was checked.
+
+    Raises SubmissionError listing every problem found.
+    """
+    target = Path(target)
+    expected = None if expected_ids is None else sorted(int(i) for i in expected_ids)
+    if target.is_file():
+        labels = validate_phase1(target, expected)
+        return [f"{target}: valid phase-1 file, {len(labels)} ids ({sum(labels.values())} stroke)"]
+    if not target.is_dir():
+        raise SubmissionError(target, ["no such file or folder"])
+    done = []
+    if (target / PHASE1_FILENAME).is_file():
+        done += check_submission(target / PHASE1_FILENAME, expected, size)
+    if any(target.glob("*.png")):
+        files = validate_phase2(target, expected, size)
+        done.append(f"{target}: valid phase-2 folder, {len(files)} masks")
+    if not done:
+        raise SubmissionError(target, [f"neither {PHASE1_FILENAME} nor <id>.png masks in it"])
+    return done
+
+
+# --------------------------------------------------------------------------- plotting helpers
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: os.PathLike | str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    fig.clf()
+    _pyplot().close(fig)
+    return path

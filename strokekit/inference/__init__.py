@@ -1,0 +1,1 @@
+"""Inference: batched TTA prediction, the one spec -> decisions pipeline, submissions, model folders, manifests, Predictor."""

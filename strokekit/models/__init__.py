@@ -1,0 +1,1 @@
+"""Models by name (timm / smp / own / published systems), offline weights, checkpoints and flip TTA."""

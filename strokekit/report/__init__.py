@@ -1,0 +1,1 @@
+"""Reports: figures (the one plotting module), HTML pages, the leaderboard."""
