@@ -30,7 +30,7 @@ from strokekit.ensembling.classifiers import build_classifier_spec, format_repor
 from strokekit.ensembling.spec import CLASSIFIER_BLENDS, SpecError, write_spec
 from strokekit.ensembling.seg_objectives import OBJECTIVES
 from strokekit.ensembling.selection import CLASSIFIER_METRICS
-from strokekit.models.tta import resolve_flips
+from strokekit.vocabulary import resolve_flips
 
 
 def parse_args(argv=None) -> argparse.Namespace:

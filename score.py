@@ -125,7 +125,7 @@ def run_score(args: argparse.Namespace) -> int:
     if result.get("intervals"):
         print("\n" + scoring.intervals_table(result))
     if args.report:
-        from strokekit.report.runs import write_submission_report
+        from strokekit.report.submission import write_submission_report
 
         result["report_html"] = str(write_submission_report(result, f"{stem}.report.html", args.images,
                                                             args.probs, args.worst))

@@ -36,7 +36,7 @@ from strokekit.postprocess.decide import phase2_class_map  # noqa: E402
 from strokekit.training.engine import autocast, pick_device  # noqa: E402
 from strokekit.ensembling.spec import read_spec  # noqa: E402
 from strokekit.models.registry import load_checkpoint  # noqa: E402
-from strokekit.postprocess.steps import normalise_spec  # noqa: E402
+from strokekit.config.postprocess import normalise_spec  # noqa: E402
 from strokekit.inference.predict import EnsemblePredictor, default_batch_size  # noqa: E402
 from strokekit.inference.submit import find_test_rows  # noqa: E402
 from strokekit.models.tta import apply_flip  # noqa: E402

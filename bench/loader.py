@@ -23,7 +23,7 @@ from common import DEFAULT_WORK, MODELS, Timer, bench_config, machine, phantom, 
 import pandas as pd  # noqa: E402  (after common, which puts the repo on sys.path)
 import torch  # noqa: E402
 
-from strokekit.data.dataset import make_loader  # noqa: E402
+from strokekit.training.loader import make_loader  # noqa: E402
 from strokekit.data.index import build_index  # noqa: E402
 from strokekit.training.engine import autocast, optimizer_step, pick_device, setup, train_one_epoch  # noqa: E402
 from strokekit.data.folds import make_folds  # noqa: E402

@@ -24,6 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import machine, table, write_result  # noqa: E402
 from strokekit.evaluation import bootstrap  # noqa: E402
+from strokekit.ensembling import robust
 from strokekit.ensembling.segmenters import DEFAULT_GRID  # noqa: E402
 from strokekit.ensembling.seg_objectives import OBJECTIVES  # noqa: E402
 from strokekit.ensembling.seg_search import evaluate_objectives, run_search  # noqa: E402
@@ -73,7 +74,7 @@ def main(argv=None) -> int:
     searched = time.perf_counter() - start
     settings = len(search.table)
     start = time.perf_counter()
-    chosen = bootstrap.robust_choice(search, "p10", 97, args.n_boot)
+    chosen = robust.robust_choice(search, "p10", 97, args.n_boot)
     booted = time.perf_counter() - start
     start = time.perf_counter()
     exact = evaluate_objectives(oof, masks, chosen["spec"], phase2=True)

@@ -27,8 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import machine, write_result  # noqa: E402
-from strokekit.evaluation import bootstrap  # noqa: E402
-from strokekit.ensembling import selection
+from strokekit.ensembling import robust, selection  # noqa: E402
 from strokekit.ensembling.segmenters import DEFAULT_GRID, gate_probs, lesion_subset, load_masks  # noqa: E402
 from strokekit.ensembling.seg_search import _matches, run_search, setting_columns  # noqa: E402
 
@@ -42,7 +41,7 @@ def same_setting(search, row):
 
 
 def figures(search, row, n_boot: int) -> dict:
-    return {name: bootstrap.chosen_interval(search, row, 97, n_boot, objective=name) for name in SCORED}
+    return {name: robust.chosen_interval(search, row, 97, n_boot, objective=name) for name in SCORED}
 
 
 def main(argv=None) -> int:
@@ -67,10 +66,10 @@ def main(argv=None) -> int:
     on_all = run_search(oof, masks, DEFAULT_GRID, "official_iou", never_empty=False)
     phase2 = run_search(lesion, masks, DEFAULT_GRID, "official_iou", never_empty=True)
     plain = run_search(lesion, masks, plain_grid, "official_iou", never_empty=False)
-    joint = bootstrap.robust_choice(on_all, "p10", 97, args.n_boot)
-    prior = bootstrap.robust_choice(phase2, "p10", 97, args.n_boot)
+    joint = robust.robust_choice(on_all, "p10", 97, args.n_boot)
+    prior = robust.robust_choice(phase2, "p10", 97, args.n_boot)
     strict = phase2.table.loc[phase2.table["score.dice"].idxmax()]
-    lesion_only = bootstrap.robust_choice(on_lesion, "p10", 97, args.n_boot)
+    lesion_only = robust.robust_choice(on_lesion, "p10", 97, args.n_boot)
     rows = {"plain 3-class U-Net (argmax)": figures(plain, plain.table.iloc[0], args.n_boot),
             "joint search on all OOF slices": figures(on_lesion, same_setting(on_lesion, joint["row"]), args.n_boot),
             "joint search on lesion slices only": figures(on_lesion, lesion_only["row"], args.n_boot),
@@ -81,7 +80,7 @@ def main(argv=None) -> int:
         kind, type_probs = gate_probs(args.type_runs)
         gated = run_search(lesion, masks, {**DEFAULT_GRID, "gate": [None, 0.2, 0.3, 0.5]}, "official_iou",
                            image_probs=type_probs, never_empty=True)
-        by_type = bootstrap.robust_choice(gated, "p10", 97, args.n_boot)
+        by_type = robust.robust_choice(gated, "p10", 97, args.n_boot)
         rows[f"+ {kind} gate (type-conditioned), phase-2 prior"] = figures(gated, by_type["row"], args.n_boot)
         specs["type_gate"] = by_type["spec"]
     cell = lambda r: f"{r['estimate']:.3f} [{r['low']:.3f}, {r['high']:.3f}]"

@@ -21,7 +21,8 @@ from helpers import write_dicom, write_png
 from strokekit.models.checkpoint import build_checkpoint, save_atomic
 from strokekit.config import load_config
 from strokekit.data.check import check_files
-from strokekit.data.dataset import SliceDataset, make_loader
+from strokekit.data.dataset import SliceDataset
+from strokekit.training.loader import make_loader
 from strokekit.data.encodings import class_map_to_rgb, encode_overlay
 from strokekit.data.index import build_index
 from strokekit.data.readers import (BadInputError, check_dicom, check_png, read_dicom_hu, read_mask,

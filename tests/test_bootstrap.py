@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from strokekit.evaluation import bootstrap, metrics
-from strokekit.ensembling.seg_objectives import combine
+
+from strokekit.ensembling import robust
+from strokekit.evaluation.ratios import combine
 from strokekit.ensembling.seg_search import run_search
 from tests.test_seg_search import random_seg_oof
 
@@ -60,12 +62,12 @@ def test_resampled_settings_agree_with_the_search_and_the_robust_choice_maximise
     search = run_search(oof, masks, grid, "official_dice", never_empty=True)
     every = np.ones((1, 12))                                    # one "resample": every image once
     np.testing.assert_allclose(combine(search.terms(), every)[0], search.table["score"], rtol=1e-5)
-    draws = bootstrap.setting_distribution(search, search.table, size=97, n_boot=400)
+    draws = robust.setting_distribution(search, search.table, size=97, n_boot=400)
     assert np.nanmean(draws, axis=0) == pytest.approx(search.table["score"].to_numpy(), abs=0.02)
-    chosen = bootstrap.robust_choice(search, "p10", size=97, n_boot=400, tolerance=0.0)
+    chosen = robust.robust_choice(search, "p10", size=97, n_boot=400, tolerance=0.0)
     assert chosen["robust_score"] == pytest.approx(search.table["score.robust"].max())
     assert chosen["interval"]["low"] <= chosen["score"] <= chosen["interval"]["high"]
-    small = bootstrap.robust_choice(search, "p10", size=20, n_boot=400, tolerance=0.0)["interval"]
+    small = robust.robust_choice(search, "p10", size=20, n_boot=400, tolerance=0.0)["interval"]
     assert small["high"] - small["low"] > chosen["interval"]["high"] - chosen["interval"]["low"]
     with pytest.raises(KeyError, match="robust statistic"):
         bootstrap.robust_scores(draws, "p99")

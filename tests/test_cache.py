@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader
 import prepare
 from strokekit.config import load_config
 from strokekit.data.cache import PreprocessCache, cache_folder
-from strokekit.data.dataset import SliceDataset, collate, make_loader, worker_init_fn
+from strokekit.data.dataset import SliceDataset, collate, worker_init_fn
+from strokekit.training.loader import make_loader
 from strokekit.data.index import build_index
 from strokekit.training.engine import train_fold
 from strokekit.data.folds import make_folds

@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 
 from strokekit.config import load_config
-from strokekit.data.dataset import (BalancedSampler, LesionBatchSampler, SliceDataset, collate, make_loader,
-                                    normalise)
+from strokekit.data.dataset import BalancedSampler, LesionBatchSampler, SliceDataset, collate, normalise
+from strokekit.training.loader import make_loader
 from strokekit.data.encodings import class_map_to_rgb
 
 SIZE = 64

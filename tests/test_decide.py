@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
-from strokekit.postprocess.decide import (fallback_region, mask_type, phase1_labels, phase2_class_map, type_class,
+from strokekit.postprocess.decide import (fallback_region, phase1_labels, phase2_class_map, type_class,
                               type_decision)
+from strokekit.vocabulary import image_type
 
 
 def probs_with_blob(shape=(32, 32), centre=(10, 20), radius=3, p_isc=0.3, p_hem=0.1) -> np.ndarray:
@@ -52,7 +53,7 @@ def test_fallback_class_follows_a_type_decision_and_the_area_is_capped():
 def test_types_from_classifier_or_mask():
     class_map = np.zeros((8, 8), np.uint8)
     class_map[:2, :2], class_map[4:, 4:] = 1, 2
-    assert mask_type(class_map) == "both" and mask_type(np.zeros((4, 4), np.uint8)) == "none"
+    assert image_type(class_map) == "both" and image_type(np.zeros((4, 4), np.uint8)) == "none"
     assert type_decision(class_map) == "hemorrhagic"  # 16 hemorrhagic pixels > 4 ischemic
     assert type_decision(class_map, p_hemorrhagic=0.2, threshold=0.4) == "ischemic"
     assert type_class(None, 0.5) is None and type_class(0.3, 0.5) == 1

@@ -13,7 +13,8 @@ import pytest
 
 import train
 from strokekit.config import load_config
-from strokekit.data.dataset import BalancedSampler, LesionBatchSampler, ShardSampler, shard_of_batches
+from strokekit.data.dataset import BalancedSampler, LesionBatchSampler, shard_of_batches
+from strokekit.training.loader import ShardSampler
 from strokekit.data.index import build_index
 from strokekit.training.engine import train_fold
 from strokekit.data.folds import read_folds

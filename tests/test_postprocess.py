@@ -4,7 +4,9 @@ import pytest
 import torch
 import yaml
 
-from strokekit.postprocess.steps import apply_postprocess, close_mask, normalise_spec, resize_probs
+from strokekit.config.postprocess import normalise_spec
+
+from strokekit.postprocess.steps import apply_postprocess, close_mask, resize_probs
 
 
 def probs_from_maps(isc: np.ndarray, hem: np.ndarray) -> np.ndarray:

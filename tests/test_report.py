@@ -18,7 +18,7 @@ import ensemble
 import report
 import train
 from strokekit.evaluation import metrics, score as scoring
-from strokekit.report.runs import write_submission_report
+from strokekit.report.submission import write_submission_report
 from strokekit.data.submission import mask_files, read_labels, read_phase2_mask, write_phase1, write_phase2
 from tests.conftest import small_phantom
 

@@ -16,7 +16,7 @@ import yaml
 import train
 from strokekit.models.checkpoint import read_checkpoint
 from strokekit.config import load_config
-from strokekit.data.dataset import make_loader
+from strokekit.training.loader import make_loader
 from strokekit.data.index import build_index
 from strokekit.data.readers import load_class_map
 from strokekit.training.engine import predict_loader

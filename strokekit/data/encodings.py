@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
+from strokekit.vocabulary import BACKGROUND, EIGHT_CONNECTED, HEMORRHAGIC, ISCHEMIC
 
-BACKGROUND, ISCHEMIC, HEMORRHAGIC = 0, 1, 2
-CLASS_NAMES = {BACKGROUND: "background", ISCHEMIC: "ischemic", HEMORRHAGIC: "hemorrhagic"}
 MASK_COLOURS = {BACKGROUND: (0, 0, 0), ISCHEMIC: (0, 0, 255), HEMORRHAGIC: (0, 255, 0)}
 # Interior blend factors measured on the real OVERLAY files (a second clue beside the contour colour).
 OVERLAY_ALPHA = {ISCHEMIC: 0.50, HEMORRHAGIC: 0.75}
-EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
 def class_map_to_rgb(class_map: np.ndarray) -> np.ndarray:

@@ -13,7 +13,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from PIL.Image import DecompressionBombError
 
-from strokekit.data.encodings import HEMORRHAGIC, ISCHEMIC, decode_overlay, rgb_to_class_map
+from strokekit.data.encodings import decode_overlay, rgb_to_class_map
+
+from strokekit.vocabulary import HEMORRHAGIC, ISCHEMIC
 
 BRAIN_WINDOW = (40, 80)  # center, width in HU: how the organisers' PNGs look
 PNG_MODES_16BIT = ("I;16", "I;16B", "I;16L", "I")

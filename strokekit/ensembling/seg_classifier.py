@@ -12,7 +12,9 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from strokekit.postprocess.steps import LESION_CLASSES, apply_postprocess, normalise_spec, resize_probs
+from strokekit.config.postprocess import normalise_spec
+
+from strokekit.postprocess.steps import apply_postprocess, resize_probs
 from strokekit.ensembling.selection import tune_classifier_threshold
 
 FEATURES = ("area", "max", "mean")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from strokekit.evaluation.ratios import ratio, ratio_term
 from strokekit.ensembling.seg_counts import AREA, FP, OFP, OG3, OTP, TP, GridCounts
 
 OBJECTIVES = ("dice", "iou", "official_iou", "official_dice")
@@ -82,40 +83,14 @@ class SettingCounts:
             tp = x1[..., OTP] + x2[..., OTP]
             fp = x1[..., OFP] + x2[..., OFP]
             fn = self.grid.n_gt3[:, None] - x1[..., OG3] - x2[..., OG3]
-            return [_term(tp, fp, fn, kind, reduction, self.official_empty)]
+            return [ratio_term(tp, fp, fn, kind, reduction, self.official_empty)]
         out = []
         for c, x in ((1, x1), (2, x2)):
             fn = self.grid.n_true[:, c - 1, None] - x[..., TP]
-            out.append(_term(x[..., TP], x[..., FP], fn, kind, reduction, np.nan))
+            out.append(ratio_term(x[..., TP], x[..., FP], fn, kind, reduction, np.nan))
         return out
 
     def per_class(self, b, a1, a2, objective: str, reduction: str) -> np.ndarray:
         """(2, S) strict per-class scores of the objective's kind (dice / iou)."""
         kind = "dice" if objective.endswith("dice") else "iou"
         return np.stack([ratio(*t) for t in self.terms(b, a1, a2, kind, reduction)])
-
-
-def _term(tp, fp, fn, kind: str, reduction: str, empty: float) -> tuple[np.ndarray, np.ndarray]:
-    num, den = (2 * tp, 2 * tp + fp + fn) if kind == "dice" else (tp, tp + fp + fn)
-    if reduction == "micro":
-        return num, den
-    score = np.full(num.shape, empty, dtype=np.float64)
-    np.divide(num, den, out=score, where=den > 0)
-    valid = np.isfinite(score)
-    return np.where(valid, score, 0.0), valid.astype(np.float64)
-
-
-def ratio(num: np.ndarray, den: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-    """sum(num) / sum(den) over images (axis 0), or per row of `weights` (B, N) -> (B, S); 0/0 = NaN."""
-    top, bottom = (num.sum(0), den.sum(0)) if weights is None else (weights @ num, weights @ den)
-    out = np.full(np.shape(top), np.nan)
-    np.divide(top, bottom, out=out, where=bottom > 0)
-    return out
-
-
-def combine(terms: list[tuple], weights: np.ndarray | None = None) -> np.ndarray:
-    """The objective from its terms: the mean of the terms' ratios, NaN terms skipped."""
-    ratios = np.stack([ratio(num, den, weights) for num, den in terms])
-    count = np.isfinite(ratios).sum(0)
-    total = np.nansum(ratios, axis=0)
-    return np.where(count > 0, total / np.maximum(count, 1), np.nan)

@@ -20,13 +20,16 @@ import pandas as pd
 from strokekit.evaluation import metrics
 from strokekit.evaluation import official
 from strokekit.postprocess.decide import phase2_class_map
-from strokekit.postprocess.steps import LESION_CLASSES, OVERLAP_RULES, apply_postprocess, normalise_spec, resize_probs
+from strokekit.config.postprocess import OVERLAP_RULES, normalise_spec
+from strokekit.postprocess.steps import apply_postprocess, resize_probs
 from strokekit.ensembling.seg_counts import base_settings, gather_counts
-from strokekit.ensembling.seg_objectives import OBJECTIVES, SettingCounts, check_objective, combine, presence
+from strokekit.evaluation.ratios import combine
+from strokekit.ensembling.seg_objectives import OBJECTIVES, SettingCounts, check_objective, presence
 from strokekit.ensembling.selection import plateau
+from strokekit.vocabulary import LESION_NAMES
 
 SCORES = {"iou": metrics.iou_score, "dice": metrics.dice_score}
-CLASS_NAME = {cls: name for name, cls in LESION_CLASSES.items()}
+CLASS_NAME = {cls: name for name, cls in LESION_NAMES.items()}
 # axes searched per class, in the order choose_postprocess walks their plateaus
 NUMERIC_AXES = ("threshold", "min_area", "closing", "gate", "triplet_high", "triplet_min_pixels")
 INDEX_COLUMNS = ("_base", "_setting.ischemic", "_setting.hemorrhagic")   # where a row's counts are
@@ -112,7 +115,7 @@ def seg_score(stats: metrics.SegStats, metric: str = "dice", reduction: str = "m
         raise KeyError(f"unknown segmentation metric {metric!r}; valid: {sorted(SCORES)}")
     per_class = SCORES[metric](stats.tp, stats.fp, stats.fn, reduction=reduction, empty=empty)
     return {"score": metrics.lesion_mean(per_class),
-            **{name: float(per_class[cls]) for name, cls in LESION_CLASSES.items()}}
+            **{name: float(per_class[cls]) for name, cls in LESION_NAMES.items()}}
 
 
 def seg_scorer(image_ids, masks, spec: dict | None = None, metric: str = "dice",
@@ -140,12 +143,12 @@ def seg_fold_scores(oof: dict, masks, spec: dict | None = None, metric: str = "d
 
 def _candidates(value, key: str) -> dict[int, list]:
     """Per-class candidate lists: a list (searched for each class independently) or {class name: list}."""
-    if isinstance(value, Mapping) and set(value) == set(LESION_CLASSES):
+    if isinstance(value, Mapping) and set(value) == set(LESION_NAMES):
         per_class = dict(value)
     else:
-        per_class = {name: value for name in LESION_CLASSES}
+        per_class = {name: value for name in LESION_NAMES}
     out = {cls: list(per_class[name]) if isinstance(per_class[name], (list, tuple)) else [per_class[name]]
-           for name, cls in LESION_CLASSES.items()}
+           for name, cls in LESION_NAMES.items()}
     if any(not values for values in out.values()):
         raise ValueError(f"grid {key!r} has an empty candidate list")
     return out
@@ -172,7 +175,7 @@ def normalise_grid(grid: dict) -> dict:
         out[key] = {c: [cast(v) for v in vals] for c, vals in _candidates(grid.get(key, default), key).items()}
     gates = _candidates(grid.get("gate", None), "gate")
     triplets = _candidates(grid.get("triplet", None), "triplet")
-    out["presence"] = {c: [(g, t) for g in gates[c] for t in triplets[c]] for c in LESION_CLASSES.values()}
+    out["presence"] = {c: [(g, t) for g in gates[c] for t in triplets[c]] for c in LESION_NAMES.values()}
     for options in out["presence"].values():
         for _, triplet in options:
             if triplet is not None and set(triplet) != {"high", "min_pixels"}:
@@ -274,15 +277,15 @@ def _grid_table(axes: dict, bases: list, index: tuple, scores: dict, objective: 
 def row_to_spec(row: Mapping, never_empty: bool = False) -> dict:
     """The post-processing spec (postprocess.normalise_spec form) of one row of the search table
     (never_empty: whether the search scored phase 2's step 8; a table says so in `table.attrs`)."""
-    per = lambda key, cast: {name: cast(row[f"{key}.{name}"]) for name in LESION_CLASSES}
+    per = lambda key, cast: {name: cast(row[f"{key}.{name}"]) for name in LESION_NAMES}
     threshold = lambda v: None if pd.isna(v) else float(v)
     spec = {"overlap": row["overlap"], "threshold": per("threshold", threshold), "closing": per("closing", int),
             "min_area": per("min_area", int), "keep_largest": per("keep_largest", bool),
             "never_empty": bool(never_empty)}
-    if any(f"gate.{name}" in row and row[f"gate.{name}"] > 0 for name in LESION_CLASSES):
+    if any(f"gate.{name}" in row and row[f"gate.{name}"] > 0 for name in LESION_NAMES):
         spec["gate"] = per("gate", float)
-    if any(f"triplet_min_pixels.{name}" in row and row[f"triplet_min_pixels.{name}"] > 0 for name in LESION_CLASSES):
-        high = {n: 1.0 if pd.isna(row[f"triplet_high.{n}"]) else float(row[f"triplet_high.{n}"]) for n in LESION_CLASSES}
+    if any(f"triplet_min_pixels.{name}" in row and row[f"triplet_min_pixels.{name}"] > 0 for name in LESION_NAMES):
+        high = {n: 1.0 if pd.isna(row[f"triplet_high.{n}"]) else float(row[f"triplet_high.{n}"]) for n in LESION_NAMES}
         spec["triplet"] = {"high": high, "min_pixels": per("triplet_min_pixels", int)}
     return normalise_spec(spec)
 
@@ -313,7 +316,7 @@ def choose_postprocess(table: pd.DataFrame, tolerance: float = 0.005, score: str
     chosen = {c: best[c] for c in settings}
     stability = {}
     for axis in NUMERIC_AXES:
-        for name in LESION_CLASSES:
+        for name in LESION_NAMES:
             col = f"{axis}.{name}"
             if col not in ranked or ranked[col].nunique() < 2 or pd.isna(chosen[col]):
                 continue                                 # NaN: argmax decoding / triplet off, not an axis
@@ -325,6 +328,6 @@ def choose_postprocess(table: pd.DataFrame, tolerance: float = 0.005, score: str
             stability[col] = {k: flat[k] for k in ("value", "best_value", "plateau", "width")}
     row = ranked[_matches(ranked, chosen)].iloc[0]
     return {"spec": row_to_spec(row, table.attrs.get("never_empty", False)), "score": float(row[score]),
-            "best_score": float(best[score]), "scores": {name: float(row[f"score.{name}"]) for name in LESION_CLASSES},
+            "best_score": float(best[score]), "scores": {name: float(row[f"score.{name}"]) for name in LESION_NAMES},
             "objectives": {name: float(row[f"score.{name}"]) for name in OBJECTIVES if f"score.{name}" in row},
             "stability": stability, "tolerance": tolerance, "row": row}

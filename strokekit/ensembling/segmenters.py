@@ -21,6 +21,8 @@ import yaml
 
 from strokekit.evaluation import bootstrap
 
+from strokekit.ensembling import robust
+
 from strokekit.ensembling import selection
 from strokekit.data.index import build_index
 from strokekit.data.readers import load_class_map
@@ -137,10 +139,10 @@ def build_seg_spec(runs: list[Run], spec_path, data, metric: str = "dice", top_k
     table = search.table
     size = test_size or bootstrap.PHASE_TEST_SIZES[2]
     if robust:
-        post = bootstrap.robust_choice(search, robust, size, n_boot, tolerance, seed=seed)
+        post = robust.robust_choice(search, robust, size, n_boot, tolerance, seed=seed)
     else:
         post = choose_postprocess(table, tolerance)
-        post["interval"] = bootstrap.chosen_interval(search, post["row"], size, n_boot, seed)
+        post["interval"] = robust.chosen_interval(search, post["row"], size, n_boot, seed)
     best_by = best_settings(search, size, n_boot, seed)
     spec = {"task": "seg", "blend": choice["blend"], "tta": list(tta),
             "members": [member_entry(run, folds[run.name], choice["weights"][run.name], spec_path, absolute,
@@ -231,7 +233,7 @@ def best_settings(search, size: int, n_boot: int, seed: int,
         out[name] = {"row": row, "summary": {
             "setting": {c: _plain(row[c]) for c in setting_columns(search.table)},
             "scores": {o: float(row[f"score.{o}"]) for o in OBJECTIVES},
-            "interval": bootstrap.chosen_interval(search, row, size, n_boot, seed, objective=name)}}
+            "interval": robust.chosen_interval(search, row, size, n_boot, seed, objective=name)}}
     return out
 
 

@@ -19,11 +19,11 @@ from scipy.stats import rankdata
 
 from strokekit import __version__
 from strokekit.atomic import write_text_atomic
-from strokekit.postprocess.steps import normalise_spec
-from strokekit.models.tta import resolve_flips
+from strokekit.config.postprocess import normalise_spec
+from strokekit.vocabulary import TASKS
+from strokekit.vocabulary import resolve_flips
 
 FORMAT = "strokekit-ensemble-v1"
-TASKS = ("stroke", "type", "seg")
 CLASSIFIER_BLENDS = ("mean", "weighted", "vote", "rank")
 SEG_BLENDS = ("mean", "weighted")
 

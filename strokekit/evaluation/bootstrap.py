@@ -14,9 +14,8 @@ import warnings
 from collections.abc import Callable
 
 import numpy as np
-import pandas as pd
 
-from strokekit.ensembling.seg_objectives import combine
+from strokekit.evaluation.ratios import combine, ratio_term
 
 PHASE_TEST_SIZES = {1: 192, 2: 97}          # images in the official test sets (Koç et al. 2022)
 ROBUST_STATISTICS = {"median": 50.0, "p10": 10.0, "p25": 25.0, "mean": None}
@@ -165,8 +164,6 @@ def phase2_intervals(official_iou, official_dice, strict=None, size: int | None 
     """score.py phase 2: intervals of the official per-image IoU / Dice means and, given strict per-image
     counts (metrics.SegStats, (N, 3) each), of the strict lesion-mean Dice / IoU (macro-imagewise and
     micro), all from the same resamples of the scored images."""
-    from strokekit.ensembling.seg_objectives import _term
-
     parts = {"official_iou": [(np.nan_to_num(np.asarray(official_iou, float)),
                                np.isfinite(np.asarray(official_iou, float)).astype(float))],
              "official_dice": [(np.nan_to_num(np.asarray(official_dice, float)),
@@ -175,7 +172,7 @@ def phase2_intervals(official_iou, official_dice, strict=None, size: int | None 
         for kind in ("dice", "iou"):
             for reduction in ("macro-imagewise", "micro"):
                 name = f"{kind}_{reduction.replace('-', '_')}_lesion_mean"
-                parts[name] = [_term(*(np.asarray(getattr(strict, k))[:, c].astype(float) for k in ("tp", "fp", "fn")),
+                parts[name] = [ratio_term(*(np.asarray(getattr(strict, k))[:, c].astype(float) for k in ("tp", "fp", "fn")),
                                      kind, reduction, np.nan) for c in (1, 2)]
     n = len(parts["official_iou"][0][0])
     weights = resample_weights(n, size, n_boot, seed)
@@ -201,18 +198,6 @@ _COUNT_METRICS = {
 }
 
 
-def setting_distribution(search, rows: pd.DataFrame, size: int | None = None, n_boot: int = 1000,
-                         seed: int = 0, objective: str | None = None, chunk: int = 2048) -> np.ndarray:
-    """(n_boot, len(rows)) the objective of each searched setting on each resample of `size` images."""
-    weights = resample_weights(search.n_images, size, n_boot, seed).astype(np.float32)
-    out = np.empty((n_boot, len(rows)))
-    for start in range(0, len(rows), chunk):
-        part = rows.iloc[start:start + chunk]
-        terms = [(num.astype(np.float32), den.astype(np.float32)) for num, den in search.terms(part, objective)]
-        out[:, start:start + len(part)] = combine(terms, weights)
-    return out
-
-
 def robust_scores(draws: np.ndarray, statistic: str = "p10") -> np.ndarray:
     """One robust figure per setting from its bootstrap draws (n_boot, S)."""
     if statistic not in ROBUST_STATISTICS:
@@ -221,39 +206,3 @@ def robust_scores(draws: np.ndarray, statistic: str = "p10") -> np.ndarray:
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)          # all-NaN settings stay NaN
         return np.nanmean(draws, axis=0) if q is None else np.nanpercentile(draws, q, axis=0)
-
-
-def robust_choice(search, statistic: str = "p10", size: int | None = PHASE_TEST_SIZES[2], n_boot: int = 1000,
-                  tolerance: float = 0.005, max_rows: int = 20000, seed: int = 0, level: float = 0.95) -> dict:
-    """A post-processing setting chosen by a bootstrap statistic at a test set's size, from its plateau.
-
-    The `max_rows` best settings by the point score are resampled (all, for grids up to that size);
-    table column `score.robust` holds the statistic (NaN where not resampled). Returns choose_postprocess's
-    dict plus `interval` (the chosen setting's point score and percentile interval at `size`),
-    `statistic`, `size`, `n_boot` and `point_choice` (the plain plateau choice, for comparison).
-    """
-    from strokekit.ensembling.seg_search import choose_postprocess
-
-    table = search.table
-    rows = table.head(max_rows)
-    draws = setting_distribution(search, rows, size, n_boot, seed)
-    table["score.robust"] = np.nan
-    table.loc[rows.index, "score.robust"] = robust_scores(draws, statistic)
-    chosen = choose_postprocess(table, tolerance, score="score.robust")
-    position = rows.index.get_loc(chosen["row"].name)
-    chosen["score"] = float(chosen["row"]["score"])
-    chosen["robust_score"] = float(chosen["row"]["score.robust"])
-    chosen["interval"] = summarise(draws[:, position], chosen["score"], level) | {
-        "size": int(size or search.n_images), "n": search.n_images, "n_boot": n_boot}
-    chosen.update(statistic=statistic, size=size, n_boot=n_boot,
-                  point_choice=choose_postprocess(table.drop(columns="score.robust"), tolerance)["spec"])
-    return chosen
-
-
-def chosen_interval(search, row: pd.Series, size: int | None, n_boot: int = 1000, seed: int = 0,
-                    level: float = 0.95, objective: str | None = None) -> dict:
-    """Point score and percentile interval of one table row's setting on resamples of `size` images."""
-    draws = setting_distribution(search, search.table.loc[[row.name]], size, n_boot, seed, objective)[:, 0]
-    estimate = float(row[f"score.{objective}"] if objective else row["score"])
-    return summarise(draws, estimate, level) | {"size": int(size or search.n_images), "n": search.n_images,
-                                                "n_boot": n_boot}

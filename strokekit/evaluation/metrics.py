@@ -20,8 +20,8 @@ from typing import NamedTuple
 
 import numpy as np
 from scipy.stats import rankdata
+from strokekit.vocabulary import LESION_CLASSES
 
-LESION_CLASSES = (1, 2)  # 0 background, 1 ischemic, 2 hemorrhagic (strokekit.data.encodings)
 REDUCTIONS = ("micro", "macro-imagewise", "none")
 OBJECTIVES = ("f1", "youden", "recall")
 

@@ -33,10 +33,8 @@ from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage
+from strokekit.vocabulary import EIGHT_CONNECTED, HEMORRHAGIC, ISCHEMIC, LESION_CLASSES
 
-ISCHEMIC, HEMORRHAGIC = 1, 2
-LESION_CLASSES = (ISCHEMIC, HEMORRHAGIC)
-EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 # codes of the per-pixel outcome map
 TN, TP, FP, FN = 0, 1, 2, 3
 OUTCOME_NAMES = {TN: "TN", TP: "TP", FP: "FP", FN: "FN"}

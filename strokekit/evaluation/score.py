@@ -17,12 +17,13 @@ import numpy as np
 
 from strokekit.evaluation import metrics, official
 from strokekit.atomic import write_text_atomic
-from strokekit.data.encodings import CLASS_NAMES, class_map_to_rgb
+from strokekit.data.encodings import class_map_to_rgb
+from strokekit.vocabulary import CLASS_NAMES
 from strokekit.data.submission import (PHASE1_FILENAME, SubmissionError, check_phase2_mask, mask_files,
                                   read_labels, read_phase2_mask, validate_phase1, validate_phase2)
+from strokekit.vocabulary import IMAGE_TYPES, image_type
 
 QUALIFYING_BALANCED_ACCURACY = 0.75  # the specification's phase-1 bar
-TYPE_NAMES = ("none", "ischemic", "hemorrhagic", "both")  # image type = the set of lesion classes present
 OUTCOME_COLOURS = {official.TN: (0, 0, 0), official.TP: (255, 255, 255), official.FP: (255, 0, 0),
                    official.FN: (255, 190, 0)}
 
@@ -166,11 +167,6 @@ def plot_confusion(counts: dict, path: os.PathLike | str, title: str = "") -> Pa
 # --------------------------------------------------------------------------- phase 2
 
 
-def image_type(class_map: np.ndarray) -> str:
-    present = set(np.unique(class_map).tolist())
-    return TYPE_NAMES[(1 if 1 in present else 0) + (2 if 2 in present else 0)]
-
-
 def load_prediction(pred_dir: Path, id_: int, shape: tuple[int, int]) -> tuple[np.ndarray, str]:
     """(class map, status) of one submitted mask; missing or malformed -> all background, as officially."""
     path = pred_dir / f"{id_}.png"
@@ -252,10 +248,10 @@ def _official_summary(records: list[dict], empty: float) -> dict:
 
 
 def _type_summary(records: list[dict]) -> dict:
-    confusion = {t: {p: 0 for p in TYPE_NAMES} for t in TYPE_NAMES}
+    confusion = {t: {p: 0 for p in IMAGE_TYPES} for t in IMAGE_TYPES}
     for r in records:
         confusion[r["type_true"]][r["type_pred"]] += 1
-    right = sum(confusion[t][t] for t in TYPE_NAMES)
+    right = sum(confusion[t][t] for t in IMAGE_TYPES)
     return {"type_accuracy": right / len(records), "type_confusion_true_by_pred": confusion}
 
 

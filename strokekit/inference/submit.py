@@ -20,11 +20,12 @@ from strokekit.atomic import write_atomic
 from strokekit.data import layout
 from strokekit.data.check import InputCheck, apply_policy, check_files
 from strokekit.data.index import DataLayoutError, build_index
-from strokekit.postprocess.decide import mask_type, phase1_labels, phase2_class_map, type_class, type_decision
-from strokekit.postprocess.steps import normalise_spec
+from strokekit.postprocess.decide import phase1_labels, phase2_class_map, type_class, type_decision
+from strokekit.config.postprocess import normalise_spec
 from strokekit.ensembling.seg_classifier import seg_classifier_prob
 from strokekit.data.submission import (PHASE1_FILENAME, mask_files, validate_phase2, write_phase1,
                                   write_phase2_mask)
+from strokekit.vocabulary import image_type
 
 SIDE_FILES = ("probs.csv", "types.csv", "probs.npz", "manifest.json", "skipped.csv", PHASE1_FILENAME)
 DEFAULT_SPLIT = {1: "test1", 2: "test2"}
@@ -202,7 +203,7 @@ def run_phase2(predictor, rows: pd.DataFrame, out: Path, type_predictor=None, fa
         write_phase2_mask(out / f"{image_id}.png", class_map, size=(width, height))
         sizes.add((width, height))
         records.append({"image_id": image_id, "type": type_decision(class_map, p_hem, types["threshold"]),
-                        "type_source": source, "p_hemorrhagic": p_hem, "mask_type": mask_type(class_map),
+                        "type_source": source, "p_hemorrhagic": p_hem, "mask_type": image_type(class_map),
                         "lesion_pixels": int(np.count_nonzero(class_map)), "fallback": int(used)})
         if save_probs:
             kept[image_id] = probs.astype(np.float16)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from strokekit.atomic import write_atomic  # noqa: F401  (re-exported: engine, tasks and runlog write through it)
+from strokekit.atomic import write_atomic
 from strokekit.models.weights import WeightsError, strip_prefixes
 
 FORMAT = "strokekit-checkpoint-v1"

@@ -18,6 +18,7 @@ from torch import nn
 from strokekit.models.weights import (WeightsError, apply_offline_policy, downloads_allowed, fit_state_dict,
                       missing_weights_message, read_state_dict, smp_pretrained_file, strip_prefixes,
                       timm_pretrained_file)
+from strokekit.vocabulary import TASK_OUTPUTS
 
 CUSTOM_MODELS: dict[str, Callable[[dict, int], nn.Module]] = {}
 CUSTOM_KINDS: dict[str, str] = {}  # name -> "classifier" | "seg"
@@ -110,8 +111,9 @@ def tiny_unet(cfg: dict, num_outputs: int) -> nn.Module:
 
 
 def head_size(task: str) -> int:
-    from strokekit.training.tasks import get_task
-    return get_task(task).num_outputs
+    if task not in TASK_OUTPUTS:
+        raise ModelNameError(f"unknown task {task!r}; valid: {list(TASK_OUTPUTS)}")
+    return TASK_OUTPUTS[task]
 
 
 def build_model(cfg: dict, num_outputs: int | None = None) -> nn.Module:
@@ -256,5 +258,3 @@ def load_checkpoint(path, device: str | torch.device = "cpu", use_ema: bool = Tr
                            f"{cfg['in_chans']}, {ckpt['num_outputs']} outputs): {err}") from None
     return model.to(device).eval(), ckpt["config"]
 
-
-from strokekit.models.registry import recipes as recipe_models  # noqa: E402,F401  registers simple_cnn and hypercolumn_unet (published systems)

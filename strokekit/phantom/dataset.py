@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from strokekit.data.encodings import HEMORRHAGIC, ISCHEMIC, class_map_to_rgb, encode_overlay
+from strokekit.data.encodings import class_map_to_rgb, encode_overlay
+
+from strokekit.vocabulary import HEMORRHAGIC, ISCHEMIC
 from strokekit.data.readers import BRAIN_WINDOW, window
 from strokekit.phantom.anatomy import Head, Slice, random_head, render_slice
 from strokekit.phantom.lesions import random_lesion

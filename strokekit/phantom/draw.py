@@ -3,21 +3,26 @@ per-slice geometry (Layers) and tissue masks (Tissue) the anatomy and lesion ste
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 from scipy import ndimage
 
 REFERENCE_SIZE = 512
 
-if TYPE_CHECKING:
-    from strokekit.phantom.anatomy import Head
+
+class Pose(Protocol):
+    """Where a head lies in the image (anatomy.Head has these): centre, rotation and size in image units."""
+    cx: float
+    cy: float
+    angle: float
+    scale: float
 
 
 class Frame:
     """The pixel grid mapped into the head frame, with shape helpers working on a bounding box."""
 
-    def __init__(self, size: int, head: Head):
+    def __init__(self, size: int, head: Pose):
         self.size, self.head = size, head
         t = (np.arange(size, dtype=np.float32) + 0.5) * (2.0 / size) - 1.0
         x, y = t[None, :] - head.cx, t[:, None] - head.cy

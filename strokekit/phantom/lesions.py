@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from strokekit.data.encodings import HEMORRHAGIC, ISCHEMIC
+from strokekit.vocabulary import HEMORRHAGIC, ISCHEMIC
 from strokekit.phantom.draw import Frame, Layers, Tissue, soften, texture, wrap
 
 HEMORRHAGE_KINDS = ("ich", "sdh")         # intraparenchymal blob, subdural crescent

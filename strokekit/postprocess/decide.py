@@ -11,10 +11,10 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from strokekit.data.encodings import BACKGROUND, EIGHT_CONNECTED, HEMORRHAGIC, ISCHEMIC
-from strokekit.postprocess.steps import apply_postprocess, more_likely_class, most_probable_component, normalise_spec
+from strokekit.vocabulary import BACKGROUND, EIGHT_CONNECTED, HEMORRHAGIC, ISCHEMIC
+from strokekit.config.postprocess import normalise_spec
+from strokekit.postprocess.steps import apply_postprocess, more_likely_class, most_probable_component
 
-TYPE_NAMES = {ISCHEMIC: "ischemic", HEMORRHAGIC: "hemorrhagic"}
 
 
 def phase1_labels(probs, threshold: float) -> np.ndarray:
@@ -91,13 +91,6 @@ def phase2_class_map(probs: np.ndarray, spec: dict, fallback: bool = True, fract
     if fallback and spec["never_empty"] and not class_map.any():
         return fill_region(probs, spec, lesion_class, fraction, max_area), True
     return class_map, False
-
-
-def mask_type(class_map: np.ndarray) -> str:
-    """'none' | 'ischemic' | 'hemorrhagic' | 'both': the lesion classes a mask holds."""
-    has_isc, has_hem = bool((class_map == ISCHEMIC).any()), bool((class_map == HEMORRHAGIC).any())
-    return {(False, False): "none", (True, False): "ischemic", (False, True): "hemorrhagic",
-            (True, True): "both"}[(has_isc, has_hem)]
 
 
 def type_decision(class_map: np.ndarray, p_hemorrhagic: float | None = None,

@@ -19,66 +19,13 @@ them to precomputed counts (see seg_search.py). Per-class values may be given as
 """
 from __future__ import annotations
 
-import copy
 import functools
 
 import numpy as np
 from scipy import ndimage
 
-from strokekit.data.encodings import BACKGROUND, EIGHT_CONNECTED, HEMORRHAGIC, ISCHEMIC
-
-LESION_CLASSES = {"ischemic": ISCHEMIC, "hemorrhagic": HEMORRHAGIC}
-OVERLAP_RULES = ("argmax", "ischemic", "hemorrhagic")
-DEFAULT_SPEC = {
-    "threshold": None,
-    "closing": 0,
-    "overlap": "argmax",
-    "min_area": 0,
-    "keep_largest": False,
-    "triplet": None,   # {"high": 0.8, "min_pixels": 50}
-    "gate": None,      # 0.5, or {"ischemic": 0.4, "hemorrhagic": 0.6}
-    "never_empty": True,  # phase 2: every test image holds a lesion (step 8)
-}
-PER_CLASS_KEYS = ("threshold", "closing", "min_area", "keep_largest")
-
-
-def _per_class(value, key: str) -> dict[str, object]:
-    """One value for both lesion classes, or a dict naming each of them."""
-    if isinstance(value, dict):
-        if set(value) != set(LESION_CLASSES):
-            raise ValueError(f"post-processing {key!r} must name exactly {sorted(LESION_CLASSES)}; got {sorted(value)}")
-        return {name: value[name] for name in LESION_CLASSES}
-    return {name: value for name in LESION_CLASSES}
-
-
-def normalise_spec(spec: dict | None) -> dict:
-    """Full canonical spec (every key, per-class values as {ischemic: .., hemorrhagic: ..}); unknown keys fail."""
-    spec = {} if spec is None else dict(spec)
-    unknown = sorted(set(spec) - set(DEFAULT_SPEC))
-    if unknown:
-        raise KeyError(f"unknown post-processing key(s) {unknown}; valid keys: {sorted(DEFAULT_SPEC)}")
-    out = copy.deepcopy(DEFAULT_SPEC)
-    out.update(copy.deepcopy(spec))
-    for key in PER_CLASS_KEYS:
-        out[key] = _per_class(out[key], key)
-    out["threshold"] = {k: None if v is None else float(v) for k, v in out["threshold"].items()}
-    out["closing"] = {k: int(v) for k, v in out["closing"].items()}
-    out["min_area"] = {k: int(v) for k, v in out["min_area"].items()}
-    out["keep_largest"] = {k: bool(v) for k, v in out["keep_largest"].items()}
-    out["never_empty"] = bool(out["never_empty"])
-    if out["overlap"] not in OVERLAP_RULES:
-        raise ValueError(f"post-processing overlap rule {out['overlap']!r}; valid: {list(OVERLAP_RULES)}")
-    if out["gate"] is not None:
-        out["gate"] = {k: float(v) for k, v in _per_class(out["gate"], "gate").items()}
-    if out["triplet"] is not None:
-        triplet = dict(out["triplet"])
-        if set(triplet) != {"high", "min_pixels"}:
-            raise KeyError(f"post-processing triplet needs keys ['high', 'min_pixels']; got {sorted(triplet)}")
-        out["triplet"] = {"high": {k: float(v) for k, v in _per_class(triplet["high"], "triplet.high").items()},
-                          "min_pixels": {k: int(v) for k, v in
-                                         _per_class(triplet["min_pixels"], "triplet.min_pixels").items()}}
-    return out
-
+from strokekit.config.postprocess import normalise_spec, per_class
+from strokekit.vocabulary import BACKGROUND, EIGHT_CONNECTED, HEMORRHAGIC, ISCHEMIC, LESION_NAMES
 
 @functools.lru_cache(maxsize=16)
 def disk(radius: int) -> np.ndarray:
@@ -121,7 +68,7 @@ def lesion_masks(probs: np.ndarray, spec: dict) -> dict[int, np.ndarray]:
     """Steps 1-3: per-class boolean masks after threshold, closing and the overlap rule (disjoint)."""
     spec = normalise_spec(spec)
     masks = {}
-    for name, cls in LESION_CLASSES.items():
+    for name, cls in LESION_NAMES.items():
         passed = pass_mask(probs, cls, spec["threshold"][name])
         masks[cls] = close_mask(passed, spec["closing"][name])
     resolve_overlap(masks, probs, spec["overlap"])
@@ -163,7 +110,7 @@ def class_present(probs: np.ndarray, spec: dict, image_prob=None) -> dict[int, b
     spec = normalise_spec(spec)
     image_probs = _image_probs(image_prob) if spec["gate"] is not None else None
     present = {}
-    for name, cls in LESION_CLASSES.items():
+    for name, cls in LESION_NAMES.items():
         keep = True
         if spec["triplet"] is not None:
             high, need = spec["triplet"]["high"][name], spec["triplet"]["min_pixels"][name]
@@ -179,12 +126,12 @@ def _image_probs(image_prob) -> dict[str, float]:
     if image_prob is None:
         raise ValueError("the post-processing spec has a gate but no image-level probability was given")
     if isinstance(image_prob, dict):
-        return {k: float(v) for k, v in _per_class(image_prob, "image_prob").items()}
+        return {k: float(v) for k, v in per_class(image_prob, "image_prob").items()}
     values = np.atleast_1d(np.asarray(image_prob, dtype=float))
     if values.size == 1:
-        return {name: float(values[0]) for name in LESION_CLASSES}
+        return {name: float(values[0]) for name in LESION_NAMES}
     if values.size == 2:
-        return dict(zip(LESION_CLASSES, map(float, values)))
+        return dict(zip(LESION_NAMES, map(float, values)))
     raise ValueError(f"image_prob must be one number or [ischemic, hemorrhagic]; got {values.size} values")
 
 
@@ -197,7 +144,7 @@ def apply_postprocess(probs: np.ndarray, spec: dict | None = None, image_prob=No
     present = class_present(probs, spec, image_prob)
     masks = lesion_masks(probs, spec)
     class_map = np.full(probs.shape[1:], BACKGROUND, dtype=np.uint8)
-    for name, cls in LESION_CLASSES.items():
+    for name, cls in LESION_NAMES.items():
         if not present[cls] or not masks[cls].any():
             continue
         box = bounding_box(masks[cls])  # label the lesion's box only: a 512x512 slice is mostly empty

@@ -24,10 +24,9 @@ from strokekit.ensembling import selection
 from strokekit.ensembling.spec import combine
 from strokekit.postprocess.steps import apply_postprocess, resize_probs
 from strokekit.training.runlog import EpochLog
+from strokekit.vocabulary import IMAGE_TYPES, LESION_NAMES, image_type
 
 SIZE_BINS = (0.005, 0.02)  # share of the slice: small < 0.5 %, medium < 2 %, large >= 2 %
-LESION = {"ischemic": 1, "hemorrhagic": 2}
-TYPE_NAMES = ("none", "ischemic", "hemorrhagic", "both")
 
 
 class ReportError(ValueError):
@@ -171,7 +170,7 @@ def classifier_size_bins(oof: pd.DataFrame, threshold: float, masks: dict[int, n
     pred = (oof["prob"].to_numpy() >= threshold).astype(int)
     right = dict(zip(oof["image_id"].astype(int), pred == oof["target"].to_numpy()))
     rows = []
-    for name, cls in LESION.items():
+    for name, cls in LESION_NAMES.items():
         for label, edge in zip(bin_labels(bins), ("small", "medium", "large")):
             hits = [right[i] for i, m in masks.items() if i in right and (m == cls).any()
                     and size_bin((m == cls).mean(), bins) == edge]
@@ -202,10 +201,6 @@ def predicted_map(probs: np.ndarray, shape: tuple[int, int], post: dict | None) 
     return up.argmax(0).astype(np.uint8) if post is None else apply_postprocess(up, post)
 
 
-def image_type(class_map: np.ndarray) -> str:
-    return TYPE_NAMES[int((class_map == 1).any()) + 2 * int((class_map == 2).any())]
-
-
 def seg_records(oof: dict, masks: dict[int, np.ndarray], post: dict | None, negatives: set[int]) -> pd.DataFrame:
     """One row per OOF image: strict per-class counts, Dice, lesion areas, image types, negative flag."""
     rows = []
@@ -216,7 +211,7 @@ def seg_records(oof: dict, masks: dict[int, np.ndarray], post: dict | None, nega
         row = {"image_id": int(image_id), "fold": int(oof["fold"][i]), "negative": int(image_id) in negatives,
                "type_true": image_type(true), "type_pred": image_type(pred), "pixels": true.size,
                "pred_lesion_pixels": int((pred > 0).sum())}
-        for name, cls in LESION.items():
+        for name, cls in LESION_NAMES.items():
             tp, fp, fn = (int(getattr(stats, k)[0, cls]) for k in ("tp", "fp", "fn"))
             row.update({f"tp_{name}": tp, f"fp_{name}": fp, f"fn_{name}": fn,
                         f"area_{name}": int((true == cls).sum()),
@@ -232,10 +227,10 @@ def seg_fold_table(records: pd.DataFrame) -> pd.DataFrame:
     for fold, part in records.groupby("fold", sort=True):
         lesion = part[~part["negative"]]
         row = {"fold": int(fold), "n_lesion": len(lesion), "n_negative": int(part["negative"].sum())}
-        for name in LESION:
+        for name in LESION_NAMES:
             row[f"dice_{name}"] = float(lesion[f"dice_{name}"].mean())
         row["dice_lesion_mean"] = float(np.nanmean([row["dice_ischemic"], row["dice_hemorrhagic"]]))
-        tp, fp, fn = (sum(lesion[f"{k}_{n}"].sum() for n in LESION) for k in ("tp", "fp", "fn"))
+        tp, fp, fn = (sum(lesion[f"{k}_{n}"].sum() for n in LESION_NAMES) for k in ("tp", "fp", "fn"))
         row["iou_micro_lesion"] = tp / (tp + fp + fn) if tp + fp + fn else np.nan
         negatives = part[part["negative"]]
         row["fp_rate_negatives"] = float((negatives["pred_lesion_pixels"] > 0).mean()) if len(negatives) else np.nan
@@ -246,7 +241,7 @@ def seg_fold_table(records: pd.DataFrame) -> pd.DataFrame:
 def seg_size_bins(records: pd.DataFrame, bins=SIZE_BINS) -> pd.DataFrame:
     """Per lesion class and size bin: mean per-image Dice and the share of lesions touched by the prediction."""
     rows = []
-    for name in LESION:
+    for name in LESION_NAMES:
         has = records[records[f"area_{name}"] > 0]
         which = (has[f"area_{name}"] / has["pixels"]).map(lambda f: size_bin(f, bins))
         for label, edge in zip(bin_labels(bins), ("small", "medium", "large")):
@@ -260,5 +255,5 @@ def seg_size_bins(records: pd.DataFrame, bins=SIZE_BINS) -> pd.DataFrame:
 def type_confusion(records: pd.DataFrame) -> np.ndarray:
     matrix = np.zeros((4, 4), dtype=int)
     for t, p in zip(records["type_true"], records["type_pred"]):
-        matrix[TYPE_NAMES.index(t), TYPE_NAMES.index(p)] += 1
+        matrix[IMAGE_TYPES.index(t), IMAGE_TYPES.index(p)] += 1
     return matrix

@@ -19,8 +19,8 @@ import pandas as pd
 import yaml
 
 from strokekit.ensembling import selection
+from strokekit.vocabulary import TASKS
 
-TASKS = ("stroke", "type", "seg")
 TITLES = {"stroke": "stroke (phase 1: stroke vs no stroke)", "type": "type (ischemic vs hemorrhagic)",
           "seg": "seg (phase 2: lesion masks)"}
 CLASSIFIER_COLUMNS = ("auc", "pooled_auc", "f1_at_best", "recall_at_best", "precision_at_best",

@@ -16,14 +16,14 @@ import numpy as np
 import pandas as pd
 
 from strokekit.evaluation import metrics
-from strokekit.report.runs import figures as figs
+from strokekit.report import figures as figs
 from strokekit.data.index import build_index
 from strokekit.data.readers import load_class_map, read_png
 from strokekit.report.evaluate import (SIZE_BINS, Source, classifier_fold_table, classifier_oof, classifier_size_bins,
                                    data_root, find_sources, fold_logs, mean_std_rows, predicted_map, seg_fold_table,
-                                   seg_oof, seg_records, seg_size_bins, type_confusion, TYPE_NAMES)
+                                   seg_oof, seg_records, seg_size_bins, type_confusion)
 from strokekit.report.html import HtmlReport
-from strokekit.report.submission import write_submission_report  # noqa: F401  (the public entry point)
+from strokekit.vocabulary import IMAGE_TYPES
 
 SURFACE_GRID = {"threshold": [None, 0.3, 0.5, 0.7], "min_area": [0, 16, 64, 256], "closing": [0],
                 "keep_largest": [False], "overlap": ["argmax"]}
@@ -173,7 +173,7 @@ def seg_sections(page: HtmlReport, source: Source, context: DataContext, worst: 
                caption="Dice per image on lesion slices (mean), strict IoU summed over lesion pixels (micro), "
                        "false-positive rate on no-stroke slices; mean ± std over folds (ddof = 1)")
     page.section("image-type confusion", level=3)
-    page.figure(figs.confusion(type_confusion(records), list(TYPE_NAMES), "lesion classes present"),
+    page.figure(figs.confusion(type_confusion(records), list(IMAGE_TYPES), "lesion classes present"),
                 "the set of lesion classes in the true and the predicted mask", alt="type confusion matrix")
     page.section("threshold search", level=3)
     table, chosen = seg_search_table(source, oof, masks)

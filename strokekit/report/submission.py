@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from strokekit.report.runs import figures as figs
-from strokekit.report.evaluate import SIZE_BINS, TYPE_NAMES, bin_labels, size_bin
+from strokekit.report import figures as figs
+from strokekit.report.evaluate import SIZE_BINS, bin_labels, size_bin
 from strokekit.report.html import HtmlReport
 from strokekit.data.submission import read_labels, read_phase2_mask
+from strokekit.vocabulary import IMAGE_TYPES, LESION_NAMES
 
-LESION = ("ischemic", "hemorrhagic")
 
 
 def write_submission_report(result: dict, out: str | os.PathLike, images_dir: str | os.PathLike | None = None,
@@ -90,13 +90,13 @@ def phase2(page: HtmlReport, result: dict, images_dir, worst: int, size_bins) ->
                        f"{label}", **{k: o[key][k] for k in ("iou", "dice", "precision", "recall")}}
             for label, key in (("mean over images", "mean_imagewise"), ("micro", "micro"))]
     page.table(pd.DataFrame(rows))
-    strict = [{"reduction": r, **{f"{m} {c}": s[f"{m}_{r}_{c}"] for m in ("iou", "dice") for c in (*LESION, "lesion_mean")}}
+    strict = [{"reduction": r, **{f"{m} {c}": s[f"{m}_{r}_{c}"] for m in ("iou", "dice") for c in (*LESION_NAMES, "lesion_mean")}}
               for r in ("micro", "macro_imagewise")]
     page.table(pd.DataFrame(strict), caption=s.get("empty_rule", ""))
     page.text(f"image type accuracy (set of lesion classes present): {result['type_accuracy']:.4f}")
     page.section("image-type confusion")
-    matrix = np.array([[result["type_confusion_true_by_pred"][t][q] for q in TYPE_NAMES] for t in TYPE_NAMES])
-    page.figure(figs.confusion(matrix, list(TYPE_NAMES)), "lesion classes present in truth and prediction",
+    matrix = np.array([[result["type_confusion_true_by_pred"][t][q] for q in IMAGE_TYPES] for t in IMAGE_TYPES])
+    page.figure(figs.confusion(matrix, list(IMAGE_TYPES)), "lesion classes present in truth and prediction",
                 alt="type confusion matrix")
     masks = {int(i): read_phase2_mask(Path(result["truth"]) / f"{int(i)}.png", strict=False) for i in records["id"]}
     page.section("per class by lesion size")
@@ -121,7 +121,7 @@ def phase2(page: HtmlReport, result: dict, images_dir, worst: int, size_bins) ->
 
 def size_bin_table(records: pd.DataFrame, masks: dict, bins) -> pd.DataFrame:
     rows = []
-    for name, cls in zip(LESION, (1, 2)):
+    for name, cls in LESION_NAMES.items():
         values = {edge: [] for edge in ("small", "medium", "large")}
         for r in records.itertuples():
             m = masks[int(r.id)]
@@ -136,7 +136,7 @@ def size_bin_table(records: pd.DataFrame, masks: dict, bins) -> pd.DataFrame:
 
 def false_positive_table(records: pd.DataFrame, masks: dict) -> pd.DataFrame:
     rows = []
-    for name, cls in (*zip(LESION, (1, 2)), ("any lesion on a no-stroke slice", 0)):
+    for name, cls in (*LESION_NAMES.items(), ("any lesion on a no-stroke slice", 0)):
         if cls:
             absent = [r for r in records.itertuples() if not (masks[int(r.id)] == cls).any()]
             fp = [r for r in absent if getattr(r, f"strict_fp_{name}") > 0]

@@ -25,7 +25,7 @@ from strokekit.training import distributed
 from strokekit.atomic import write_text_atomic
 from strokekit.models.checkpoint import (build_checkpoint, model_state, read_checkpoint, rng_state, save_atomic,
                          seed_everything, set_rng_state, versions)
-from strokekit.data.dataset import make_loader
+from strokekit.training.loader import make_loader
 from strokekit.models.registry import build_model
 from strokekit.training.optim import LrSchedule, build_optimizer
 from strokekit.training.runlog import EpochLog, plot_curves, write_json

@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from strokekit.models.checkpoint import write_atomic
+from strokekit.atomic import write_atomic
 
 
 class EpochLog:

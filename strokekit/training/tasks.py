@@ -26,16 +26,17 @@ import torch.nn.functional as F
 from strokekit.training import distributed
 
 from strokekit.evaluation import metrics, official
-from strokekit.models.checkpoint import write_atomic
+from strokekit.atomic import write_atomic
 from strokekit.data.dataset import BalancedSampler, LesionBatchSampler, SliceDataset
 from strokekit.training.losses import LesionAuxLoss, build_loss
+from strokekit.vocabulary import TASK_OUTPUTS
 
 CLASSIFIER_METRICS = ("auc", "recall", "precision", "f1", "specificity", "balanced_accuracy", "accuracy")
 
 
 class Task:
     name = "?"
-    num_outputs = 2
+    num_outputs = TASK_OUTPUTS["stroke"]
     loss_mode = "binary"
     default_loss = "ce"
     default_metric = "auc"
@@ -148,7 +149,7 @@ class TypeTask(ClassifierTask):
 
 class SegTask(Task):
     name = "seg"
-    num_outputs = 3
+    num_outputs = TASK_OUTPUTS["seg"]
     loss_mode = "multiclass"
     default_loss = "dice+ce"
     default_metric = "dice_macro_imagewise_lesion_mean"
@@ -188,7 +189,7 @@ class SegTask(Task):
     def new_state(self, cfg: dict, keep_oof: bool = False) -> dict:
         pp = cfg.get("select_postprocess")
         if pp is not None:
-            from strokekit.postprocess.steps import normalise_spec
+            from strokekit.config.postprocess import normalise_spec
             pp = normalise_spec(pp)
         return {"ids": [], "stats": [], "any": [], "lesion": [], "probs": [] if keep_oof else None,
                 "hw": [], "oof_size": cfg["oof_size"], "pp": pp, "pp_stats": [], "pp_any": [], "pp_official": []}

@@ -13,6 +13,8 @@ from typing import Any
 import yaml
 
 from strokekit.atomic import write_text_atomic
+from strokekit.config.postprocess import normalise_spec
+from strokekit.vocabulary import TASKS
 
 # Every key a config may hold, with its default. A config file only lists what it changes.
 DEFAULTS: dict[str, Any] = {
@@ -201,7 +203,6 @@ def _unknown(key: str, node: dict, source: str) -> str:
     return f"{source}: unknown config key {key!r}.{hint} Valid keys: {', '.join(sorted(node))}"
 
 
-TASKS = ("stroke", "type", "seg")
 
 
 def validate(cfg: dict) -> None:
@@ -255,7 +256,6 @@ def validate_selection(cfg: dict) -> None:
     if not isinstance(spec, dict):
         raise ConfigError(f"select_postprocess must be a post-processing mapping such as {{min_area: 20}}, "
                           f"got {spec!r}")
-    from strokekit.postprocess.steps import normalise_spec  # numpy/scipy only
     try:
         spec = normalise_spec(spec)
     except (KeyError, ValueError, TypeError) as err:

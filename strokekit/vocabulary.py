@@ -1,0 +1,43 @@
+"""The kit's names, written once: pixel classes, lesion classes, image types, tasks and their head sizes,
+and the flip sets of test-time augmentation. Plain Python and numpy, imported by every stage."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+BACKGROUND, ISCHEMIC, HEMORRHAGIC = 0, 1, 2                       # the values of a class map
+CLASS_NAMES = {BACKGROUND: "background", ISCHEMIC: "ischemic", HEMORRHAGIC: "hemorrhagic"}
+LESION_CLASSES = (ISCHEMIC, HEMORRHAGIC)
+LESION_NAMES = {CLASS_NAMES[c]: c for c in LESION_CLASSES}        # per-class config blocks are keyed by name
+IMAGE_TYPES = ("none", "ischemic", "hemorrhagic", "both")          # an image's type: the lesion classes present
+EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)                      # components as the organisers count them
+
+TASK_OUTPUTS = {"stroke": 2, "type": 2, "seg": 3}                  # head size per task
+TASKS = tuple(TASK_OUTPUTS)
+
+# TTA flip name -> tensor dims flipped, for NCHW images and N?HW outputs (H = -2, W = -1).
+FLIPS: dict[str, tuple[int, ...]] = {
+    "none": (),
+    "hflip": (-1,),        # left-right: anatomically plausible for an axial brain slice
+    "vflip": (-2,),        # up-down: much less so; measure on OOF before trusting it
+    "hvflip": (-2, -1),
+}
+
+
+def image_type(class_map: np.ndarray) -> str:
+    """A class map's image type: the lesion classes it holds ("none", "ischemic", "hemorrhagic", "both")."""
+    return IMAGE_TYPES[int((class_map == ISCHEMIC).any()) + 2 * int((class_map == HEMORRHAGIC).any())]
+
+
+def resolve_flips(flips: str | Sequence[str] | None) -> list[str]:
+    """Validate a flip set from a config ("hflip", ["none", "hflip"], None -> ["none"]); keeps order, drops repeats."""
+    if flips is None:
+        return ["none"]
+    names = [flips] if isinstance(flips, str) else list(flips)
+    if not names:
+        raise ValueError(f"empty TTA flip set; use ['none'] for no TTA. Valid names: {sorted(FLIPS)}")
+    unknown = [name for name in names if name not in FLIPS]
+    if unknown:
+        raise KeyError(f"unknown TTA flip(s) {unknown}; valid names: {sorted(FLIPS)}")
+    return list(dict.fromkeys(names))
