@@ -29,7 +29,7 @@ import os
 import sys
 from pathlib import Path
 
-from strokekit.config import ConfigError, add_config_args, folds_path, load_config, save_config
+from strokekit.config import ConfigError, add_config_args, folds_path, load_config, save_config, set_key
 from strokekit.training import distributed
 from strokekit.data.check import apply_policy, check_files
 from strokekit.data.index import DataLayoutError, build_index
@@ -60,11 +60,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def resolve_config(args) -> dict:
+    """The validated config (every key checked against config/schema.py) before any data is read."""
     cfg = load_config(args.config, args.set)
     for key, value in (("data", args.data), ("folds", args.folds_csv), ("runs_dir", args.out),
                        ("on_bad_input", args.on_bad_input)):
         if value:
-            cfg[key] = value
+            set_key(cfg, key, value, source="command line")
     return cfg
 
 

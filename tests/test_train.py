@@ -210,6 +210,26 @@ def test_folds_file_must_match_the_data(train_phantom, tmp_path, capsys):
     assert not (tmp_path / "tiny_stroke").exists()  # nothing trained
 
 
+@pytest.mark.parametrize("override", ["early_stop=abc", "clip_grad=abc", "weights=123", "metric=bogus",
+                                      "sampler=bogus", "lr=-1", "lr=nan", "aug.hflip=5", "num_workers=-1",
+                                      "img_size=7"])
+def test_bad_config_value_exits_2_at_once(train_phantom, tmp_path, capsys, override):
+    """A bad value stops train.py before it reads any data (no epoch, no run folder), naming the key."""
+    started = time.time()
+    assert train.main(_train_command(train_phantom, tmp_path, override)[2:]) == 2
+    assert time.time() - started < 5
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {override.split('=')[0]}: must be") or "is not logged" in err, err
+    assert not (tmp_path / "tiny_stroke").exists()
+
+
+def test_bad_config_value_exits_2_as_a_process(train_phantom, tmp_path):
+    done = subprocess.run(_train_command(train_phantom, tmp_path, "metric=bogus"), capture_output=True,
+                          text=True, env=ENV, timeout=120)
+    assert done.returncode == 2 and "error: metric: 'bogus' is not logged for task stroke" in done.stderr
+    assert not (tmp_path / "tiny_stroke").exists()
+
+
 def test_type_specific_segmenter_learns_its_type_only(train_phantom, tmp_path):
     """seg_lesion_type: trained on its type's slices with the other class as background, validated on every
     lesion slice of the fold (OOF lines up with a 3-class run's), it never draws the other class."""

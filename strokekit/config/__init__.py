@@ -14,7 +14,7 @@ import yaml
 
 from strokekit.atomic import write_text_atomic
 from strokekit.config.postprocess import normalise_spec
-from strokekit.vocabulary import TASKS
+from strokekit.config.schema import SCHEMA, BadValue, check_value, cross_checks
 
 # Every key a config may hold, with its default. A config file only lists what it changes.
 DEFAULTS: dict[str, Any] = {
@@ -155,43 +155,19 @@ def _default_at(dotted: str):
 
 
 def set_key(cfg: dict, dotted: str, value: Any, source: str) -> None:
+    """Set one (dotted) key, checked against its schema rule (config/schema.py) on the spot."""
     *parents, last = dotted.split(".")
-    node, defaults = cfg, DEFAULTS
+    node = cfg
     for part in parents:
         if part not in node or not isinstance(node[part], dict):
             raise ConfigError(_unknown(dotted, node, source))
-        node, defaults = node[part], defaults.get(part, {})
-    if last not in node:
+        node = node[part]
+    if last not in node or dotted not in SCHEMA:
         raise ConfigError(_unknown(dotted, node, source))
-    node[last] = _check_type(dotted, defaults.get(last), value, source)
-
-
-def _check_type(key: str, default: Any, value: Any, source: str) -> Any:
-    """Keep the default's type: ints may become floats, None defaults accept anything."""
-    if default is None or value is None:
-        return _number(value)
-    if isinstance(default, float) and isinstance(value, str):
-        value = _number(value)  # YAML 1.1 reads "3e-4" as a string
-    if isinstance(default, bool) or isinstance(value, bool):
-        if isinstance(default, bool) and isinstance(value, bool):
-            return value
-    elif isinstance(default, float) and isinstance(value, (int, float)):
-        return float(value)
-    elif isinstance(default, type(value)) or isinstance(value, type(default)):
-        return value
-    elif key == "loss" and isinstance(value, dict):
-        return value
-    raise ConfigError(f"{source}: {key} must be {type(default).__name__} like its default "
-                      f"{default!r}, got {value!r}")
-
-
-def _number(value: Any) -> Any:
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
+    try:
+        node[last] = check_value(dotted, value)
+    except BadValue as err:
+        raise ConfigError(f"{dotted}: {err} ({source})") from None
 
 
 def _unknown(key: str, node: dict, source: str) -> str:
@@ -203,65 +179,46 @@ def _unknown(key: str, node: dict, source: str) -> str:
     return f"{source}: unknown config key {key!r}.{hint} Valid keys: {', '.join(sorted(node))}"
 
 
-
-
 def validate(cfg: dict) -> None:
-    if cfg["task"] not in TASKS:
-        raise ConfigError(f"task must be one of {TASKS}, got {cfg['task']!r}")
+    """Every key against its schema rule, then the rules between keys; the first problem raises ConfigError
+    as `<key>: <problem>`. Reads no data: train.py calls it before anything else."""
+    for key, rule in SCHEMA.items():
+        *parents, last = key.split(".")
+        node = cfg
+        for part in parents:
+            node = node[part]
+        try:
+            node[last] = rule.check(node[last])
+        except BadValue as err:
+            raise ConfigError(f"{key}: {err}") from None
     name = str(cfg["name"])
     if name in ("", ".", "..") or any(sep in name for sep in ("/", "\\", "\0")):
-        raise ConfigError(f"name {name!r} must be a plain folder name (runs go to <runs_dir>/<name>/, never "
+        raise ConfigError(f"name: {name!r} must be a plain folder name (runs go to <runs_dir>/<name>/, never "
                           "outside runs_dir)")
-    if cfg["on_bad_input"] not in ("fail", "skip"):
-        raise ConfigError(f"on_bad_input must be fail or skip, got {cfg['on_bad_input']!r}")
-    if cfg["image_source"] not in ("png", "dicom"):
-        raise ConfigError(f"image_source must be png or dicom, got {cfg['image_source']!r}")
-    windows = cfg["windows"]
-    if not windows or not all(isinstance(w, (list, tuple)) and len(w) == 2 and w[1] > 0 for w in windows):
-        raise ConfigError(f"windows must be a list of [center, width] pairs with width > 0, got {windows!r}")
-    n_windows = len(windows) if cfg["image_source"] == "dicom" else 1
-    if n_windows not in (1, cfg["in_chans"]):
-        raise ConfigError(f"{n_windows} windows cannot fill in_chans={cfg['in_chans']}: "
-                          "give one window (repeated) or exactly in_chans windows")
-    for key in ("epochs", "batch_size", "img_size", "accum_steps"):
-        if cfg[key] < 1:
-            raise ConfigError(f"{key} must be >= 1, got {cfg[key]}")
-    if cfg["img_size"] % 32 and cfg["task"] == "seg":
-        raise ConfigError(f"img_size={cfg['img_size']} must be a multiple of 32 for U-Net encoders "
-                          f"(try {max(32, round(cfg['img_size'] / 32) * 32)})")
-    if cfg["ddp_backend"] not in (None, "nccl", "gloo"):
-        raise ConfigError(f"ddp_backend must be nccl, gloo or null (nccl on CUDA, gloo on the CPU), "
-                          f"got {cfg['ddp_backend']!r}")
     validate_selection(cfg)
-    if cfg["seg_lesion_type"] not in (None, "ischemic", "hemorrhagic"):
-        raise ConfigError(f"seg_lesion_type must be ischemic, hemorrhagic or null (3-class), "
-                          f"got {cfg['seg_lesion_type']!r}")
-    if not 0.0 <= cfg["lesion_share"] <= 1.0:
-        raise ConfigError(f"lesion_share must be in [0, 1], got {cfg['lesion_share']}")
+    for key, problem in cross_checks(cfg):
+        raise ConfigError(f"{key}: {problem}")
 
 
 def validate_selection(cfg: dict) -> None:
-    """topk_average: a positive int; select_postprocess: a seg-only post-processing spec without a gate."""
-    k = cfg["topk_average"]
-    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-        raise ConfigError(f"topk_average must be a whole number >= 1 (or null), got {k!r}")
+    """select_postprocess: a seg-only post-processing spec without a gate (an ensemble spec file's is copied)."""
     spec = cfg["select_postprocess"]
     if spec is None:
         return
     if isinstance(spec, str):  # an ensemble spec file: its searched post-processing, copied into the config
         spec = cfg["select_postprocess"] = _spec_postprocess(Path(spec))
     if cfg["task"] != "seg":
-        raise ConfigError(f"select_postprocess is for task seg (classifiers select on e.g. metric: f1_at_best), "
+        raise ConfigError(f"select_postprocess: is for task seg (classifiers select on e.g. metric: f1_at_best), "
                           f"not {cfg['task']}")
     if not isinstance(spec, dict):
-        raise ConfigError(f"select_postprocess must be a post-processing mapping such as {{min_area: 20}}, "
+        raise ConfigError(f"select_postprocess: must be a post-processing mapping such as {{min_area: 20}}, "
                           f"got {spec!r}")
     try:
         spec = normalise_spec(spec)
     except (KeyError, ValueError, TypeError) as err:
         raise ConfigError(f"select_postprocess: {str(err).strip(chr(34) + chr(39))}") from None
     if spec["gate"] is not None:
-        raise ConfigError("select_postprocess cannot gate on an image classifier during training; drop `gate`")
+        raise ConfigError("select_postprocess: cannot gate on an image classifier during training; drop `gate`")
 
 
 def _spec_postprocess(path: Path) -> dict:

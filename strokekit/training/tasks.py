@@ -40,6 +40,7 @@ class Task:
     loss_mode = "binary"
     default_loss = "ce"
     default_metric = "auc"
+    samplers: tuple[str, ...] = ()  # config `sampler` names besides none (config/schema.py SAMPLERS lists them too)
 
     def rows(self, index: pd.DataFrame, cfg: dict, train: bool) -> pd.DataFrame:
         raise NotImplementedError
@@ -67,6 +68,7 @@ class Task:
 
 class ClassifierTask(Task):
     positive = "?"
+    samplers = ("balanced",)
 
     def targets(self, rows: pd.DataFrame) -> np.ndarray:
         raise NotImplementedError
@@ -153,6 +155,7 @@ class SegTask(Task):
     loss_mode = "multiclass"
     default_loss = "dice+ce"
     default_metric = "dice_macro_imagewise_lesion_mean"
+    samplers = ("lesion",)
 
     def rows(self, index, cfg, train):
         pool = index[index["split"] == "train"]
