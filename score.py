@@ -6,7 +6,8 @@
 
 Prints a table with 95 % bootstrap intervals, writes scores/<name>.json (--out) and, beside it,
 <name>.confusion.png (phase 1) or <name>.worst_cases.png (phase 2), and with --report <name>.report.html
-(one static page: report.py's figures for a scored submission). The logic lives in strokekit.evaluation.score.
+(one static page: report.py's figures for a scored submission). The logic lives in strokekit.evaluation.score,
+the figures in strokekit.report.figures.
 
 --check also verifies the submission against the manifest.json infer.py wrote beside it: every file it
 lists must be there with the same sha256, and no file may have been added (exit status 1 otherwise).
@@ -109,19 +110,23 @@ def check_manifest(target: str) -> int:
 
 
 def run_score(args: argparse.Namespace) -> int:
+    from strokekit.report import figures  # matplotlib and pandas load only when scoring
+
     out = Path(args.out) if args.out else Path("scores") / f"{scoring.submission_name(args.pred)}.json"
     stem = out.with_suffix("")
     if args.phase == 1:
         result = scoring.score_phase1(args.pred, args.truth, args.probs, args.n_boot)
         print(scoring.phase1_table(result))
-        result["confusion_png"] = str(scoring.plot_confusion(
-            result["confusion"], f"{stem}.confusion.png", title=f"{out.stem}: phase 1"))
+        c = result["confusion"]
+        result["confusion_png"] = str(figures.save(figures.confusion(
+            [[c["tn"], c["fp"]], [c["fn"], c["tp"]]], ["no stroke", "stroke"], title=f"{out.stem}: phase 1"),
+            f"{stem}.confusion.png"))
     else:
         result = scoring.score_phase2(args.pred, args.truth, args.se_size, not args.pixel_rule,
                                       args.empty_score, args.n_boot)
         print(scoring.phase2_table(result))
-        result["worst_cases_png"] = str(scoring.plot_worst_cases(
-            result, f"{stem}.worst_cases.png", args.worst, args.images))
+        result["worst_cases_png"] = str(figures.save(figures.worst_cases(result, args.worst, args.images),
+                                                     f"{stem}.worst_cases.png"))
     if result.get("intervals"):
         print("\n" + scoring.intervals_table(result))
     if args.report:

@@ -122,6 +122,7 @@ def prepare_fold(fold: int, run_dir: Path, cfg: dict, check, args) -> bool:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from strokekit.report.figures import fold_curves
     from strokekit.training.engine import train_fold  # torch / timm import after argument errors are out of the way
 
     main_rank = os.environ.get("RANK", "0") == "0"  # torchrun's other ranks print nothing
@@ -145,7 +146,7 @@ def main(argv=None) -> int:
             run_dir = run_root / f"fold{fold}"
             if distributed.on_main(prepare_fold, fold, run_dir, cfg, check, args):
                 summaries.append(train_fold(cfg, index, folds, fold, run_dir, resume_run=args.resume,
-                                            progress=not args.no_progress))
+                                            progress=not args.no_progress, draw_curves=fold_curves))
     except USER_ERRORS as err:
         if main_rank:
             print(f"error: {err}", file=sys.stderr)

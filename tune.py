@@ -26,6 +26,7 @@ from strokekit.models.registry import ModelNameError
 from strokekit.training.runlog import INTERRUPTED, exit_process
 from strokekit.training.tuning import TuneError, read_space, run_search, write_results
 from strokekit.models.weights import WeightsError
+from strokekit.report.figures import fold_curves
 
 USER_ERRORS = (ConfigError, DataLayoutError, FoldsError, WeightsError, ModelNameError, LossNameError, TuneError)
 
@@ -78,7 +79,7 @@ def main(argv=None) -> int:
         study_dir = Path(args.study_dir or Path("tunes") / cfg["name"])
         study = run_search(cfg, space, args.trials, fold_list(args.folds, folds), study_dir, index, folds,
                            seed=args.seed, random_trials=args.random_trials, startup_trials=args.startup_trials,
-                           warmup_epochs=args.warmup_epochs)
+                           warmup_epochs=args.warmup_epochs, draw_curves=fold_curves)
         tuned = write_results(study, cfg, study_dir)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)

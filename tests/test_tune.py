@@ -59,7 +59,7 @@ def test_three_trials_are_runs_and_the_best_becomes_a_config(phantom, tmp_path, 
         assert cfg["loss"] == {"ce": 1.0, "focal": pytest.approx(trial.params["loss.focal"])}
         summary = yaml.safe_load((run_dir / "summary.json").read_text())  # JSON is YAML
         assert summary["best_metric"] == pytest.approx(trial.value) and (run_dir / "done").is_file()
-        assert len(pd.read_csv(run_dir / "log.csv")) == 2
+        assert len(pd.read_csv(run_dir / "log.csv")) == 2 and (run_dir / "curves.png").is_file()  # tune.py draws it
     best = max(trials, key=lambda t: t.value)
     tuned = load_config(study_dir / "tiny_tuned.yaml")
     assert tuned == {**apply_params(base, best.params), "name": "tiny_tuned"}

@@ -3,7 +3,8 @@
 Phase 1: an id missing from the upload counts as wrong (scored as the opposite of the truth), as the
 organisers said; ids not in the truth are listed and ignored. Phase 2: a mask that is missing or not in
 the official format (24-bit RGB PNG, the truth's size, official colours) is scored as all background.
-Every figure in the JSON names how it was averaged.
+Every figure in the JSON names how it was averaged. Torch- and matplotlib-free: the PNGs score.py writes
+beside the JSON are drawn by strokekit.report.figures.
 """
 from __future__ import annotations
 
@@ -17,15 +18,12 @@ import numpy as np
 
 from strokekit.evaluation import metrics, official
 from strokekit.atomic import write_text_atomic
-from strokekit.data.encodings import class_map_to_rgb
 from strokekit.vocabulary import CLASS_NAMES
 from strokekit.data.submission import (PHASE1_FILENAME, SubmissionError, check_phase2_mask, mask_files,
                                   read_labels, read_phase2_mask, validate_phase1, validate_phase2)
 from strokekit.vocabulary import IMAGE_TYPES, image_type
 
 QUALIFYING_BALANCED_ACCURACY = 0.75  # the specification's phase-1 bar
-OUTCOME_COLOURS = {official.TN: (0, 0, 0), official.TP: (255, 255, 255), official.FP: (255, 0, 0),
-                   official.FN: (255, 190, 0)}
 
 
 # --------------------------------------------------------------------------- ids and side files
@@ -148,22 +146,6 @@ def phase1_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_confusion(counts: dict, path: os.PathLike | str, title: str = "") -> Path:
-    plt = _pyplot()
-    matrix = np.array([[counts["tn"], counts["fp"]], [counts["fn"], counts["tp"]]])
-    fig, ax = plt.subplots(figsize=(3.6, 3.2))
-    ax.imshow(matrix, cmap="Blues")
-    for (r, c), value in np.ndenumerate(matrix):
-        ax.text(c, r, str(value), ha="center", va="center",
-                color="white" if value > matrix.max() / 2 else "black", fontsize=14)
-    ax.set_xticks([0, 1], ["no stroke", "stroke"])
-    ax.set_yticks([0, 1], ["no stroke", "stroke"])
-    ax.set_xlabel("prediction")
-    ax.set_ylabel("truth")
-    ax.set_title(title, fontsize=9)
-    return _save(fig, path)
-
-
 # --------------------------------------------------------------------------- phase 2
 
 
@@ -282,47 +264,6 @@ def worst_records(records: list[dict], k: int) -> list[dict]:
     return sorted(records, key=lambda r: (np.isnan(r["iou"]), r["iou"]))[:k]
 
 
-def plot_worst_cases(result: dict, path: os.PathLike | str, k: int = 8,
-                     images_dir: os.PathLike | str | None = None) -> Path:
-    """Grid of the k worst images: [image], truth, prediction (official colours), official outcome map."""
-    plt = _pyplot()
-    records = worst_records(result["per_image"], k)
-    columns = (["image"] if images_dir else []) + ["truth", "prediction", "outcome"]
-    fig, axes = plt.subplots(len(records), len(columns), figsize=(2.6 * len(columns), 2.6 * len(records)),
-                             squeeze=False)
-    for row, record in zip(axes, records):
-        panels = _worst_case_panels(result, record, images_dir)
-        for ax, name in zip(row, columns):
-            ax.imshow(panels[name], cmap="gray" if panels[name].ndim == 2 else None)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        row[0].set_ylabel(f"{record['id']}  IoU {record['iou']:.2f}", fontsize=8)
-    for ax, name in zip(axes[0], columns):
-        ax.set_title(name if name != "outcome" else "TP white, FP red, FN amber", fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def _worst_case_panels(result: dict, record: dict, images_dir) -> dict[str, np.ndarray]:
-    true = read_phase2_mask(Path(result["truth"]) / f"{record['id']}.png", strict=False)
-    pred, _ = load_prediction(Path(result["pred"]), record["id"], true.shape)
-    outcomes = official.outcome_map(pred, true, result["se_size"], result["rule"] == "region")
-    lut = np.array([OUTCOME_COLOURS[i] for i in range(4)], dtype=np.uint8)
-    panels = {"truth": class_map_to_rgb(true), "prediction": class_map_to_rgb(pred), "outcome": lut[outcomes]}
-    if images_dir:
-        panels["image"] = _read_grey(Path(images_dir) / f"{record['id']}.png", true.shape)
-    return panels
-
-
-def _read_grey(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    from PIL import Image
-
-    if not path.is_file():
-        return np.zeros(shape, np.uint8)
-    with Image.open(path) as image:
-        return np.asarray(image.convert("L"))
-
-
 # --------------------------------------------------------------------------- checking
 
 
@@ -348,24 +289,3 @@ def check_submission(target: os.PathLike | str, expected_ids: Iterable[int] | No
     if not done:
         raise SubmissionError(target, [f"neither {PHASE1_FILENAME} nor <id>.png masks in it"])
     return done
-
-
-# --------------------------------------------------------------------------- plotting helpers
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, never a window
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: os.PathLike | str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    fig.clf()
-    _pyplot().close(fig)
-    return path

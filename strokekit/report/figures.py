@@ -1,17 +1,30 @@
-"""The report's figures (matplotlib, Agg): curves, ROC / PR, confusion matrices, threshold surfaces, size bins,
-and the worst-case gallery with lesions drawn in the competition's colours (ischemia blue, hemorrhage green).
+"""The kit's one plotting module (matplotlib, Agg): training curves, ROC / PR, confusion matrices, threshold
+surfaces, size bins, the worst-case gallery with lesions drawn in the competition's colours (ischemia blue,
+hemorrhage green) and score.py's worst-case grid of official outcomes.
 
-Every function returns a matplotlib Figure; report_html embeds it.
+Every figure function returns a matplotlib Figure; report_html embeds it, `save` writes it as a PNG. The
+files drawn outside the report: a fold's curves.png (`fold_curves`, which train.py and tune.py hand to the
+training engine, as training does not import the report stage), score.py's <name>.confusion.png (`confusion`)
+and <name>.worst_cases.png (`worst_cases`).
 """
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from strokekit.evaluation import metrics
-from strokekit.data.encodings import MASK_COLOURS, inner_contour
+from strokekit.atomic import write_atomic
+from strokekit.evaluation import metrics, official
+from strokekit.evaluation.score import load_prediction, worst_records
+from strokekit.data.encodings import MASK_COLOURS, class_map_to_rgb, inner_contour
+from strokekit.data.submission import read_phase2_mask
+
+# the official outcome of each pixel (official.outcome_map) in score.py's worst-case grid
+OUTCOME_COLOURS = {official.TN: (0, 0, 0), official.TP: (255, 255, 255), official.FP: (255, 0, 0),
+                   official.FN: (255, 190, 0)}
 
 
 def pyplot():
@@ -21,6 +34,17 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """Write the figure as a PNG, atomically (a kill leaves the previous file or the new one), and close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight"))
+    finally:
+        pyplot().close(fig)
+    return path
 
 
 def _number(value) -> float:
@@ -47,6 +71,12 @@ def training_curves(logs: dict[str, list[dict]], metric: str):
     ax_metric.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def fold_curves(rows: list[dict], metric: str, path: str | os.PathLike) -> Path:
+    """A fold's curves.png from its log.csv rows: training_curves of that one fold (the training engine's
+    `draw_curves`, called after every epoch)."""
+    return save(training_curves({Path(path).parent.name or "fold": rows}, metric), path, dpi=80)
 
 
 def roc_pr(y: np.ndarray, p: np.ndarray, folds: np.ndarray):
@@ -206,3 +236,44 @@ def tiles(cases: list[dict], ncols: int = 4):
         ax.set_title(case["caption"], fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def worst_cases(result: dict, k: int = 8, images_dir: str | os.PathLike | None = None):
+    """score.py's grid of a scored phase-2 submission's k worst images (lowest official IoU): [the slice],
+    truth, prediction (official colours), official outcome map (TP white, FP red, FN amber)."""
+    plt = pyplot()
+    records = worst_records(result["per_image"], k)
+    columns = (["image"] if images_dir else []) + ["truth", "prediction", "outcome"]
+    fig, axes = plt.subplots(len(records), len(columns), figsize=(2.6 * len(columns), 2.6 * len(records)),
+                             squeeze=False)
+    for row, record in zip(axes, records):
+        panels = _worst_case_panels(result, record, images_dir)
+        for ax, name in zip(row, columns):
+            ax.imshow(panels[name], cmap="gray" if panels[name].ndim == 2 else None)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        row[0].set_ylabel(f"{record['id']}  IoU {record['iou']:.2f}", fontsize=8)
+    for ax, name in zip(axes[0], columns):
+        ax.set_title(name if name != "outcome" else "TP white, FP red, FN amber", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _worst_case_panels(result: dict, record: dict, images_dir) -> dict[str, np.ndarray]:
+    true = read_phase2_mask(Path(result["truth"]) / f"{record['id']}.png", strict=False)
+    pred, _ = load_prediction(Path(result["pred"]), record["id"], true.shape)
+    outcomes = official.outcome_map(pred, true, result["se_size"], result["rule"] == "region")
+    lut = np.array([OUTCOME_COLOURS[i] for i in range(4)], dtype=np.uint8)
+    panels = {"truth": class_map_to_rgb(true), "prediction": class_map_to_rgb(pred), "outcome": lut[outcomes]}
+    if images_dir:
+        panels["image"] = _read_grey(Path(images_dir) / f"{record['id']}.png", true.shape)
+    return panels
+
+
+def _read_grey(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    if not path.is_file():
+        return np.zeros(shape, np.uint8)
+    with Image.open(path) as image:
+        return np.asarray(image.convert("L"))

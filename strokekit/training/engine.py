@@ -1,8 +1,9 @@
 """The one train / validate loop for every task, with resume, and the fold's final OOF pass.
 
 `train_fold(cfg, index, folds, fold, run_dir)` reads top to bottom: build data, model, optimizer, schedule
--> (resume from last.pt) -> per epoch: train -> validate -> log.csv row -> best.pt -> last.pt -> curves ->
-early stop -> with the best checkpoint: OOF file, summary.json, and the `done` marker, written last.
+-> (resume from last.pt) -> per epoch: train -> validate -> log.csv row -> best.pt -> last.pt -> curves.png
+(`draw_curves`: train.py and tune.py pass strokekit.report.figures.fold_curves; training does not import the
+report stage) -> early stop -> with the best checkpoint: OOF file, summary.json, and the `done` marker, written last.
 With `topk_average: k` the k best epochs' weights are kept in memory (and in last.pt, for --resume), and at
 the end best.pt holds their mean, validated once more for the OOF file and summary.json (topk.py).
 `predict_batch` / `predict_loader` are what infer.py uses to turn images into probabilities.
@@ -28,7 +29,7 @@ from strokekit.models.checkpoint import (build_checkpoint, model_state, read_che
 from strokekit.training.loader import make_loader
 from strokekit.models.registry import build_model
 from strokekit.training.optim import LrSchedule, build_optimizer
-from strokekit.training.runlog import EpochLog, plot_curves, write_json
+from strokekit.training.runlog import EpochLog, write_json
 from strokekit.training.tasks import get_task, selection_metric
 from strokekit.training.topk import TopK, write_averaged
 from strokekit.models.weights import WeightsError, strip_prefixes
@@ -276,11 +277,12 @@ def is_better(value: float, best: float | None, mode: str) -> bool:
 
 
 def train_fold(cfg: dict, index, folds, fold: int, run_dir, resume_run: bool = False,
-               progress: bool = True, log=print, on_epoch_end=None) -> dict:
+               progress: bool = True, log=print, on_epoch_end=None, draw_curves=None) -> dict:
     """Train one fold into run_dir (see module docstring); returns the summary written to summary.json.
 
     `on_epoch_end(epoch, row)`, if given, sees each epoch's log.csv row after last.pt is saved; an
     exception it raises (tune.py's pruning) ends the fold there, leaving the run unfinished (no `done`).
+    `draw_curves(rows, metric, path)`, if given, draws curves.png from log.csv's rows after each epoch (rank 0).
     """
     run_dir, main = Path(run_dir), distributed.is_main()
     log = log if main else _quiet
@@ -325,7 +327,8 @@ def train_fold(cfg: dict, index, folds, fold: int, run_dir, resume_run: bool = F
             tr.schedule.epoch_end(value, tr.mode)
             if main:
                 save_atomic(checkpoint(tr, metrics, last=True), last)
-                plot_curves(epochs_log.rows, tr.metric, run_dir / "curves.png")
+                if draw_curves is not None:
+                    draw_curves(epochs_log.rows, tr.metric, run_dir / "curves.png")
             log(f"fold {fold} epoch {tr.epoch}/{cfg['epochs']}: train_loss {row['train_loss']:.4f} "
                 f"val_loss {row.get('val_loss', float('nan')):.4f} {tr.metric} {value:.4f}"
                 f"{' *' if improved else ''} ({row['time_s']:.0f}s)")

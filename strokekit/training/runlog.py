@@ -1,4 +1,5 @@
-"""A fold's logs: log.csv (one row per epoch), curves.png, summary.json, and the `done` marker.
+"""A fold's logs: log.csv (one row per epoch), summary.json, and the `done` marker (curves.png is drawn by
+strokekit.report.figures.fold_curves, which the scripts hand to the engine).
 
 log.csv is rewritten whole (atomically) after each epoch, so a resumed run keeps exactly one row per epoch.
 """
@@ -7,7 +8,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -47,34 +47,6 @@ def _number(text: str):
     except (TypeError, ValueError):
         return text
     return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
-
-
-def plot_curves(rows: list[dict], metric: str, path: Path) -> None:
-    """Losses (left) and the selection metric (right) per epoch, as a PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [r["epoch"] for r in rows]
-    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 4))
-    for key in ("train_loss", "val_loss"):
-        ax_loss.plot(epochs, [_float(r.get(key)) for r in rows], marker="o", label=key)
-    ax_loss.set_xlabel("epoch")
-    ax_loss.set_title("loss")
-    ax_loss.legend()
-    ax_metric.plot(epochs, [_float(r.get(metric)) for r in rows], marker="o", color="C2")
-    ax_metric.set_xlabel("epoch")
-    ax_metric.set_title(f"val {metric}")
-    fig.tight_layout()
-    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=80))
-    plt.close(fig)
-
-
-def _float(value) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def write_json(path: Path, data: dict) -> None:

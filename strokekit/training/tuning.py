@@ -214,8 +214,10 @@ def epoch_reporter(trial: optuna.Trial, metric: str, offset: int):
 
 def run_search(cfg: dict, space: dict, n_trials: int, folds_to_run: list[int], study_dir, index, folds,
                seed: int | None = None, random_trials: int = 10, startup_trials: int = 3, warmup_epochs: int = 1,
-               log=print) -> optuna.Study:
-    """Run trials until the study in study_dir holds n_trials finished ones; returns the study."""
+               log=print, draw_curves=None) -> optuna.Study:
+    """Run trials until the study in study_dir holds n_trials finished ones; returns the study.
+
+    `draw_curves`: train_fold's, for each trial fold's curves.png (tune.py passes report.figures.fold_curves)."""
     from strokekit.training.engine import train_fold  # torch and the models load only once the space has been checked
 
     study_dir = Path(study_dir)
@@ -245,7 +247,8 @@ def run_search(cfg: dict, space: dict, n_trials: int, folds_to_run: list[int], s
                 try:
                     summary = train_fold(trial_cfg, index, folds, fold, run_dir, progress=False,
                                          log=lambda msg: log(f"  [t{trial.number}] {msg}"),
-                                         on_epoch_end=epoch_reporter(trial, metric, position * trial_cfg["epochs"]))
+                                         on_epoch_end=epoch_reporter(trial, metric, position * trial_cfg["epochs"]),
+                                         draw_curves=draw_curves)
                 except optuna.TrialPruned as pruned:
                     (run_dir / "pruned").write_text(f"{pruned}\n", encoding="utf-8")
                     log(f"trial {trial.number}: pruned, {pruned}")
