@@ -27,9 +27,10 @@ from pathlib import Path
 import yaml
 
 from strokekit.ensembling.classifiers import build_classifier_spec, format_report, read_runs
-from strokekit.ensembling.spec import CLASSIFIER_BLENDS, SpecError, write_spec
+from strokekit.ensembling.spec import CLASSIFIER_BLENDS, write_spec
 from strokekit.ensembling.seg_objectives import OBJECTIVES
 from strokekit.ensembling.selection import CLASSIFIER_METRICS
+from strokekit.errors import SettingError, missing_file, script_main
 from strokekit.vocabulary import resolve_flips
 
 
@@ -112,6 +113,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def build(args) -> tuple[dict, dict, Path]:
     out = Path(args.out or f"ensembles/{args.task}.yaml")
     tta = resolve_flips(args.tta.split(","))
+    grid = read_grid(args.grid) if args.grid else None  # the flags before the runs
     runs = read_runs(args.runs, args.task, args.checkpoint)
     common = dict(top_k=args.top_k, greedy=args.greedy, tolerance=args.tolerance, tta=tta,
                   absolute=args.absolute_paths, test_size=args.test_size, n_boot=args.n_boot,
@@ -125,7 +127,6 @@ def build(args) -> tuple[dict, dict, Path]:
         return spec, report, out
     from strokekit.ensembling.segmenters import build_seg_spec
 
-    grid = yaml.safe_load(Path(args.grid).read_text(encoding="utf-8")) if args.grid else None
     spec, report = build_seg_spec(runs, out, args.data or runs[0].cfg["data"], metric=args.metric or "dice",
                                   blend=args.blend, grid=grid, seg_classifier=args.seg_classifier,
                                   seg_feature=args.seg_feature, objective=args.objective,
@@ -134,6 +135,19 @@ def build(args) -> tuple[dict, dict, Path]:
                                   robust=None if args.robust == "off" else args.robust,
                                   gate_runs=args.gate_runs, **common)
     return spec, report, out
+
+
+def read_grid(path: str) -> dict:
+    """The --grid YAML: a mapping of post-processing keys to candidate lists (checked by the search)."""
+    if not Path(path).is_file():
+        raise missing_file(path, "--grid file")
+    try:
+        grid = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise SettingError(f"--grid {path}: not readable YAML ({err})") from None
+    if not isinstance(grid, dict):
+        raise SettingError(f"--grid {path}: not a mapping of post-processing keys to candidate lists")
+    return grid
 
 
 def save_tables(spec: dict, report: dict, out: Path) -> None:
@@ -146,20 +160,17 @@ def save_tables(spec: dict, report: dict, out: Path) -> None:
         spec["postprocess_search"]["table"] = out.with_suffix(".postprocess.csv").name
 
 
+@script_main
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        spec, report, out = build(args)
-        if args.task == "seg":
-            from strokekit.ensembling.segmenters import format_seg_report
-            print(format_seg_report(report))
-        else:
-            print(format_report(report))
-        save_tables(spec, report, out)
-        write_spec(spec, out)
-    except (FileNotFoundError, ValueError, KeyError, SpecError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    spec, report, out = build(args)
+    if args.task == "seg":
+        from strokekit.ensembling.segmenters import format_seg_report
+        print(format_seg_report(report))
+    else:
+        print(format_report(report))
+    save_tables(spec, report, out)
+    write_spec(spec, out)
     print(f"\nwrote {out}")
     return 0
 

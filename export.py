@@ -21,8 +21,7 @@ import argparse
 import json
 import sys
 
-from strokekit.ensembling.spec import SpecError
-from strokekit.models.weights import WeightsError
+from strokekit.errors import UserError, script_main
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -44,12 +43,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def verify(folder: str) -> int:
     from strokekit.inference.manifest import verify_folder
-    from strokekit.inference.modelfolder import ModelFolderError, read_model_folder
+    from strokekit.inference.modelfolder import read_model_folder
 
     try:
         ensembles = read_model_folder(folder)
         manifest, problems = verify_folder(folder)
-    except (ModelFolderError, ValueError) as err:
+    except UserError as err:  # a verdict on the folder (exit 1), not a usage error
         print(f"INVALID model folder: {err}", file=sys.stderr)
         return 1
     if problems or manifest is None:
@@ -77,16 +76,13 @@ def run(args) -> int:
     return 0
 
 
+@script_main
 def main(argv=None) -> int:
     args = parse_args(argv)
     args.command = list(sys.argv) if argv is None else ["export.py", *map(str, argv)]
     if args.verify:
         return verify(args.verify)
-    try:
-        return run(args)
-    except (SpecError, WeightsError, FileExistsError, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run(args)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from strokekit.data.index import DataLayoutError
-from strokekit.data.readers import BadInputError
-from strokekit.data.folds import FoldsError
-from strokekit.inference.nnunet import (DEFAULT_CHANNEL_NAME, DEFAULT_PREFIX, NnUNetError, copy_splits, export_dataset,
-                              predictions_to_submission)
-from strokekit.data.submission import SubmissionError
+from strokekit.errors import script_main
+from strokekit.inference.nnunet import (DEFAULT_CHANNEL_NAME, DEFAULT_PREFIX, copy_splits, export_dataset,
+                                        predictions_to_submission)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -83,14 +80,10 @@ def run_convert(args) -> None:
               f"{summary['empty'][:10]}")
 
 
+@script_main
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        run_export(args) if args.data else run_convert(args)
-    except (NnUNetError, DataLayoutError, FoldsError, BadInputError, SubmissionError, FileExistsError,
-            FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    run_export(args) if args.data else run_convert(args)
     return 0
 
 

@@ -33,11 +33,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from strokekit.data.index import DataLayoutError
-from strokekit.data.readers import BadInputError
-from strokekit.ensembling.spec import SpecError
 from strokekit.data.submission import SubmissionError
-from strokekit.models.weights import WeightsError
+from strokekit.errors import script_main
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -171,19 +168,17 @@ def run(args) -> int:
     return 0
 
 
+@script_main
 def main(argv=None) -> int:
     args = parse_args(argv)
     args.command = list(sys.argv) if argv is None else ["infer.py", *map(str, argv)]
     try:
         return run(args)
-    except SubmissionError as err:
+    except SubmissionError as err:  # the written submission fails the organisers' checks: a verdict, exit 1
         print(f"INVALID submission {err.source}:", file=sys.stderr)
         for problem in err.problems:
             print(f"  - {problem}", file=sys.stderr)
         return 1
-    except (SpecError, DataLayoutError, BadInputError, WeightsError, FileExistsError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
 
 
 if __name__ == "__main__":

@@ -20,10 +20,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from strokekit.data.index import DataLayoutError, build_index
-from strokekit.data.readers import BadInputError
-from strokekit.data.folds import GROUP_BY, FoldsError, fold_groups, make_folds, write_folds
-from strokekit.data.grouping import GroupingError, SimilarityParams, default_workers, group_summary
+from strokekit.data.index import build_index
+from strokekit.data.folds import GROUP_BY, fold_groups, make_folds, write_folds
+from strokekit.data.grouping import SimilarityParams, default_workers, group_summary
+from strokekit.errors import SettingError, script_main
 
 
 def parse_args(argv):
@@ -56,24 +56,17 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+@script_main
 def main(argv=None) -> int:
     args = parse_args(argv)
     params = SimilarityParams(centre_tol=args.centre_tol, tilt_tol=args.tilt_tol, aspect_tol=args.aspect_tol,
                               nearest=args.nearest, dup_bits=args.dup_bits, work_size=args.work_size)
     if args.folds < 2:
-        print(f"error: --folds must be at least 2 (got {args.folds})", file=sys.stderr)
-        return 2
-    try:
-        index, report = build_index(args.data)
-        print(report.summary())
-        grouping = fold_groups(index, args.group_by, args.folds, params, max(1, args.workers), args.max_group)
-        folds = make_folds(index, n_folds=args.folds, seed=args.seed, groups=grouping.groups)
-    except (DataLayoutError, FoldsError, GroupingError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except BadInputError as err:
-        print(f"error: {err.path}: {err.problem}", file=sys.stderr)
-        return 2
+        raise SettingError(f"--folds must be at least 2 (got {args.folds})")
+    index, report = build_index(args.data)
+    print(report.summary())
+    grouping = fold_groups(index, args.group_by, args.folds, params, max(1, args.workers), args.max_group)
+    folds = make_folds(index, n_folds=args.folds, seed=args.seed, groups=grouping.groups)
     out = Path(args.out or f"{args.data}/folds.csv")
     write_folds(folds, out)
     print(f"groups: {grouping.source} ({grouping.reason})")

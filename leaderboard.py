@@ -15,9 +15,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from strokekit.errors import script_main
 from strokekit.report.leaderboard import build
 
 
+@script_main
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -27,11 +29,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not args.runs and not args.ensembles:
         parser.error("give run folders and/or --ensembles spec files")
-    try:
-        result = build(args.runs, args.ensembles, args.out)
-    except (FileNotFoundError, ValueError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    result = build(args.runs, args.ensembles, args.out)
     print(result["markdown"])
     print(f"\nwrote {args.out}/leaderboard.md, leaderboard.png, leaderboard.csv")
     return 0

@@ -7,9 +7,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections import Counter
 
+from strokekit.errors import script_main
 from strokekit.phantom.dataset import ANSWER_KEY, LAYOUTS, TRUTH_CSV, make_phantom
 
 
@@ -39,7 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> None:
+@script_main
+def main(argv=None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
     root = make_phantom(args.out, n=args.n, seed=args.seed, layout=args.layout, n_test1=args.n_test1,
@@ -53,7 +56,8 @@ def main(argv=None) -> None:
     print(f"wrote {total} slices ({args.size}x{args.size}, {args.layout} layout) to {root} in {seconds:.1f} s")
     for (split, cls), count in sorted(counts.items()):
         print(f"  {split:6s} {cls:12s} {count}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -19,8 +19,9 @@ import time
 
 from strokekit.config import ConfigError, add_config_args, load_config
 from strokekit.data.cache import cache_folder, fill_row, open_cache
-from strokekit.data.index import DataLayoutError, build_index
+from strokekit.data.index import build_index
 from strokekit.data.readers import BadInputError
+from strokekit.errors import script_main
 
 _worker = {}
 
@@ -69,19 +70,16 @@ def folder_size(folder) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*.npz")) if folder.is_dir() else 0
 
 
+@script_main
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.set)
-        cfg.update({k: v for k, v in (("data", args.data), ("cache_dir", args.cache_dir)) if v})
-        cfg["cache"] = True
-        folder = cache_folder(cfg)
-        if folder is None:
-            raise ConfigError(f"data folder {cfg['data']} does not exist; pass --data (or --cache-dir)")
-        index, _ = build_index(cfg["data"])
-    except (ConfigError, DataLayoutError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, args.set)
+    cfg.update({k: v for k, v in (("data", args.data), ("cache_dir", args.cache_dir)) if v})
+    cfg["cache"] = True
+    folder = cache_folder(cfg)
+    if folder is None:
+        raise ConfigError(f"data folder {cfg['data']} does not exist; pass --data (or --cache-dir)")
+    index, _ = build_index(cfg["data"])
     rows = index[index["split"] == "train"].to_dict("records")
     print(f"{len(rows)} training images of {cfg['data']} -> {folder} ({cfg['image_source']}, "
           f"img_size {cfg['img_size']}{', class maps' if cfg['task'] == 'seg' else ''}; {args.workers} workers)")

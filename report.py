@@ -16,10 +16,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from strokekit.data.index import DataLayoutError
-from strokekit.data.readers import BadInputError
+from strokekit.errors import script_main
 from strokekit.report.runs import write_report
-from strokekit.report.evaluate import SIZE_BINS, ReportError
+from strokekit.report.evaluate import SIZE_BINS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -41,13 +40,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+@script_main
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        path = write_report(args.paths, args.out, args.data, args.worst, tuple(args.size_bins))
-    except (ReportError, DataLayoutError, BadInputError, FileNotFoundError, ValueError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    path = write_report(args.paths, args.out, args.data, args.worst, tuple(args.size_bins))
     print(f"wrote {path}")
     return 0
 

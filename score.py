@@ -20,6 +20,7 @@ from pathlib import Path
 
 from strokekit.evaluation import score as scoring
 from strokekit.data.submission import SubmissionError, read_labels
+from strokekit.errors import SettingError, script_main
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -75,7 +76,11 @@ def expected_ids(args: argparse.Namespace) -> list[int] | None:
     if len(args.expected_ids) == 1 and Path(args.expected_ids[0]).exists():
         source = Path(args.expected_ids[0])
         return scoring.ids_from_folder(source) if source.is_dir() else sorted(read_labels(source))
-    return [int(token) for item in args.expected_ids for token in item.split(",") if token]
+    tokens = [token.strip() for item in args.expected_ids for token in item.split(",") if token.strip()]
+    bad = [token for token in tokens if not token.isdigit()]
+    if bad:
+        raise SettingError(f"--expected-ids: {bad[:5]} are not image ids (give ids, or a file or folder that exists)")
+    return [int(token) for token in tokens]
 
 
 def run_check(args: argparse.Namespace) -> int:
@@ -138,13 +143,10 @@ def run_score(args: argparse.Namespace) -> int:
     return 0
 
 
+@script_main
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        return run_check(args) if args.check else run_score(args)
-    except (SubmissionError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_check(args) if args.check else run_score(args)
 
 
 if __name__ == "__main__":

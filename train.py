@@ -26,22 +26,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 from strokekit.config import ConfigError, add_config_args, folds_path, load_config, save_config, set_key
 from strokekit.training import distributed
 from strokekit.data.check import apply_policy, check_files
-from strokekit.data.index import DataLayoutError, build_index
-from strokekit.data.readers import BadInputError
+from strokekit.data.index import build_index
 from strokekit.data.folds import FoldsError, read_folds
-from strokekit.training.losses import LossNameError
-from strokekit.models.registry import ModelNameError
-from strokekit.training.runlog import INTERRUPTED, exit_process
-from strokekit.models.weights import WeightsError
-
-USER_ERRORS = (ConfigError, DataLayoutError, FoldsError, BadInputError, WeightsError, ModelNameError,
-               LossNameError, distributed.DistributedError)
+from strokekit.errors import main_rank as speaks, script_main
+from strokekit.training.runlog import exit_process
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -120,6 +113,7 @@ def prepare_fold(fold: int, run_dir: Path, cfg: dict, check, args) -> bool:
     return True
 
 
+@script_main(interrupted="interrupted", speaks=speaks)  # torchrun's other ranks print no error
 def main(argv=None) -> int:
     args = parse_args(argv)
     from strokekit.report.figures import fold_curves
@@ -147,13 +141,6 @@ def main(argv=None) -> int:
             if distributed.on_main(prepare_fold, fold, run_dir, cfg, check, args):
                 summaries.append(train_fold(cfg, index, folds, fold, run_dir, resume_run=args.resume,
                                             progress=not args.no_progress, draw_curves=fold_curves))
-    except USER_ERRORS as err:
-        if main_rank:
-            print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return INTERRUPTED
     finally:
         distributed.shutdown()
     if not main_rank:

@@ -15,20 +15,15 @@ One tune.py per study at a time; a killed trial is retried with the same paramet
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from strokekit.config import ConfigError, add_config_args, folds_path, load_config
-from strokekit.data.index import DataLayoutError, build_index
+from strokekit.config import add_config_args, folds_path, load_config
+from strokekit.data.index import build_index
 from strokekit.data.folds import FoldsError, read_folds
-from strokekit.training.losses import LossNameError
-from strokekit.models.registry import ModelNameError
-from strokekit.training.runlog import INTERRUPTED, exit_process
-from strokekit.training.tuning import TuneError, read_space, run_search, write_results
-from strokekit.models.weights import WeightsError
+from strokekit.errors import script_main
+from strokekit.training.runlog import exit_process
+from strokekit.training.tuning import read_space, run_search, write_results
 from strokekit.report.figures import fold_curves
-
-USER_ERRORS = (ConfigError, DataLayoutError, FoldsError, WeightsError, ModelNameError, LossNameError, TuneError)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -66,27 +61,21 @@ def fold_list(spec: str, folds) -> list[int]:
     return wanted
 
 
+@script_main(interrupted="interrupted: run the same command again to continue the study")
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.set)
-        for key, value in (("data", args.data), ("folds", args.folds_csv), ("runs_dir", args.out)):
-            if value:
-                cfg[key] = value
-        space = read_space(args.space)
-        index, _ = build_index(cfg["data"])
-        folds = read_folds(folds_path(cfg), index)
-        study_dir = Path(args.study_dir or Path("tunes") / cfg["name"])
-        study = run_search(cfg, space, args.trials, fold_list(args.folds, folds), study_dir, index, folds,
-                           seed=args.seed, random_trials=args.random_trials, startup_trials=args.startup_trials,
-                           warmup_epochs=args.warmup_epochs, draw_curves=fold_curves)
-        tuned = write_results(study, cfg, study_dir)
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: run the same command again to continue the study", file=sys.stderr)
-        return INTERRUPTED
+    cfg = load_config(args.config, args.set)
+    for key, value in (("data", args.data), ("folds", args.folds_csv), ("runs_dir", args.out)):
+        if value:
+            cfg[key] = value
+    space = read_space(args.space)
+    index, _ = build_index(cfg["data"])
+    folds = read_folds(folds_path(cfg), index)
+    study_dir = Path(args.study_dir or Path("tunes") / cfg["name"])
+    study = run_search(cfg, space, args.trials, fold_list(args.folds, folds), study_dir, index, folds,
+                       seed=args.seed, random_trials=args.random_trials, startup_trials=args.startup_trials,
+                       warmup_epochs=args.warmup_epochs, draw_curves=fold_curves)
+    tuned = write_results(study, cfg, study_dir)
     print(f"\n{study_dir / 'trials.csv'}: {len(study.trials)} trials")
     if tuned is None:
         print("no trial completed (all pruned or failed): nothing to write")

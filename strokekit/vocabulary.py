@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from strokekit.errors import SettingError, UnknownNameError
+
 BACKGROUND, ISCHEMIC, HEMORRHAGIC = 0, 1, 2                       # the values of a class map
 CLASS_NAMES = {BACKGROUND: "background", ISCHEMIC: "ischemic", HEMORRHAGIC: "hemorrhagic"}
 LESION_CLASSES = (ISCHEMIC, HEMORRHAGIC)
@@ -36,8 +38,8 @@ def resolve_flips(flips: str | Sequence[str] | None) -> list[str]:
         return ["none"]
     names = [flips] if isinstance(flips, str) else list(flips)
     if not names:
-        raise ValueError(f"empty TTA flip set; use ['none'] for no TTA. Valid names: {sorted(FLIPS)}")
+        raise SettingError(f"empty TTA flip set; use ['none'] for no TTA. Valid names: {sorted(FLIPS)}")
     unknown = [name for name in names if name not in FLIPS]
     if unknown:
-        raise KeyError(f"unknown TTA flip(s) {unknown}; valid names: {sorted(FLIPS)}")
+        raise UnknownNameError(f"unknown TTA flip(s) {unknown}; valid names: {sorted(FLIPS)}")
     return list(dict.fromkeys(names))

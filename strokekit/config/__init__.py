@@ -15,6 +15,7 @@ import yaml
 from strokekit.atomic import write_text_atomic
 from strokekit.config.postprocess import normalise_spec
 from strokekit.config.schema import SCHEMA, BadValue, check_value, cross_checks
+from strokekit.errors import UserError
 
 # Every key a config may hold, with its default. A config file only lists what it changes.
 DEFAULTS: dict[str, Any] = {
@@ -93,7 +94,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override that names an unknown key or gives a value of the wrong type."""
 
 

@@ -17,12 +17,13 @@ from sklearn.model_selection import StratifiedGroupKFold
 from strokekit.atomic import write_atomic
 from strokekit.data.index import group_ids, lesion_type
 from strokekit.data.grouping import SimilarityParams, link_groups, similarity_groups
+from strokekit.errors import UserError
 
 FOLD_COLUMNS = ["image_id", "fold", "group", "stratum"]
 GROUP_BY = ("auto", "dicom", "similarity", "none")
 
 
-class FoldsError(ValueError):
+class FoldsError(UserError, ValueError):
     """A folds file that does not match the data index."""
 
 

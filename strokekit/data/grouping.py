@@ -35,6 +35,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from strokekit.data.readers import BRAIN_WINDOW, read_dicom_hu, read_png, window
+from strokekit.errors import UserError
 
 POSE_COLUMNS = ["centre_x", "centre_y", "tilt", "aspect"]
 HASH_SIDE = 16                      # dHash of 16 x 16 gradients = 256 bits = 4 uint64 words
@@ -56,7 +57,7 @@ class SimilarityParams:
         return np.array([self.centre_tol, self.centre_tol, self.tilt_tol, self.aspect_tol])
 
 
-class GroupingError(ValueError):
+class GroupingError(UserError, ValueError):
     """The images cannot be grouped (nothing to read, bad tolerances)."""
 
 

@@ -18,13 +18,14 @@ import pandas as pd
 from strokekit.atomic import write_atomic, write_text_atomic
 from strokekit.data import layout
 from strokekit.data.readers import BadInputError, load_class_map, read_dicom_header
+from strokekit.errors import UserError
 
 COLUMNS = ["image_id", "split", "class_name", "png", "dicom", "mask", "overlay", "stroke",
            "has_ischemic", "has_hemorrhagic", "patient_id", "study_uid", "series_uid"]
 INDEX_VERSION = 2  # 2: the cache also keeps the files whose labels could not be read
 
 
-class DataLayoutError(ValueError):
+class DataLayoutError(UserError, ValueError):
     """The data folder cannot be indexed (missing, empty, duplicate ids ...)."""
 
 

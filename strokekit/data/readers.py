@@ -14,7 +14,7 @@ from PIL import Image, UnidentifiedImageError
 from PIL.Image import DecompressionBombError
 
 from strokekit.data.encodings import decode_overlay, rgb_to_class_map
-
+from strokekit.errors import UserError
 from strokekit.vocabulary import HEMORRHAGIC, ISCHEMIC
 
 BRAIN_WINDOW = (40, 80)  # center, width in HU: how the organisers' PNGs look
@@ -24,7 +24,7 @@ PNG_MODES = ("L", "LA", "RGB", "RGBA", "P") + PNG_MODES_16BIT
 _PIL_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, DecompressionBombError)
 
 
-class BadInputError(ValueError):
+class BadInputError(UserError, ValueError):
     """A data file that cannot be read or does not hold what the kit expects."""
 
     def __init__(self, path, problem: str | None = None):

@@ -18,6 +18,7 @@ from PIL import Image
 
 from strokekit.atomic import write_atomic
 from strokekit.data.encodings import MASK_COLOURS, class_map_to_rgb, rgb_to_class_map
+from strokekit.errors import UserError
 
 PHASE1_FILENAME = "asama1.txt"
 PHASE1_HEADER = "Image Id\tİnme Var mı?"
@@ -26,7 +27,7 @@ PHASE2_SIZE = (512, 512)  # (width, height), as PIL reports sizes
 MAX_LISTED = 10  # ids listed per kind of problem; the count says how many there are
 
 
-class SubmissionError(ValueError):
+class SubmissionError(UserError, ValueError):
     """A submission file or folder that the organisers' scorer would not read as intended."""
 
     def __init__(self, source: os.PathLike | str, problems: list[str]):

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from strokekit.errors import InputFileError, SettingError
 from strokekit.evaluation import bootstrap
 
 from strokekit.ensembling import selection
@@ -37,21 +38,21 @@ class Run:
 def read_run(run_dir: str | os.PathLike, checkpoint: str = "best") -> Run:
     """A run folder (runs/<config>) with fold<k>/{config.yaml, best.pt, oof.*}; fails naming what is missing."""
     if checkpoint not in CHECKPOINTS:
-        raise ValueError(f"checkpoint {checkpoint!r}: choose one of {CHECKPOINTS}")
+        raise SettingError(f"checkpoint {checkpoint!r}: choose one of {CHECKPOINTS}")
     run_dir = Path(run_dir)
     folds = selection.fold_dirs(run_dir)
     checkpoints, cfg = {}, None
     for fold_dir in folds:
         ckpt = fold_dir / f"{checkpoint}.pt"
         if not ckpt.is_file():
-            raise FileNotFoundError(f"{ckpt} is missing: has training of {fold_dir} finished?")
+            raise InputFileError(f"{ckpt} is missing: has training of {fold_dir} finished?")
         if not (fold_dir / "done").exists():
             print(f"warning: {fold_dir} has no `done` marker; its OOF may be from an unfinished run")
         checkpoints[_fold_number(fold_dir)] = ckpt
         if cfg is None and (fold_dir / "config.yaml").is_file():
             cfg = yaml.safe_load((fold_dir / "config.yaml").read_text(encoding="utf-8"))
     if cfg is None:
-        raise FileNotFoundError(f"{run_dir}: no fold<k>/config.yaml (written by train.py)")
+        raise InputFileError(f"{run_dir}: no fold<k>/config.yaml (written by train.py)")
     name = run_dir.name if run_dir.name[:4] != "fold" else f"{run_dir.parent.name}/{run_dir.name}"
     return Run(name, run_dir, cfg, checkpoints)
 
@@ -64,10 +65,10 @@ def read_runs(run_dirs, task: str, checkpoint: str = "best") -> list[Run]:
     runs = [read_run(d, checkpoint) for d in run_dirs]
     wrong = [f"{r.path} ({r.cfg.get('task')})" for r in runs if r.cfg.get("task") != task]
     if wrong:
-        raise ValueError(f"--task {task}, but these runs trained another task: {', '.join(wrong)}")
+        raise selection.RunsError(f"--task {task}, but these runs trained another task: {', '.join(wrong)}")
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
-        raise ValueError(f"two runs share a name: {names}; pass each config's run folder once")
+        raise selection.RunsError(f"two runs share a name: {names}; pass each config's run folder once")
     return runs
 
 

@@ -14,6 +14,7 @@ import pandas as pd
 
 from strokekit.config.postprocess import normalise_spec
 
+from strokekit.errors import UnknownNameError
 from strokekit.postprocess.steps import apply_postprocess, resize_probs
 from strokekit.ensembling.selection import tune_classifier_threshold
 
@@ -59,9 +60,9 @@ def seg_classifier_scores(features: pd.DataFrame, target: str = "stroke", featur
                           area_scale: float = 100.0) -> np.ndarray:
     """Image-level scores in [0, 1] for `target` from a features table (or one image's features dict)."""
     if target not in TARGETS:
-        raise KeyError(f"unknown segmentation-classifier target {target!r}; valid: {list(TARGETS)}")
+        raise UnknownNameError(f"unknown segmentation-classifier target {target!r}; valid: {list(TARGETS)}")
     if feature not in FEATURES:
-        raise KeyError(f"unknown segmentation-classifier feature {feature!r}; valid: {list(FEATURES)}")
+        raise UnknownNameError(f"unknown segmentation-classifier feature {feature!r}; valid: {list(FEATURES)}")
     part = lambda name: _squash(np.atleast_1d(features[f"{feature}_{name}"]), feature, area_scale)
     if target == "stroke":
         return part("lesion")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from strokekit.errors import UnknownNameError
 from strokekit.evaluation.ratios import ratio, ratio_term
 from strokekit.ensembling.seg_counts import AREA, FP, OFP, OG3, OTP, TP, GridCounts
 
@@ -24,9 +25,9 @@ REDUCTIONS = ("macro-imagewise", "micro")
 
 def check_objective(objective: str, reduction: str = "macro-imagewise") -> None:
     if objective not in OBJECTIVES:
-        raise KeyError(f"unknown segmentation objective {objective!r}; valid: {list(OBJECTIVES)}")
+        raise UnknownNameError(f"unknown segmentation objective {objective!r}; valid: {list(OBJECTIVES)}")
     if reduction not in REDUCTIONS:
-        raise KeyError(f"search reduction {reduction!r}; valid: {list(REDUCTIONS)}")
+        raise UnknownNameError(f"search reduction {reduction!r}; valid: {list(REDUCTIONS)}")
 
 
 def presence(options: list, cls: int, image_probs, high_counts: np.ndarray, highs: list) -> np.ndarray:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from strokekit.errors import SettingError, UnknownNameError
 from strokekit.evaluation import metrics
 from strokekit.evaluation import official
 from strokekit.postprocess.decide import phase2_class_map
@@ -25,7 +26,7 @@ from strokekit.postprocess.steps import apply_postprocess, resize_probs
 from strokekit.ensembling.seg_counts import base_settings, gather_counts
 from strokekit.evaluation.ratios import combine
 from strokekit.ensembling.seg_objectives import OBJECTIVES, SettingCounts, check_objective, presence
-from strokekit.ensembling.selection import plateau
+from strokekit.ensembling.selection import RunsError, plateau
 from strokekit.vocabulary import LESION_NAMES
 
 SCORES = {"iou": metrics.iou_score, "dice": metrics.dice_score}
@@ -112,7 +113,7 @@ def seg_score(stats: metrics.SegStats, metric: str = "dice", reduction: str = "m
               empty: float = np.nan) -> dict[str, float]:
     """{score: lesion mean, ischemic, hemorrhagic} of strict IoU or Dice under a named reduction."""
     if metric not in SCORES:
-        raise KeyError(f"unknown segmentation metric {metric!r}; valid: {sorted(SCORES)}")
+        raise UnknownNameError(f"unknown segmentation metric {metric!r}; valid: {sorted(SCORES)}")
     per_class = SCORES[metric](stats.tp, stats.fp, stats.fn, reduction=reduction, empty=empty)
     return {"score": metrics.lesion_mean(per_class),
             **{name: float(per_class[cls]) for name, cls in LESION_NAMES.items()}}
@@ -150,7 +151,7 @@ def _candidates(value, key: str) -> dict[int, list]:
     out = {cls: list(per_class[name]) if isinstance(per_class[name], (list, tuple)) else [per_class[name]]
            for name, cls in LESION_NAMES.items()}
     if any(not values for values in out.values()):
-        raise ValueError(f"grid {key!r} has an empty candidate list")
+        raise SettingError(f"grid {key!r} has an empty candidate list")
     return out
 
 
@@ -163,11 +164,11 @@ def normalise_grid(grid: dict) -> dict:
     """
     unknown = sorted(set(grid) - set(GRID_KEYS))
     if unknown:
-        raise KeyError(f"unknown grid key(s) {unknown}; valid keys: {sorted(GRID_KEYS)}")
+        raise UnknownNameError(f"unknown grid key(s) {unknown}; valid keys: {sorted(GRID_KEYS)}")
     rules = grid.get("overlap", "argmax")
     rules = [rules] if isinstance(rules, str) else list(rules)
     if set(rules) - set(OVERLAP_RULES):
-        raise ValueError(f"overlap rules {rules}; valid: {list(OVERLAP_RULES)}")
+        raise SettingError(f"overlap rules {rules}; valid: {list(OVERLAP_RULES)}")
     out = {"overlap": rules}
     threshold = lambda v: None if v is None else float(v)          # None: argmax decoding
     for key, default, cast in (("threshold", None, threshold), ("closing", 0, int), ("min_area", 0, int),
@@ -179,7 +180,8 @@ def normalise_grid(grid: dict) -> dict:
     for options in out["presence"].values():
         for _, triplet in options:
             if triplet is not None and set(triplet) != {"high", "min_pixels"}:
-                raise KeyError(f"grid triplet candidates need keys ['high', 'min_pixels']; got {sorted(triplet)}")
+                raise UnknownNameError(f"grid triplet candidates need keys ['high', 'min_pixels']; "
+                                       f"got {sorted(triplet)}")
     return out
 
 
@@ -311,7 +313,7 @@ def choose_postprocess(table: pd.DataFrame, tolerance: float = 0.005, score: str
     settings = setting_columns(table)
     ranked = table[np.isfinite(table[score])]
     if ranked.empty:
-        raise ValueError(f"no setting has a finite {score!r}: no lesion in the OOF images?")
+        raise RunsError(f"no setting has a finite {score!r}: no lesion in the OOF images?")
     best = ranked.loc[ranked[score].idxmax()]
     chosen = {c: best[c] for c in settings}
     stability = {}

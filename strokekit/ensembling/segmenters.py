@@ -19,11 +19,13 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from strokekit.errors import UnknownNameError
 from strokekit.evaluation import bootstrap
 
 from strokekit.ensembling import robust
 
 from strokekit.ensembling import selection
+from strokekit.ensembling.selection import RunsError
 from strokekit.data.index import build_index
 from strokekit.data.readers import load_class_map
 from strokekit.ensembling.classifiers import Run, choose_blend, guard_best_member, member_entry
@@ -48,7 +50,7 @@ def load_masks(data: str | Path, image_ids) -> dict[int, np.ndarray]:
     rows = index.set_index("image_id")
     missing = [int(i) for i in image_ids if int(i) not in rows.index]
     if missing:
-        raise ValueError(f"{data}: OOF images {missing[:5]} ({len(missing)} in all) are not in this data set; "
+        raise RunsError(f"{data}: OOF images {missing[:5]} ({len(missing)} in all) are not in this data set; "
                          "pass --data the folder the runs were trained on")
     masks = {}
     for image_id in image_ids:
@@ -62,17 +64,17 @@ def _empty_like(row: dict) -> np.ndarray:
     """A no-stroke slice validated as a negative: an all-background map of the image's size."""
     from strokekit.data.readers import image_size
     if row.get("class_name") != "no_stroke":
-        raise ValueError(f"image {row.get('image_id')}: a stroke slice without MASK or OVERLAY in the OOF")
+        raise RunsError(f"image {row.get('image_id')}: a stroke slice without MASK or OVERLAY in the OOF")
     return np.zeros(image_size(row["png"]) if row.get("png") else (512, 512), dtype=np.uint8)
 
 
 def aligned_seg_oof(oofs: dict[str, dict]) -> tuple[np.ndarray, dict[str, dict]]:
     """Every run's seg OOF on the images all of them predicted, at one common (largest) OOF size."""
     if any(not isinstance(o, dict) for o in oofs.values()):
-        raise ValueError("a seg ensemble needs oof.npz files (segmentation runs)")
+        raise RunsError("a seg ensemble needs oof.npz files (segmentation runs)")
     ids = sorted(set.intersection(*(set(o["image_id"].tolist()) for o in oofs.values())))
     if not ids:
-        raise ValueError("the runs share no OOF image: were they trained on the same data set?")
+        raise RunsError("the runs share no OOF image: were they trained on the same data set?")
     size = max(o["probs"].shape[-1] for o in oofs.values())
     aligned = {}
     for name, oof in oofs.items():
@@ -108,7 +110,7 @@ def build_seg_spec(runs: list[Run], spec_path, data, metric: str = "dice", top_k
     a spec of that task (--gate-ensemble).
     """
     if metric not in OBJECTIVES:
-        raise KeyError(f"unknown seg metric {metric!r}; valid: {list(OBJECTIVES)}")
+        raise UnknownNameError(f"unknown seg metric {metric!r}; valid: {list(OBJECTIVES)}")
     rank_metric = "dice" if metric.endswith("dice") else "iou"
     lesion_only = phase2 if lesion_only is None else lesion_only
     raw = {run.name: selection.load_oof(run.path) for run in runs}
@@ -189,10 +191,10 @@ def gate_probs(run_dirs) -> tuple[str, pd.Series | dict]:
     """
     frames = [selection.load_oof(run) for run in run_dirs]
     if any(not isinstance(f, pd.DataFrame) for f in frames):
-        raise ValueError("--gate-runs must be classifier runs (oof.csv), not segmentation runs")
+        raise RunsError("--gate-runs must be classifier runs (oof.csv), not segmentation runs")
     tasks = {run_task(run) for run in run_dirs}
     if len(tasks) != 1 or not tasks <= {"stroke", "type"}:
-        raise ValueError(f"--gate-runs must all be stroke runs or all type runs; got tasks {sorted(tasks)}")
+        raise RunsError(f"--gate-runs must all be stroke runs or all type runs; got tasks {sorted(tasks)}")
     mean = pd.concat([f.set_index("image_id")["prob"] for f in frames], axis=1).mean(axis=1)
     kind = tasks.pop()
     if kind == "stroke":
@@ -206,7 +208,7 @@ def run_task(run_dir) -> str:
         config = fold / "config.yaml"
         if config.is_file():
             return str((yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("task"))
-    raise ValueError(f"{run_dir}: no fold holds a config.yaml")
+    raise RunsError(f"{run_dir}: no fold holds a config.yaml")
 
 
 def _describe(metric: str) -> str:
@@ -219,7 +221,7 @@ def lesion_subset(oof: dict, masks: dict) -> dict:
     """The OOF images whose true mask holds a lesion (phase 2's test images all do)."""
     keep = np.array([bool(np.asarray(masks[int(i)]).any()) for i in oof["image_id"]])
     if not keep.any():
-        raise ValueError("no OOF image holds a lesion: nothing to tune phase-2 post-processing on")
+        raise RunsError("no OOF image holds a lesion: nothing to tune phase-2 post-processing on")
     return {k: np.asarray(v)[keep] for k, v in oof.items()}
 
 
@@ -250,7 +252,7 @@ def tune_seg_classifier_on_oof(blended: dict, masks: dict, post_spec: dict, targ
     if targets.nunique() < 2:
         hint = (" (seg OOF holds lesion slices only: train with seg_val_negatives: true to tune a stroke "
                 "classifier)" if target == "stroke" else "")
-        raise ValueError(f"segmentation classifier {target}: OOF targets hold one class only{hint}")
+        raise RunsError(f"segmentation classifier {target}: OOF targets hold one class only{hint}")
     size = masks[int(ids[0])].shape
     features = seg_image_features(blended, post_spec, size=size)
     tuned = tune_seg_classifier(features, targets, target, feature, spec=post_spec, objective=objective,

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
+from strokekit.errors import InputFileError, UnknownNameError, UserError
 from strokekit.evaluation import metrics
 
 OOF_CSV, OOF_NPZ = "oof.csv", "oof.npz"
@@ -23,6 +24,10 @@ OOF_COLUMNS = ("image_id", "fold", "target", "prob")
 
 
 # --------------------------------------------------------------------------- reading OOF files
+
+
+class RunsError(UserError, ValueError):
+    """Run folders (runs/<config>/fold<k>) whose files or OOF predictions cannot be used as asked."""
 
 
 def fold_dirs(run_dir: str | os.PathLike) -> list[Path]:
@@ -34,7 +39,7 @@ def fold_dirs(run_dir: str | os.PathLike) -> list[Path]:
     dirs = [d for d in sorted(dirs, key=lambda d: int(d.name[4:]))
             if (d / OOF_CSV).exists() or (d / OOF_NPZ).exists()]
     if not dirs:
-        raise FileNotFoundError(f"{run_dir}: no fold<k>/{OOF_CSV} or fold<k>/{OOF_NPZ}; run train.py for it first")
+        raise InputFileError(f"{run_dir}: no fold<k>/{OOF_CSV} or fold<k>/{OOF_NPZ}; run train.py for it first")
     return dirs
 
 
@@ -45,7 +50,7 @@ def load_oof(run_dir: str | os.PathLike) -> pd.DataFrame | dict[str, np.ndarray]
     dirs = fold_dirs(run_dir)
     kinds = {(d / OOF_CSV).exists() for d in dirs}
     if len(kinds) > 1:
-        raise ValueError(f"{run_dir}: some folds hold {OOF_CSV}, others {OOF_NPZ}; one run is one task")
+        raise RunsError(f"{run_dir}: some folds hold {OOF_CSV}, others {OOF_NPZ}; one run is one task")
     if kinds.pop():
         return _load_classifier_oof(dirs)
     return _load_seg_oof(dirs)
@@ -57,7 +62,7 @@ def _load_classifier_oof(dirs: list[Path]) -> pd.DataFrame:
         frame = pd.read_csv(d / OOF_CSV)
         missing = [c for c in OOF_COLUMNS if c not in frame.columns]
         if missing:
-            raise ValueError(f"{d / OOF_CSV}: missing columns {missing}; expected {list(OOF_COLUMNS)}")
+            raise RunsError(f"{d / OOF_CSV}: missing columns {missing}; expected {list(OOF_COLUMNS)}")
         frames.append(frame[list(OOF_COLUMNS)])
     oof = pd.concat(frames, ignore_index=True)
     _check_unique(oof["image_id"].to_numpy(), dirs)
@@ -70,7 +75,7 @@ def _load_seg_oof(dirs: list[Path]) -> dict[str, np.ndarray]:
         with np.load(d / OOF_NPZ) as data:
             missing = [k for k in ("image_id", "probs") if k not in data]
             if missing:
-                raise ValueError(f"{d / OOF_NPZ}: missing arrays {missing}; expected image_id, probs, fold")
+                raise RunsError(f"{d / OOF_NPZ}: missing arrays {missing}; expected image_id, probs, fold")
             part = {k: data[k] for k in data.files}
         n = len(part["image_id"])
         fold = part.get("fold", np.int64(d.name[4:] or -1))
@@ -78,7 +83,7 @@ def _load_seg_oof(dirs: list[Path]) -> dict[str, np.ndarray]:
         parts.append(part)
     keys = set(parts[0])
     if any(set(part) != keys for part in parts):
-        raise ValueError(f"{dirs[0].parent}: the folds' {OOF_NPZ} files hold different arrays")
+        raise RunsError(f"{dirs[0].parent}: the folds' {OOF_NPZ} files hold different arrays")
     oof = {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}   # orig_hw etc. come along
     oof["image_id"] = oof["image_id"].astype(np.int64)
     _check_unique(oof["image_id"], dirs)
@@ -89,7 +94,7 @@ def _load_seg_oof(dirs: list[Path]) -> dict[str, np.ndarray]:
 def _check_unique(image_ids: np.ndarray, dirs: list[Path]) -> None:
     ids, counts = np.unique(image_ids, return_counts=True)
     if (counts > 1).any():
-        raise ValueError(f"image ids {ids[counts > 1][:5].tolist()} appear in more than one OOF file under "
+        raise RunsError(f"image ids {ids[counts > 1][:5].tolist()} appear in more than one OOF file under "
                          f"{dirs[0].parent}: folds overlap or a fold was written twice")
 
 
@@ -120,7 +125,7 @@ CLASSIFIER_METRICS: dict[str, Callable[..., float]] = {
 def classifier_score(y_true, y_score, metric: str = "auc", **options) -> float:
     """One classifier metric by name (see CLASSIFIER_METRICS); options go to it (threshold, min_precision)."""
     if metric not in CLASSIFIER_METRICS:
-        raise KeyError(f"unknown classifier metric {metric!r}; valid: {sorted(CLASSIFIER_METRICS)}")
+        raise UnknownNameError(f"unknown classifier metric {metric!r}; valid: {sorted(CLASSIFIER_METRICS)}")
     return float(CLASSIFIER_METRICS[metric](y_true, y_score, **options))
 
 
@@ -158,7 +163,7 @@ def align_members(members: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     targets = merged[[f"target:{name}" for name in members]].to_numpy()
     if (targets != targets[:, :1]).any():
         bad = merged["image_id"][(targets != targets[:, :1]).any(1)].head(5).tolist()
-        raise ValueError(f"members disagree on the target of images {bad}: they were trained on different labels")
+        raise RunsError(f"members disagree on the target of images {bad}: they were trained on different labels")
     merged["target"] = targets[:, 0]
     return merged[["image_id", "target", *members]].sort_values("image_id").reset_index(drop=True)
 
@@ -198,7 +203,7 @@ BLENDS: dict[str, Callable[..., np.ndarray]] = {"mean": _mean, "weighted": _weig
 def blend(probs, method: str = "mean", weights=None, thresholds=None) -> np.ndarray:
     """Blend members' probabilities stacked on axis 0: (M, N) for classifiers, (M, N, 3, H, W) for masks."""
     if method not in BLENDS:
-        raise KeyError(f"unknown blend {method!r}; valid: {sorted(BLENDS)}")
+        raise UnknownNameError(f"unknown blend {method!r}; valid: {sorted(BLENDS)}")
     return BLENDS[method](np.asarray(probs, dtype=np.float64 if np.ndim(probs) <= 2 else np.float32),
                           weights=weights, thresholds=thresholds)
 

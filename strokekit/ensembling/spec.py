@@ -20,6 +20,7 @@ from scipy.stats import rankdata
 from strokekit import __version__
 from strokekit.atomic import write_text_atomic
 from strokekit.config.postprocess import normalise_spec
+from strokekit.errors import UserError
 from strokekit.vocabulary import TASKS
 from strokekit.vocabulary import resolve_flips
 
@@ -28,7 +29,7 @@ CLASSIFIER_BLENDS = ("mean", "weighted", "vote", "rank")
 SEG_BLENDS = ("mean", "weighted")
 
 
-class SpecError(ValueError):
+class SpecError(UserError, ValueError):
     """An ensemble spec that infer.py cannot run as written; the message names the file and the fix."""
 
 

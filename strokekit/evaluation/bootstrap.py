@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from strokekit.errors import UnknownNameError
 from strokekit.evaluation.ratios import combine, ratio_term
 
 PHASE_TEST_SIZES = {1: 192, 2: 97}          # images in the official test sets (Koç et al. 2022)
@@ -201,7 +202,7 @@ _COUNT_METRICS = {
 def robust_scores(draws: np.ndarray, statistic: str = "p10") -> np.ndarray:
     """One robust figure per setting from its bootstrap draws (n_boot, S)."""
     if statistic not in ROBUST_STATISTICS:
-        raise KeyError(f"unknown robust statistic {statistic!r}; valid: {list(ROBUST_STATISTICS)}")
+        raise UnknownNameError(f"unknown robust statistic {statistic!r}; valid: {list(ROBUST_STATISTICS)}")
     q = ROBUST_STATISTICS[statistic]
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)          # all-NaN settings stay NaN

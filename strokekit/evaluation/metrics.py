@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 from scipy.stats import rankdata
+from strokekit.errors import UnknownNameError
 from strokekit.vocabulary import LESION_CLASSES
 
 REDUCTIONS = ("micro", "macro-imagewise", "none")
@@ -151,7 +152,7 @@ def tune_threshold(y_true, y_score, objective: str = "f1", target_recall: float 
     meets the recall target). Returns {"threshold", "objective", "score", **metrics at that threshold}.
     """
     if objective not in OBJECTIVES:
-        raise KeyError(f"unknown threshold objective {objective!r}; choose from {list(OBJECTIVES)}")
+        raise UnknownNameError(f"unknown threshold objective {objective!r}; choose from {list(OBJECTIVES)}")
     table = threshold_table(y_true, y_score)
     if objective == "recall":
         # recall never falls as the threshold falls, and the lowest score gives recall 1, so one qualifies
@@ -197,7 +198,7 @@ def seg_stats(pred, true, n_classes: int = 3) -> SegStats:
 
 def _reduce(numerator, denominator, reduction: str, empty: float) -> np.ndarray:
     if reduction not in REDUCTIONS:
-        raise KeyError(f"unknown reduction {reduction!r}; choose from {list(REDUCTIONS)}")
+        raise UnknownNameError(f"unknown reduction {reduction!r}; choose from {list(REDUCTIONS)}")
     if reduction == "micro":
         numerator, denominator = numerator.sum(axis=0), denominator.sum(axis=0)
     scores = np.full(np.shape(denominator), empty, dtype=float)

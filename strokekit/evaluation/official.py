@@ -33,6 +33,7 @@ from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage
+from strokekit.errors import SettingError
 from strokekit.vocabulary import EIGHT_CONNECTED, HEMORRHAGIC, ISCHEMIC, LESION_CLASSES
 
 # codes of the per-pixel outcome map
@@ -56,7 +57,7 @@ class OfficialCounts(NamedTuple):
 
 def _square(se_size: int) -> np.ndarray:
     if int(se_size) != se_size or se_size < 1 or se_size % 2 == 0:
-        raise ValueError(f"se_size must be an odd positive integer (3 = the workbook's 3x3), got {se_size}")
+        raise SettingError(f"se_size must be an odd positive integer (3 = the workbook's 3x3), got {se_size}")
     return np.ones((int(se_size), int(se_size)), dtype=bool)
 
 

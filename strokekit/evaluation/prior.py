@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from strokekit.errors import SettingError
+
 
 def _check_prior(prior: float, name: str) -> float:
     prior = float(prior)
     if not 0.0 < prior < 1.0:
-        raise ValueError(f"{name} must be a share strictly between 0 and 1, got {prior}")
+        raise SettingError(f"{name} must be a share strictly between 0 and 1, got {prior}")
     return prior
 
 

@@ -16,6 +16,7 @@ from typing import Iterable
 
 import numpy as np
 
+from strokekit.errors import InputFileError
 from strokekit.evaluation import metrics, official
 from strokekit.atomic import write_text_atomic
 from strokekit.vocabulary import CLASS_NAMES
@@ -33,7 +34,7 @@ def ids_from_folder(folder: os.PathLike | str) -> list[int]:
     """Image ids of a test folder: `<id>.png|.dcm` in its PNG/ or DICOM/ subfolder, or in the folder itself."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: no such folder")
+        raise InputFileError(f"{folder}: no such folder")
     subfolders = {p.name.lower(): p for p in folder.iterdir() if p.is_dir()}
     for candidate in (subfolders.get("png"), subfolders.get("dicom"), folder):
         if candidate is None:
@@ -42,18 +43,24 @@ def ids_from_folder(folder: os.PathLike | str) -> list[int]:
                if p.suffix.lower() in (".png", ".dcm") and p.stem.isdigit()}
         if ids:
             return sorted(ids)
-    raise FileNotFoundError(f"{folder}: no <id>.png or <id>.dcm files in it, or in PNG/ or DICOM/")
+    raise InputFileError(f"{folder}: no <id>.png or <id>.dcm files in it, or in PNG/ or DICOM/")
 
 
 def read_probs_csv(path: os.PathLike | str) -> dict[int, float]:
     """{id: probability} from a CSV with columns image_id, prob (other columns ignored)."""
+    if not Path(path).is_file():
+        raise SubmissionError(path, ["file not found"])
     with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         missing = {"image_id", "prob"} - set(reader.fieldnames or [])
         if missing:
-            raise ValueError(f"{path}: needs columns image_id, prob; missing {sorted(missing)} "
-                             f"(has {reader.fieldnames})")
-        return {int(row["image_id"]): float(row["prob"]) for row in reader}
+            raise SubmissionError(path, [f"needs columns image_id, prob; missing {sorted(missing)} "
+                                         f"(has {reader.fieldnames})"])
+        try:
+            return {int(row["image_id"]): float(row["prob"]) for row in reader}
+        except (TypeError, ValueError) as err:
+            raise SubmissionError(path, [f"line {reader.line_num}: not an integer image_id and a number prob "
+                                         f"({err})"]) from None
 
 
 def submission_name(pred: os.PathLike | str) -> str:
@@ -179,7 +186,7 @@ def score_phase2(pred_dir: os.PathLike | str, truth_dir: os.PathLike | str, se_s
     pred_dir, truth_dir = Path(pred_dir), Path(truth_dir)
     truth_files = mask_files(truth_dir)
     if not truth_files:
-        raise FileNotFoundError(f"{truth_dir}: no <id>.png truth masks")
+        raise InputFileError(f"{truth_dir}: no <id>.png truth masks")
     records, stats = [], []
     for id_, path in truth_files.items():
         true = read_phase2_mask(path, strict=False)  # mirrors may store masks as RGBA/grey

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from strokekit import __version__
 from strokekit.atomic import write_text_atomic
+from strokekit.errors import UserError
 
 MANIFEST = "manifest.json"
 PACKAGES = ("torch", "torchvision", "timm", "segmentation-models-pytorch", "safetensors", "numpy", "scipy",
@@ -109,17 +110,21 @@ def write_manifest(folder: str | os.PathLike, info: dict, command: list[str] | N
     return path
 
 
+class ManifestError(UserError, ValueError):
+    """A manifest.json that cannot be read as one (not JSON, no table of file hashes)."""
+
+
 def read_manifest(folder: str | os.PathLike) -> dict | None:
-    """The folder's manifest.json, or None when it has none; ValueError when it is not a manifest."""
+    """The folder's manifest.json, or None when it has none; ManifestError when it is not a manifest."""
     path = Path(folder) / MANIFEST
     if not path.is_file():
         return None
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not readable JSON ({err})") from None
+        raise ManifestError(f"{path}: not readable JSON ({err})") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
-        raise ValueError(f"{path}: no 'files' table of sha256 hashes")
+        raise ManifestError(f"{path}: no 'files' table of sha256 hashes")
     return manifest
 
 

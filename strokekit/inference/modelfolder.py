@@ -27,6 +27,7 @@ from safetensors.torch import save as save_safetensors
 
 from strokekit import __version__
 from strokekit.atomic import write_atomic, write_text_atomic
+from strokekit.errors import OutputExistsError
 from strokekit.models.checkpoint import read_checkpoint
 from strokekit.ensembling.spec import SpecError, read_spec, validate_spec
 from strokekit.inference.manifest import MANIFEST, sha256, training_data, write_manifest
@@ -89,13 +90,13 @@ def export_model(spec_paths: list[str | os.PathLike], out: str | os.PathLike, ov
 
 def _check_out(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} is a file; --out names the model folder to write")
+        raise OutputExistsError(f"{out} is a file; --out names the model folder to write")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
-            raise FileExistsError(f"{out} is not empty; pass --overwrite to replace the model folder there")
+            raise OutputExistsError(f"{out} is not empty; pass --overwrite to replace the model folder there")
         if not (out / MODEL_JSON).is_file():
-            raise FileExistsError(f"{out} holds files but no {MODEL_JSON}; --overwrite only replaces a model "
-                                  "folder: choose another --out")
+            raise OutputExistsError(f"{out} holds files but no {MODEL_JSON}; --overwrite only replaces a model "
+                                    "folder: choose another --out")
 
 
 def _write_folder(out: Path, name: str, roles: list[str], specs: list[dict], command) -> None:

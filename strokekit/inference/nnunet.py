@@ -24,6 +24,7 @@ from strokekit.data.encodings import MASK_COLOURS
 from strokekit.data.index import build_index
 from strokekit.data.readers import load_class_map, read_dicom_hu, read_png, window
 from strokekit.data.folds import read_folds
+from strokekit.errors import UserError
 
 LABELS = {"background": 0, "ischemic": 1, "hemorrhagic": 2}  # = the kit's class map
 FILE_ENDING = ".png"
@@ -36,7 +37,7 @@ CASES_FILE = "cases.csv"
 OWN_FILES = ("dataset.json", SPLITS_FILE, CASES_FILE)
 
 
-class NnUNetError(ValueError):
+class NnUNetError(UserError, ValueError):
     """An nnU-Net dataset or prediction folder the bridge cannot read or write as asked."""
 
 

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from strokekit.data.dataset import preprocess
 from strokekit.data.readers import BadInputError, load_image, read_dicom_hu, window, windows_to_channels
 from strokekit.ensembling.spec import SpecError, combine, member_thresholds, member_weights, read_spec
+from strokekit.errors import SettingError
 from strokekit.models.registry import load_checkpoint
 from strokekit.models.tta import forward_passes, predict_with_tta, resolve_flips
 
@@ -46,7 +47,7 @@ def resolve_device(name: str | None = None) -> torch.device:
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+        raise SettingError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
     return torch.device(name)
 
 
@@ -177,7 +178,7 @@ class EnsemblePredictor:
         self.flips = resolve_flips(flips if flips is not None else self.spec.get("tta"))
         batch_size = default_batch_size(self.device, len(self.flips)) if batch_size is None else batch_size
         if batch_size < 1:
-            raise ValueError(f"batch size must be >= 1, got {batch_size}")
+            raise SettingError(f"batch size must be >= 1, got {batch_size}")
         self.batch_size, self.amp, self.workers = batch_size, amp, max(1, workers)
         self.members = [load_member(m, self.task, self.device) for m in self.spec["members"]]
         self.weights, self.thresholds = member_weights(self.spec), member_thresholds(self.spec)

@@ -23,6 +23,8 @@ from strokekit.data.index import DataLayoutError, build_index
 from strokekit.postprocess.decide import phase1_labels, phase2_class_map, type_class, type_decision
 from strokekit.config.postprocess import normalise_spec
 from strokekit.ensembling.seg_classifier import seg_classifier_prob
+from strokekit.ensembling.spec import SpecError
+from strokekit.errors import OutputExistsError
 from strokekit.data.submission import (PHASE1_FILENAME, mask_files, validate_phase2, write_phase1,
                                   write_phase2_mask)
 from strokekit.vocabulary import image_type
@@ -100,8 +102,8 @@ def prepare_out_dir(out: str | Path, overwrite: bool) -> Path:
     existing = [p for p in out.glob("*") if p.name in SIDE_FILES] + list(mask_files(out).values()) \
         if out.is_dir() else []
     if existing and not overwrite:
-        raise FileExistsError(f"{out} already holds a submission ({len(existing)} files); pass --overwrite "
-                              "to replace it, or choose another --out")
+        raise OutputExistsError(f"{out} already holds a submission ({len(existing)} files); pass --overwrite "
+                                "to replace it, or choose another --out")
     for path in existing:
         path.unlink()
     out.mkdir(parents=True, exist_ok=True)
@@ -117,8 +119,8 @@ def image_probs(predictor, rows: pd.DataFrame, target: str) -> dict:
         return predictor.predict_classifier(rows)
     clf = predictor.spec.get("seg_classifier")
     if not clf or clf["target"] != target:
-        raise ValueError(f"{predictor.spec['path']}: a seg spec gives {target} decisions only with a "
-                         f"seg_classifier for {target} (ensemble.py --seg-classifier {target})")
+        raise SpecError(f"{predictor.spec['path']}: a seg spec gives {target} decisions only with a "
+                        f"seg_classifier for {target} (ensemble.py --seg-classifier {target})")
     ids, probs = [], []
     for image_id, p in predictor.iter_seg(rows):
         ids.append(image_id)
@@ -158,16 +160,16 @@ def gate_kind(seg_spec: dict) -> str:
 
 
 def require_gate(predictor, gate_predictor) -> None:
-    """ValueError when the seg spec is gated and no ensemble of the gate's task gives its probabilities."""
+    """SpecError when the seg spec is gated and no ensemble of the gate's task gives its probabilities."""
     if not needs_gate(predictor.spec):
         return
     kind = gate_kind(predictor.spec)
     if gate_predictor is None or gate_predictor.task != kind:
         sources = (predictor.spec.get("postprocess_search") or {}).get("gate_source")
         got = "" if gate_predictor is None else f"; {gate_predictor.spec['path']} is a {gate_predictor.task} spec"
-        raise ValueError(f"{predictor.spec['path']}: its post-processing gates the lesion classes on the "
-                         f"{kind} classifier's probabilities (tuned on the OOF of {sources or 'a ' + kind + ' run'})"
-                         f"; pass a {kind} spec or model folder over those runs with --gate-ensemble{got}")
+        raise SpecError(f"{predictor.spec['path']}: its post-processing gates the lesion classes on the "
+                        f"{kind} classifier's probabilities (tuned on the OOF of {sources or 'a ' + kind + ' run'})"
+                        f"; pass a {kind} spec or model folder over those runs with --gate-ensemble{got}")
 
 
 def gate_probs(predictor, gate_predictor, rows: pd.DataFrame) -> dict:
@@ -222,8 +224,8 @@ def type_probs(predictor, type_predictor, rows: pd.DataFrame) -> dict:
     """Where the per-image type comes from: a type ensemble, the seg spec's type classifier, or the mask."""
     if type_predictor is not None:
         if type_predictor.task != "type":
-            raise ValueError(f"--type-ensemble {type_predictor.spec['path']} is a {type_predictor.task} spec, "
-                             "not a type spec")
+            raise SpecError(f"--type-ensemble {type_predictor.spec['path']} is a {type_predictor.task} spec, "
+                            "not a type spec")
         result = type_predictor.predict_classifier(rows)
         return {"source": "type_ensemble", "threshold": decision_threshold(type_predictor.spec),
                 "by_id": dict(zip(result["image_id"].tolist(), result["prob"].tolist()))}

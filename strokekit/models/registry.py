@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from strokekit.errors import UserError
 from strokekit.models.weights import (WeightsError, apply_offline_policy, downloads_allowed, fit_state_dict,
                       missing_weights_message, read_state_dict, smp_pretrained_file, strip_prefixes,
                       timm_pretrained_file)
@@ -24,11 +25,8 @@ CUSTOM_MODELS: dict[str, Callable[[dict, int], nn.Module]] = {}
 CUSTOM_KINDS: dict[str, str] = {}  # name -> "classifier" | "seg"
 
 
-class ModelNameError(KeyError):
+class ModelNameError(UserError, KeyError):
     """A model / architecture / encoder name that no registry knows."""
-
-    def __str__(self) -> str:  # KeyError would print the message in quotes
-        return str(self.args[0])
 
 
 def register_model(name: str, kind: str = "classifier"):

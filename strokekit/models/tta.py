@@ -10,27 +10,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-# name -> tensor dims flipped, for NCHW images and N?HW outputs (H = -2, W = -1).
-FLIPS: dict[str, tuple[int, ...]] = {
-    "none": (),
-    "hflip": (-1,),        # left-right: anatomically plausible for an axial brain slice
-    "vflip": (-2,),        # up-down: much less so; measure on OOF before trusting it
-    "hvflip": (-2, -1),
-}
+from strokekit.vocabulary import FLIPS, resolve_flips
+
 ACTIVATIONS = ("softmax", "sigmoid", "none")
-
-
-def resolve_flips(flips: str | Sequence[str] | None) -> list[str]:
-    """Validate a flip set from a config ("hflip", ["none", "hflip"], None -> ["none"]); keeps order, drops repeats."""
-    if flips is None:
-        return ["none"]
-    names = [flips] if isinstance(flips, str) else list(flips)
-    if not names:
-        raise ValueError(f"empty TTA flip set; use ['none'] for no TTA. Valid names: {sorted(FLIPS)}")
-    unknown = [name for name in names if name not in FLIPS]
-    if unknown:
-        raise KeyError(f"unknown TTA flip(s) {unknown}; valid names: {sorted(FLIPS)}")
-    return list(dict.fromkeys(names))
 
 
 def apply_flip(x: torch.Tensor, name: str) -> torch.Tensor:

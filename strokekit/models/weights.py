@@ -11,11 +11,14 @@ from pathlib import Path
 
 import torch
 
+from strokekit.errors import UserError
+
+
 PREFIXES = ("module.", "_orig_mod.")  # added by DataParallel/DDP and torch.compile
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
-class WeightsError(RuntimeError):
+class WeightsError(UserError, RuntimeError):
     """Weights that cannot be found offline or do not fit the model."""
 
 

@@ -22,6 +22,7 @@ from PIL import Image, PngImagePlugin
 
 from strokekit.data.encodings import class_map_to_rgb, encode_overlay
 
+from strokekit.errors import OutputExistsError, SettingError
 from strokekit.vocabulary import HEMORRHAGIC, ISCHEMIC
 from strokekit.data.readers import BRAIN_WINDOW, window
 from strokekit.phantom.anatomy import Head, Slice, random_head, render_slice
@@ -86,10 +87,10 @@ def make_phantom(out: str | os.PathLike, n: int = 600, seed: int = 0, layout: st
     (default 2, or 1 for small sets). overwrite=True replaces an earlier phantom at `out`.
     """
     if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+        raise SettingError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     if n < 1 or n_test1 < 0 or n_test2 < 0 or size < 32:
-        raise ValueError(f"need n >= 1, n_test1 >= 0, n_test2 >= 0, size >= 32 (got {n}, {n_test1}, "
-                         f"{n_test2}, {size})")
+        raise SettingError(f"need n >= 1, n_test1 >= 0, n_test2 >= 0, size >= 32 (got {n}, {n_test1}, "
+                           f"{n_test2}, {size})")
     root = _prepare(Path(out), overwrite)
     plan = plan_dataset(n, n_test1, n_test2, seed)
     for key, (_, subdirs) in LAYOUTS[layout].items():
@@ -110,9 +111,9 @@ def make_phantom(out: str | os.PathLike, n: int = 600, seed: int = 0, layout: st
 def _prepare(root: Path, overwrite: bool) -> Path:
     if root.exists() and any(root.iterdir()):
         if not overwrite:
-            raise FileExistsError(f"{root} is not empty; pass overwrite=True (--overwrite) to replace it")
+            raise OutputExistsError(f"{root} is not empty; pass overwrite=True (--overwrite) to replace it")
         if not (root / TRUTH_CSV).is_file():
-            raise FileExistsError(f"{root} holds no {TRUTH_CSV}: not a phantom, refusing to delete it")
+            raise OutputExistsError(f"{root} holds no {TRUTH_CSV}: not a phantom, refusing to delete it")
         shutil.rmtree(root)
     root.mkdir(parents=True, exist_ok=True)
     return root

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from strokekit.errors import UserError
 from strokekit.evaluation import metrics
 
 from strokekit.ensembling import selection
@@ -29,7 +30,7 @@ from strokekit.vocabulary import IMAGE_TYPES, LESION_NAMES, image_type
 SIZE_BINS = (0.005, 0.02)  # share of the slice: small < 0.5 %, medium < 2 %, large >= 2 %
 
 
-class ReportError(ValueError):
+class ReportError(UserError, ValueError):
     """A path the report cannot read as a run, a set of runs or an ensemble spec."""
 
 
@@ -85,8 +86,12 @@ def find_sources(paths: list[str | os.PathLike]) -> list[Source]:
 
 
 def spec_source(path: Path) -> Source:
-    spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if not isinstance(spec, dict) or "members" not in spec or "task" not in spec:
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as err:
+        raise ReportError(f"{path}: unreadable ({err})") from None
+    if (not isinstance(spec, dict) or "task" not in spec or not isinstance(spec.get("members"), list)
+            or not all(isinstance(m, dict) and "run" in m for m in spec["members"])):
         raise ReportError(f"{path}: not an ensemble spec (written by ensemble.py)")
     runs = [(path.parent / m["run"]).resolve() if not Path(m["run"]).is_absolute() else Path(m["run"])
             for m in spec["members"]]

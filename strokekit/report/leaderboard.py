@@ -19,6 +19,7 @@ import pandas as pd
 import yaml
 
 from strokekit.ensembling import selection
+from strokekit.report.evaluate import ReportError
 from strokekit.vocabulary import TASKS
 
 TITLES = {"stroke": "stroke (phase 1: stroke vs no stroke)", "type": "type (ischemic vs hemorrhagic)",
@@ -68,12 +69,12 @@ def read_run(run_dir: Path) -> RunFigures | str:
         if not summary_path.is_file():
             left_out.append(f"{fold_dir.name} ({'pruned by tune.py' if (fold_dir / 'pruned').exists() else 'unfinished'})")
             continue
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        summary = _read_summary(summary_path)
         if figures is None:
             figures = RunFigures(run_dir.name, summary["task"], summary["model"], run_dir)
         elif summary["task"] != figures.task:
-            raise ValueError(f"{run_dir}: folds of tasks {figures.task} and {summary['task']}; one run is one task")
-        figures.folds[int(summary["fold"])] = summary["final_metrics"]
+            raise ReportError(f"{run_dir}: folds of tasks {figures.task} and {summary['task']}; one run is one task")
+        figures.folds[summary["fold"]] = summary["final_metrics"]
     if figures is None:
         return "no finished fold (fold<k>/summary.json)" + (f": {', '.join(left_out)}" if left_out else "")
     figures.left_out = left_out
@@ -82,6 +83,17 @@ def read_run(run_dir: Path) -> RunFigures | str:
         oof = oof[oof["fold"].isin(list(figures.folds))]
         figures.pooled["pooled_auc"] = selection.classifier_score(oof["target"], oof["prob"], "auc")
     return figures
+
+
+def _read_summary(path: Path) -> dict:
+    """A fold's summary.json (from train.py): task, model, fold and final_metrics, or ReportError naming it."""
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+        return {"task": summary["task"], "model": summary["model"], "fold": int(summary["fold"]),
+                "final_metrics": dict(summary["final_metrics"])}
+    except (OSError, ValueError, KeyError, TypeError) as err:  # unreadable, not JSON, or fields missing
+        raise ReportError(f"{path}: not a summary.json as train.py writes it "
+                          f"({type(err).__name__}: {err})") from None
 
 
 def fold_table(runs: list[RunFigures]) -> pd.DataFrame:
@@ -121,6 +133,13 @@ def read_ensemble(path: Path) -> list[dict] | str:
         return f"unreadable ({err})"
     if not isinstance(spec, dict) or spec.get("task") not in TASKS or "oof" not in spec:
         return "not an ensemble spec (ensemble.py writes them: task, members, oof)"
+    try:
+        return _ensemble_rows(path, spec)
+    except (KeyError, TypeError, ValueError) as err:  # a field missing or of another shape
+        return f"not an ensemble spec as ensemble.py writes it ({type(err).__name__}: {err})"
+
+
+def _ensemble_rows(path: Path, spec: dict) -> list[dict]:
     members = ", ".join(m["name"] for m in spec.get("members", []))
     oof = spec["oof"]
     row = {"ensemble": path.stem, "task": spec["task"], "blend": spec.get("blend"), "members": members,
@@ -266,7 +285,7 @@ def build(run_paths, ensemble_paths=(), out: str | os.PathLike | None = None) ->
         else:
             ensembles += found
     if not runs and not ensembles:
-        raise FileNotFoundError("nothing to rank: no run folder with a finished fold and no ensemble spec; "
+        raise ReportError("nothing to rank: no run folder with a finished fold and no ensemble spec; "
                                 + "; ".join(skipped))
     markdown = render_markdown(runs, ensembles, skipped)
     result = {"runs": runs, "ensembles": ensembles, "skipped": skipped, "markdown": markdown}

@@ -19,9 +19,10 @@ from strokekit.evaluation import metrics
 from strokekit.report import figures as figs
 from strokekit.data.index import build_index
 from strokekit.data.readers import load_class_map, read_png
-from strokekit.report.evaluate import (SIZE_BINS, Source, classifier_fold_table, classifier_oof, classifier_size_bins,
-                                   data_root, find_sources, fold_logs, mean_std_rows, predicted_map, seg_fold_table,
-                                   seg_oof, seg_records, seg_size_bins, type_confusion)
+from strokekit.report.evaluate import (SIZE_BINS, ReportError, Source, classifier_fold_table, classifier_oof,
+                                       classifier_size_bins, data_root, find_sources, fold_logs, mean_std_rows,
+                                       predicted_map, seg_fold_table, seg_oof, seg_records, seg_size_bins,
+                                       type_confusion)
 from strokekit.report.html import HtmlReport
 from strokekit.vocabulary import IMAGE_TYPES
 
@@ -161,7 +162,7 @@ def seg_sections(page: HtmlReport, source: Source, context: DataContext, worst: 
     masks = {i: context.mask(i) for i in ids}
     unlabelled = [i for i, m in masks.items() if m is None]
     if unlabelled:
-        raise ValueError(f"{source.name}: OOF images without MASK / OVERLAY in {context.root}: {unlabelled[:5]}")
+        raise ReportError(f"{source.name}: OOF images without MASK / OVERLAY in {context.root}: {unlabelled[:5]}")
     negatives = context.negatives(ids)
     records = seg_records(oof, masks, post, negatives)
     how = "the spec's post-processing" if post else "argmax of the OOF probabilities (as train.py validates)"

@@ -26,10 +26,13 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
+from strokekit.errors import UserError
+
+
 _OBJECTS = None  # process group for Python objects: gloo beside nccl, so objects never travel through GPUs
 
 
-class DistributedError(RuntimeError):
+class DistributedError(UserError, RuntimeError):
     """A misconfigured torchrun launch (world size, batch size, backend)."""
 
 

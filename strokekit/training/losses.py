@@ -15,12 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from strokekit.errors import UserError
+
 MODES = ("binary", "multiclass")
 
 
-class LossNameError(KeyError):
-    def __str__(self) -> str:
-        return str(self.args[0])
+class LossNameError(UserError, KeyError):
+    """A loss name (or loss spec) that no registry knows."""
 
 
 def _log_odds(logits: torch.Tensor) -> torch.Tensor:

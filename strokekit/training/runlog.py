@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from strokekit.atomic import write_atomic
+from strokekit.errors import INTERRUPTED  # exit_process's code after Ctrl-C (script_main returns it)
 
 
 class EpochLog:
@@ -58,9 +59,6 @@ def _plain(value):
     if hasattr(value, "item"):
         return value.item()
     return str(value)
-
-
-INTERRUPTED = 130  # the shell's code for a run stopped by Ctrl-C
 
 
 def exit_process(code: int, skip_teardown: bool = False) -> None:

@@ -23,6 +23,7 @@ import optuna
 import yaml
 
 from strokekit.config import DEFAULTS, ConfigError, save_config, set_key, validate
+from strokekit.errors import UserError
 from strokekit.training.losses import LOSSES, parse_loss_spec
 from strokekit.training.tasks import selection_metric
 
@@ -32,7 +33,7 @@ FIELDS = {"float": {"type", "low", "high", "log", "step"}, "int": {"type", "low"
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
-class TuneError(ValueError):
+class TuneError(UserError, ValueError):
     """A search space, study folder or run folder that tune.py cannot use as it is."""
 
 
