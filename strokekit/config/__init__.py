@@ -41,6 +41,8 @@ DEFAULTS: dict[str, Any] = {
                                # a 1x1-conv head on the last feature map; 0 = off. Inference is unchanged
     "drop_rate": 0.0,          # classifiers: dropout before the head; seg: spatial dropout (Dropout2d) before it
     "decoder_attention": None,  # seg, smp Unet / UnetPlusPlus: decoder attention, e.g. scse
+    "norm": "batch",           # batch | instance | group: every BatchNorm swapped (small batches, from scratch)
+    "deep_supervision": 0,     # seg U-Nets: a loss on this many intermediate decoder stages too (nnU-Net); 0 = off
     # optimisation
     "epochs": 10,
     "batch_size": 16,
@@ -59,6 +61,8 @@ DEFAULTS: dict[str, Any] = {
     "class_weights": None,     # per-class weights for CE, e.g. [1.0, 2.0]; "balanced" = inverse frequency
     "sampler": None,           # None | balanced (classifier) | lesion (seg: lesion_share of each batch has lesions)
     "lesion_share": 0.5,
+    "crop_size": None,         # seg: train on crops of this side (multiple of 32, <= img_size); validate on slices
+    "fg_crop_share": 0.0,      # seg, with crop_size: share of crops centred on a random lesion pixel (nnU-Net: 0.33)
     "seg_negatives": 0.0,      # seg: share of no-stroke slices added to training as negatives
     "seg_val_negatives": False,  # seg: also validate (and write OOF for) the fold's no-stroke slices
     "seg_lesion_type": None,   # seg: ischemic | hemorrhagic = a type-specific segmenter (trains on that type's
@@ -90,6 +94,15 @@ DEFAULTS: dict[str, Any] = {
         "shift_limit": 0.0625,
         "brightness_contrast": 0.3,
         "elastic": 0.0,
+        # the menu below is off by default (each a probability per sample); bench/seg_from_scratch.py measures it
+        "rot90": 0.0,          # a random multiple of 90 degrees
+        "gamma": 0.0,          # gamma 0.7-1.5 (nnU-Net)
+        "low_res": 0.0,        # down- and up-sampled by 0.5-1 (nnU-Net's low-resolution simulation)
+        "grid_distortion": 0.0,
+        "clahe": 0.0,          # contrast-limited histogram equalisation
+        "noise": 0.0,          # Gaussian noise
+        "blur": 0.0,           # Gaussian blur
+        "coarse_dropout": 0.0,  # up to 8 holes of 1/16 of the side; masks keep their labels
     },
 }
 

@@ -41,8 +41,26 @@ def build_transform(cfg: dict, train: bool) -> A.Compose:
             A.RandomBrightnessContrast(p=aug["brightness_contrast"]),
             A.ElasticTransform(alpha=size * 0.25, sigma=size * 0.05, mask_interpolation=cv2.INTER_NEAREST,
                                border_mode=cv2.BORDER_CONSTANT, p=aug["elastic"]),
-        ]
+        ] + menu_steps(aug, size)
     return A.Compose([s for s in steps if getattr(s, "p", 1) > 0], seed=cfg["seed"])
+
+
+def menu_steps(aug: dict, size: int) -> list:
+    """The augmentation menu (config aug.rot90 ... aug.coarse_dropout, each a probability, all off by
+    default): nnU-Net's gamma and low-resolution simulation beside what competitors add. Masks move with
+    their images; intensity steps leave masks alone."""
+    hole = (max(1, size // 32), max(2, size // 16))
+    return [
+        A.RandomRotate90(p=aug.get("rot90", 0.0)),
+        A.RandomGamma(gamma_limit=(70, 150), p=aug.get("gamma", 0.0)),
+        A.Downscale(scale_range=(0.5, 1.0), p=aug.get("low_res", 0.0)),
+        A.GridDistortion(border_mode=cv2.BORDER_CONSTANT, p=aug.get("grid_distortion", 0.0)),
+        A.CLAHE(clip_limit=2.0, p=aug.get("clahe", 0.0)),
+        A.GaussNoise(std_range=(0.02, 0.08), p=aug.get("noise", 0.0)),
+        A.GaussianBlur(blur_limit=(3, 5), p=aug.get("blur", 0.0)),
+        A.CoarseDropout(num_holes_range=(1, 8), hole_height_range=hole, hole_width_range=hole, fill=0,
+                        p=aug.get("coarse_dropout", 0.0)),
+    ]
 
 
 def normalise(image: np.ndarray, cfg: dict) -> torch.Tensor:
@@ -79,6 +97,7 @@ class SliceDataset(Dataset):
         self.cache = open_cache(cfg)  # None when cfg says no cache
         self.epoch_seed = torch.zeros(1, dtype=torch.int64).share_memory_()  # written by reseed, read by workers
         self.worker_seed = None  # in a worker: the (epoch seed, worker id) its streams were seeded from
+        self.rng = np.random.default_rng(cfg["seed"])  # crops; reseeded with the augmentations
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -92,6 +111,7 @@ class SliceDataset(Dataset):
         """
         self.epoch_seed[0] = int(seed)
         self.transform.set_random_seed(int(seed) % 2**32)
+        self.rng = np.random.default_rng(int(seed) % 2**63)
 
     def follow_epoch_seed(self) -> None:
         info = get_worker_info()
@@ -101,6 +121,7 @@ class SliceDataset(Dataset):
             seed = int(np.random.SeedSequence(key).generate_state(1)[0])
             self.transform.set_random_seed(seed)
             np.random.seed(seed)
+            self.rng = np.random.default_rng(seed)
             random.seed(seed)
 
     def class_map(self, i: int, shape) -> np.ndarray:
@@ -143,6 +164,8 @@ class SliceDataset(Dataset):
         if mask is not None:
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
+            if self.train and self.cfg.get("crop_size"):
+                image, mask = foreground_crop(image, mask, self.cfg["crop_size"], self.cfg["fg_crop_share"], self.rng)
             labels = set(np.unique(mask).tolist())
             if not labels <= LABELS:
                 raise ValueError(f"image {row['image_id']}: augmentation made mask labels {sorted(labels - LABELS)}")
@@ -156,6 +179,27 @@ class SliceDataset(Dataset):
         if self.targets is not None:
             item["target"] = torch.tensor(self.targets[i])
         return item
+
+
+def foreground_crop(image: np.ndarray, mask: np.ndarray, size: int, fg_share: float,
+                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A `size` x `size` training crop (config `crop_size`), as nnU-Net samples patches: with probability
+    `fg_share` centred on a random lesion pixel (when the mask has one), else at a random place. The crop
+    may reach past the border: what lies outside is zero-padded (image) and background (mask)."""
+    h, w = mask.shape[:2]
+    lesion = np.flatnonzero(mask.reshape(-1)) if fg_share > 0 and rng.random() < fg_share else np.empty(0)
+    if lesion.size:
+        cy, cx = divmod(int(lesion[rng.integers(lesion.size)]), w)
+        top, left = cy - size // 2, cx - size // 2
+    else:
+        top, left = int(rng.integers(min(0, h - size), max(0, h - size) + 1)), \
+            int(rng.integers(min(0, w - size), max(0, w - size) + 1))
+    out_image = np.zeros((size, size, *image.shape[2:]), dtype=image.dtype)
+    out_mask = np.zeros((size, size), dtype=mask.dtype)
+    y0, x0, y1, x1 = max(top, 0), max(left, 0), min(top + size, h), min(left + size, w)
+    out_image[y0 - top:y1 - top, x0 - left:x1 - left] = image[y0:y1, x0:x1]
+    out_mask[y0 - top:y1 - top, x0 - left:x1 - left] = mask[y0:y1, x0:x1]
+    return out_image, out_mask
 
 
 def keep_lesion_type(class_map: np.ndarray | None, lesion_type: str) -> np.ndarray | None:

@@ -19,6 +19,8 @@ from strokekit.errors import UserError
 from strokekit.models.weights import (WeightsError, apply_offline_policy, downloads_allowed, fit_state_dict,
                       missing_weights_message, read_state_dict, smp_pretrained_file, strip_prefixes,
                       timm_pretrained_file)
+from strokekit.models.deep_supervision import DeepSupervision
+from strokekit.models.norm import replace_batchnorm
 from strokekit.vocabulary import TASK_OUTPUTS
 
 CUSTOM_MODELS: dict[str, Callable[[dict, int], nn.Module]] = {}
@@ -133,10 +135,13 @@ def build_model(cfg: dict, num_outputs: int | None = None) -> nn.Module:
         model = _build_smp(cfg, num_outputs)
     else:
         model = _build_timm(cfg, num_outputs)
+    replace_batchnorm(model, cfg.get("norm") or "batch")
     if cfg["weights"] and not getattr(model, "_weights_loaded", False):
         fit_state_dict(model, read_state_dict(cfg["weights"]), source=str(cfg["weights"]))
     if cfg["task"] != "seg" and cfg["aux_seg"]:
         model = LesionAuxClassifier(model, cfg)
+    if cfg["task"] == "seg" and cfg.get("deep_supervision"):
+        model = DeepSupervision(model, cfg["in_chans"], num_outputs, depth=int(cfg["deep_supervision"]))
     return model
 
 

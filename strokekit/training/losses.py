@@ -5,7 +5,8 @@ Two modes, chosen by the task:
   Lovasz use the log-odds z1 - z0 (= logit of softmax[:, 1]), so every loss trains the same head.
 - `multiclass`: segmentation logits (N, C, H, W) against class maps (N, H, W).
 `class_weights` (one weight per class) apply to ce, bce (as pos_weight = w1 / w0, or per channel) and focal.
-Dice and Lovasz come from smp.losses.
+`dice` and `lovasz` come from smp.losses (smp's Dice counts the background class too); `batch_dice` /
+`image_dice` are foreground-only soft Dice over the batch (nnU-Net) / per image.
 """
 from __future__ import annotations
 
@@ -87,6 +88,42 @@ def dice(mode: str, class_weights=None) -> nn.Module:
     return _SmpLoss(mode, lambda m: DiceLoss(m, from_logits=True))
 
 
+class ForegroundDice(nn.Module):
+    """Soft Dice of the foreground classes on softmax probabilities, 1 - its mean over those classes.
+
+    `batch=True` (nnU-Net's batch dice): one Dice per class over every pixel of the batch, so a class absent
+    from one slice neither vanishes nor punishes; `batch=False`: one Dice per image and class, averaged.
+    dice_c = (2 sum(p y) + smooth) / (sum(p) + sum(y) + smooth); background (class 0) is left out, as its
+    Dice is near 1 on any slice and would dilute the lesions' gradient. Binary (classifier) mode: the
+    positive class's probability against the 0/1 target, over the batch.
+    """
+
+    def __init__(self, mode: str, batch: bool, smooth: float = 1e-5):
+        super().__init__()
+        self.mode, self.batch, self.smooth = mode, batch, smooth
+
+    def forward(self, logits, target):
+        logits = logits.float()
+        if self.mode == "binary":
+            probs, onehot = torch.sigmoid(_log_odds(logits))[:, None], target.float()[:, None]
+            dims = (0,)
+        else:
+            probs = logits.softmax(1)[:, 1:]
+            onehot = F.one_hot(target, logits.shape[1]).movedim(-1, 1)[:, 1:].float()
+            dims = (0, *range(2, logits.ndim)) if self.batch else tuple(range(2, logits.ndim))
+        inter = (probs * onehot).sum(dims)
+        total = probs.sum(dims) + onehot.sum(dims)
+        return 1 - ((2 * inter + self.smooth) / (total + self.smooth).clamp_min(1e-8)).mean()
+
+
+def batch_dice(mode: str, class_weights=None) -> nn.Module:
+    return ForegroundDice(mode, batch=True)
+
+
+def image_dice(mode: str, class_weights=None) -> nn.Module:
+    return ForegroundDice(mode, batch=False)
+
+
 def lovasz(mode: str, class_weights=None) -> nn.Module:
     from segmentation_models_pytorch.losses import LovaszLoss
     return _SmpLoss(mode, lambda m: LovaszLoss(m, per_image=False))
@@ -94,6 +131,7 @@ def lovasz(mode: str, class_weights=None) -> nn.Module:
 
 LOSSES: dict[str, Callable[..., nn.Module]] = {
     "ce": CrossEntropy, "bce": BinaryCrossEntropy, "focal": focal, "dice": dice, "lovasz": lovasz,
+    "batch_dice": batch_dice, "image_dice": image_dice,
 }
 
 
@@ -172,3 +210,26 @@ def lesion_cells(mask: torch.Tensor, size) -> torch.Tensor:
     """(N, 2, *size) float: 1 where a cell of the (N, H, W) class map holds ischemia (channel 0) / hemorrhage (1)."""
     classes = torch.stack([mask == 1, mask == 2], dim=1).float()
     return F.adaptive_max_pool2d(classes, tuple(size))
+
+
+class DeepSupervisionLoss(nn.Module):
+    """A seg loss at every output of a deep-supervised U-Net (models/deep_supervision.py): the full-resolution
+    logits and each stage's, against the class map resized (nearest) to that stage; weights 1/2^i, finest
+    first, summing to 1 (nnU-Net). In eval mode the model gives the full-resolution logits only: base loss."""
+
+    def __init__(self, base: nn.Module):
+        super().__init__()
+        self.base = base
+
+    def forward(self, output, target) -> torch.Tensor:
+        if not isinstance(output, tuple):
+            return self.base(output, target)
+        main, stages = output
+        from strokekit.models.deep_supervision import stage_weights
+
+        weights = stage_weights(len(stages))
+        loss = weights[0] * self.base(main, target)
+        for weight, logits in zip(weights[1:], stages):
+            small = F.interpolate(target[:, None].float(), size=logits.shape[-2:], mode="nearest")[:, 0].long()
+            loss = loss + weight * self.base(logits, small)
+        return loss

@@ -2,9 +2,10 @@
 
 `LrSchedule` sets the LR of every parameter group on each optimizer step:
   lr = base_lr * warmup(step) * shape(step) * plateau_scale
-shape: cosine (to 1 % of base) | onecycle (from 1/25 up to base, cosine down to 1e-4 of base; the rise is the
-warm-up, 30 % of training when warmup_epochs is 0) | exponential (lr_gamma per step) | plateau (x
-plateau_factor after plateau_patience epochs without a better validation metric) | none.
+shape: cosine (to 1 % of base) | poly ((1 - t)^0.9 to zero, nnU-Net's schedule) | onecycle (from 1/25 up to
+base, cosine down to 1e-4 of base; the rise is the warm-up, 30 % of training when warmup_epochs is 0) |
+exponential (lr_gamma per step) | plateau (x plateau_factor after plateau_patience epochs without a better
+validation metric) | none.
 Its state is a few plain numbers, saved in every checkpoint, so a resumed run follows the same curve.
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ import math
 import torch
 
 OPTIMIZERS = ("adamw", "sgd", "rmsprop")
-SCHEDULES = ("cosine", "onecycle", "plateau", "exponential", "none")
+SCHEDULES = ("cosine", "poly", "onecycle", "plateau", "exponential", "none")
 
 
 def build_optimizer(model: torch.nn.Module, cfg: dict) -> torch.optim.Optimizer:
@@ -59,6 +60,8 @@ class LrSchedule:
         t = (step - self.warmup) / max(1, self.total - self.warmup)
         if self.kind == "cosine":
             return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t))
+        if self.kind == "poly":
+            return (1 - t) ** 0.9
         if self.kind == "onecycle":
             return 1e-4 + (1 - 1e-4) * 0.5 * (1 + math.cos(math.pi * t))
         if self.kind == "exponential":

@@ -28,7 +28,7 @@ from strokekit.training import distributed
 from strokekit.evaluation import metrics, official
 from strokekit.atomic import write_atomic
 from strokekit.data.dataset import BalancedSampler, LesionBatchSampler, SliceDataset
-from strokekit.training.losses import LesionAuxLoss, build_loss
+from strokekit.training.losses import DeepSupervisionLoss, LesionAuxLoss, build_loss
 from strokekit.vocabulary import TASK_OUTPUTS
 
 CLASSIFIER_METRICS = ("auc", "recall", "precision", "f1", "specificity", "balanced_accuracy", "accuracy")
@@ -172,6 +172,10 @@ class SegTask(Task):
 
     def dataset(self, rows, cfg, train: bool) -> SliceDataset:
         return SliceDataset(rows, cfg, train, masks=True, full_masks=not train)
+
+    def build_loss(self, cfg: dict, class_weights=None) -> torch.nn.Module:
+        loss = super().build_loss(cfg, class_weights)
+        return DeepSupervisionLoss(loss) if cfg.get("deep_supervision") else loss
 
     def sampler(self, dataset: SliceDataset, cfg: dict) -> dict:
         if cfg["sampler"] in (None, "none"):
