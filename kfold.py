@@ -11,7 +11,7 @@ slices of one patient never sit on both sides of a split. --group-by chooses the
   dicom       the header ids only (an image without any is its own group)
   similarity  from the images only: slices link when the head's pose in the image (centre, tilt, width /
               length) agrees within the tolerances, or when their 256-bit dHashes nearly agree; linked
-              slices form one group, closest links first, up to --max-group slices (see strokekit/grouping.py)
+              slices form one group, closest links first, up to --max-group slices (see strokekit/data/grouping.py)
   none        every image alone: the random (stratified) split published results used; for comparison
 With similarity groups, the groups found go to <out>.groups.csv (image_id, group, group_size, links, the
 pose signature, the dHash) and a summary is printed. The same seed gives the same file.

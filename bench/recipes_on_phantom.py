@@ -1,4 +1,4 @@
-"""The published-system recipes (configs/recipes/) shrunken and run on the phantom: the figures the README's
+"""The published-system recipes (configs/recipes/) shrunken and run on the phantom: the figures docs/recipes.md's
 "Recipes" table calls "kit on the phantom". They show that each recipe runs through the whole loop, nothing
 about real CT: tiny images, a few epochs from scratch on CPU, one fold of a small synthetic data set.
 

@@ -5,7 +5,7 @@
 
 Synthetic OOF (blobs of both lesion classes with noisy probabilities at --oof-size, true masks at --size;
 the real data set's ~2,200 lesion slices are what a 5-fold seg run leaves as OOF) scored on
-ensemble_seg.DEFAULT_GRID (9,216 settings: threshold / argmax, closing, min area, keep-largest per class)
+ensembling.segmenters.DEFAULT_GRID (9,216 settings: threshold / argmax, closing, min area, keep-largest per class)
 under every objective at once — strict Dice / IoU and the organisers' tolerant counting — with the
 phase-2 never-empty rule; then the robust choice (bootstrap 10th percentile at n = 97, --n-boot
 resamples) and, for comparison, one exact image-by-image evaluation of one setting (seg_search.

@@ -5,7 +5,7 @@
 Rows (each scored on the OOF slices that hold a lesion, as the phase-2 test set does, by the organisers'
 tolerant counting and by strict Dice; intervals from 1,000 resamples of 97 images):
   plain                      argmax decoding, no post-processing
-  joint search, all slices   ensemble_seg.DEFAULT_GRID searched for official IoU on every OOF slice (the
+  joint search, all slices   ensembling.segmenters.DEFAULT_GRID searched for official IoU on every OOF slice (the
                              lesion-free ones too, as a loop unaware of phase 2's make-up would), bootstrap p10
   joint search, lesion only  the same search on the lesion-bearing slices only
   + never empty              ... scoring the never-empty rule too (the full phase-2 prior, the default)

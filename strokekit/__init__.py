@@ -1,6 +1,6 @@
 """strokekit: a submission kit for the TEKNOFEST-2021 stroke CT challenge (phase 1 labels, phase 2 masks).
 
-`from strokekit import Predictor` gives the Python predict API (strokekit/predictor.py); it is imported on
+`from strokekit import Predictor` gives the Python predict API (strokekit/inference/predictor.py); it is imported on
 first use, so `import strokekit` stays light (no torch) for the scripts that do not run models.
 """
 __version__ = "0.1.0"

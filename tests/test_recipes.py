@@ -1,7 +1,7 @@
 """configs/recipes: every published system's config loads, names its paper and figure, holds only differences
 from the defaults, and trains one step in a shrunken form (64 px, few images, no ImageNet download) with its
 own model, loss, class weights, optimizer, schedule and sampler. The DPN-U-Net system also runs end to end
-through the scripts with the commands the README documents (train -> ensemble with flip TTA, top-k by IoU,
+through the scripts with the commands docs/recipes.md documents (train -> ensemble with flip TTA, top-k by IoU,
 closing grid, segmentation-based classifiers -> infer)."""
 import importlib
 import re
@@ -140,7 +140,7 @@ def script(name: str, *args) -> None:
 
 
 def test_dpn_unet_system_end_to_end(phantom, tmp_path):
-    """The README's DPN-U-Net commands on the phantom, shrunken: 2 folds x 1 epoch at 64 px."""
+    """The DPN-U-Net commands of docs/recipes.md on the phantom, shrunken: 2 folds x 1 epoch at 64 px."""
     recipe = ROOT / "configs/recipes/dpn_unet/seg_dpn68_hypercolumn.yaml"
     script("train", "--config", recipe, "--fold", "all", "--out", tmp_path / "runs", "--no-progress", "--set",
            *SHRINK, "img_size=64", "oof_size=64", f"data={phantom}")

@@ -1,4 +1,4 @@
-"""The report page for a scored submission: what score.py computed (`scoring.score_phase1` / `score_phase2`),
+"""The report page for a scored submission: what score.py computed (`evaluation.score.score_phase1` / `score_phase2`),
 as one static HTML file with every figure embedded.
 
 Phase 1: metrics, confusion matrix, false-positive rate on no-stroke slices; with the probabilities CSV also
@@ -90,7 +90,8 @@ def phase2(page: HtmlReport, result: dict, images_dir, worst: int, size_bins) ->
                        f"{label}", **{k: o[key][k] for k in ("iou", "dice", "precision", "recall")}}
             for label, key in (("mean over images", "mean_imagewise"), ("micro", "micro"))]
     page.table(pd.DataFrame(rows))
-    strict = [{"reduction": r, **{f"{m} {c}": s[f"{m}_{r}_{c}"] for m in ("iou", "dice") for c in (*LESION_NAMES, "lesion_mean")}}
+    parts = (*LESION_NAMES, "lesion_mean")
+    strict = [{"reduction": r, **{f"{m} {c}": s[f"{m}_{r}_{c}"] for m in ("iou", "dice") for c in parts}}
               for r in ("micro", "macro_imagewise")]
     page.table(pd.DataFrame(strict), caption=s.get("empty_rule", ""))
     page.text(f"image type accuracy (set of lesion classes present): {result['type_accuracy']:.4f}")
