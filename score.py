@@ -60,8 +60,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "asama1.txt file, or one folder of <id>.png|.dcm files")
     parser.add_argument("--data", help="--check: a test folder (e.g. YARISMA_1 with PNG/ or DICOM/) "
                                        "whose image ids the submission must hold")
-    parser.add_argument("--size", type=int, nargs=2, default=(512, 512), metavar=("W", "H"),
-                        help="--check: mask size in pixels (default 512 512)")
+    parser.add_argument("--size", type=int, nargs=2, metavar=("W", "H"),
+                        help="--check: mask size in pixels (default: with --data each mask its own image's size, "
+                             "else 512 512)")
     args = parser.parse_args(argv)
     if args.phase and not (args.pred and args.truth):
         parser.error("--phase needs --pred and --truth")
@@ -83,10 +84,17 @@ def expected_ids(args: argparse.Namespace) -> list[int] | None:
     return [int(token) for token in tokens]
 
 
+def mask_sizes(args: argparse.Namespace):
+    """--size for every mask; else with --data each mask its own test image's size; else 512x512."""
+    if args.size:
+        return tuple(args.size)
+    return scoring.image_sizes_from_folder(args.data) if args.data else (512, 512)
+
+
 def run_check(args: argparse.Namespace) -> int:
     status = 0
     try:
-        for line in scoring.check_submission(args.check, expected_ids(args), tuple(args.size)):
+        for line in scoring.check_submission(args.check, expected_ids(args), mask_sizes(args)):
             print(line)
     except SubmissionError as err:
         print(f"INVALID {err.source}", file=sys.stderr)

@@ -178,12 +178,17 @@ def test_check_phase2_against_a_test_folder(phase2, tmp_path):
     data = tmp_path / "YARISMA_2" / "PNG"
     data.mkdir(parents=True)
     for id_ in (11, 12):
-        (data / f"{id_}.png").write_bytes(b"")
+        Image.fromarray(np.zeros((16, 16), np.uint8)).save(data / f"{id_}.png")
     (pred_dir / "14.png").unlink()
     ok = run("--check", pred_dir, "--data", data.parent, "--size", 16, 16, cwd=cwd)
     assert ok.returncode == 0, ok.stderr
-    bad = run("--check", pred_dir, "--data", data.parent, cwd=cwd)  # default size 512x512
+    ok = run("--check", pred_dir, "--data", data.parent, cwd=cwd)  # each mask against its own image's size
+    assert ok.returncode == 0, ok.stderr
+    bad = run("--check", pred_dir, "--data", data.parent, "--size", 512, 512, cwd=cwd)
     assert bad.returncode == 1 and "size is 16x16, not 512x512" in bad.stderr
+    Image.fromarray(np.zeros((20, 16), np.uint8)).save(data / "12.png")  # 16 wide, 20 high
+    bad = run("--check", pred_dir, "--data", data.parent, cwd=cwd)
+    assert bad.returncode == 1 and "12.png: size is 16x16, not 16x20" in bad.stderr
 
 
 def test_phase_needs_pred_and_truth(tmp_path):

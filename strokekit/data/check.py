@@ -1,8 +1,9 @@
 """The up-front pass over the files a run will read, and the `on_bad_input` policy (fail | skip).
 
-`check_files(rows, ...)` judges every image (and, for segmentation, every MASK / OVERLAY) from its header and
-checksums — no pixel is decoded — so a bad file stops a run before training starts (`fail`), or is left out
-and listed in skipped.csv (`skip`). Labels problems found while indexing (masks with colours outside the
+`check_files(rows, ...)` judges every image (and, for segmentation, every MASK / OVERLAY) exactly as the
+readers will (readers.check_png / check_dicom: a PNG's chunks and inflated size, a DICOM's pixel header,
+decoded pixels and Hounsfield units), so a bad file stops a run before training starts (`fail`), or is left out and listed
+in skipped.csv (`skip`), instead of failing in epoch 1. Labels problems found while indexing (masks with colours outside the
 official three, OVERLAYs that do not decode) come from the IndexReport instead of a second read.
 Sizes: any image size is read and resized to img_size like every other; an image whose size differs from
 the set's usual one is named in a warning. A MASK / OVERLAY of another size than its image is bad input.

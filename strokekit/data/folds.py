@@ -66,8 +66,12 @@ def fold_groups(index: pd.DataFrame, group_by: str = "auto", n_folds: int = 5,
     table = similarity_groups(train, params, workers, max_group)
     if group_by == "similarity":
         return Grouping(table["group"], "similarity", "image similarity (headers ignored)", table)
+    without = train.loc[~has_header, "image_id"].astype(int).tolist()
+    named = ", ".join(map(str, without[:5])) + (f" and {len(without) - 5} more" if len(without) > 5 else "")
     why = ("no training image has DICOM patient/study/series ids" if not has_header.any() else
-           f"DICOM ids on {int(has_header.sum())} of {len(train)} images, {n_header} distinct")
+           f"DICOM ids on {int(has_header.sum())} of {len(train)} images, {n_header} distinct"
+           + (f"; none for image {named} (no DICOM file, or one whose header could not be read: see the "
+              "skipped files)" if without else ""))
     if not has_header.any() or n_header < n_folds or n_header == has_header.sum():
         return Grouping(table["group"], "similarity", f"{why}: grouped by image similarity", table)
     labels = link_groups(len(train), _member_pairs(table["group"]), _member_pairs(header.where(has_header)))

@@ -91,8 +91,8 @@ def _classify_file(path: Path, name: str, meaning: dict) -> tuple[dict | None, s
         return None, "answer key"
     if ext not in (".png", ".dcm"):
         return None, f"not a .png/.dcm file"
-    if not stem.isdigit():
-        return None, "file name is not an integer image id"
+    if layout.image_id(stem) is None:  # '²' and full-width '１００１２' are digits to str.isdigit
+        return None, "file name is not an integer image id (ASCII digits 0-9)"
     modality = meaning["modality"] or ("dicom" if ext == ".dcm" else "png")
     if (modality == "dicom") != (ext == ".dcm"):
         return None, f"a {ext} file in a {modality.upper()} folder"
@@ -226,9 +226,20 @@ def lesion_type(index: pd.DataFrame) -> pd.Series:
 def _signature(records: pd.DataFrame, answer_keys: dict, lesion_labels: bool, headers: bool) -> str:
     digest = hashlib.sha1(f"v{INDEX_VERSION}/{lesion_labels}/{headers}".encode())
     for path in sorted(records.path.tolist() + [str(p) for p in answer_keys.values()]):
-        stat = os.stat(path)
-        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        digest.update(f"{path}\0{_file_stamp(path)}\n".encode())
     return digest.hexdigest()
+
+
+def _file_stamp(path: str) -> str:
+    """Size and mtime of a file; of the link itself for a dangling symlink or a symlink loop (the up-front
+    check and the readers name those files: indexing must not die on them)."""
+    for stat in (os.stat, os.lstat):
+        try:
+            info = stat(path)
+            return f"{'' if stat is os.stat else 'link '}{info.st_size}\0{info.st_mtime_ns}"
+        except OSError:
+            continue
+    return "missing"
 
 
 def _cache_paths(root: Path) -> tuple[Path, Path]:

@@ -69,6 +69,12 @@ def is_answer_key(name: str) -> bool:
     return folded.endswith("txt") and ("cevap" in folded or "answer" in folded or "label" in folded)
 
 
+def image_id(stem: str) -> int | None:
+    """The image id a file name's stem spells, or None: ASCII digits only (str.isdigit also takes '²', which
+    int() refuses, and full-width '１００１２', which int() reads as 10012)."""
+    return int(stem) if stem.isascii() and stem.isdigit() else None
+
+
 def describe_path(parts: tuple[str, ...]) -> dict:
     """Split / class / modality read from the folder names of a relative path (nearest folder wins)."""
     split = cls = modality = None

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from strokekit.atomic import write_atomic
+from strokekit.data import layout
 from strokekit.data.encodings import MASK_COLOURS, class_map_to_rgb, rgb_to_class_map
 from strokekit.errors import UserError
 
@@ -255,23 +256,26 @@ def read_phase2_mask(path: os.PathLike | str, strict: bool = True) -> np.ndarray
 def mask_files(directory: os.PathLike | str) -> dict[int, Path]:
     """{id: path} of the `<id>.png` files in a folder (hidden and temp files ignored)."""
     return {int(p.stem): p for p in sorted(Path(directory).glob("*.png"))
-            if p.stem.isdigit() and not p.name.startswith(".")}
+            if layout.image_id(p.stem) is not None and not p.name.startswith(".")}
 
 
 def validate_phase2(directory: os.PathLike | str, expected_ids: Iterable[int] | None = None,
-                    size: tuple[int, int] | None = PHASE2_SIZE) -> dict[int, Path]:
-    """Check a phase-2 folder: the id set, file names, and every mask file; returns {id: path} if valid."""
+                    size: tuple[int, int] | Mapping[int, tuple[int, int] | None] | None = PHASE2_SIZE
+                    ) -> dict[int, Path]:
+    """Check a phase-2 folder: the id set, file names, and every mask file; returns {id: path} if valid.
+    size: (width, height) of every mask, {id: (width, height) | None} per image, or None (not checked)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise SubmissionError(directory, ["not a folder"])
     files = mask_files(directory)
     problems = _id_set_problems(files, expected_ids)
     odd = [p.name for p in directory.glob("*.png")
-           if not p.name.startswith(".") and (not p.stem.isdigit() or str(int(p.stem)) != p.stem)]
+           if not p.name.startswith(".") and (layout.image_id(p.stem) is None or str(int(p.stem)) != p.stem)]
     if odd:
         problems.append(_listed("PNG files not named <id>.png", odd))
     for id_, path in files.items():
-        problems += [f"{path.name}: {p}" for p in check_phase2_mask(path, size)]
+        want = size.get(id_) if isinstance(size, Mapping) else size  # per image: each test image's own size
+        problems += [f"{path.name}: {p}" for p in check_phase2_mask(path, want)]
     if not files:
         problems.append("no <id>.png files")
     if problems:

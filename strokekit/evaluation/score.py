@@ -12,11 +12,12 @@ import csv
 import json
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import numpy as np
 
 from strokekit.errors import InputFileError
+from strokekit.data import layout
 from strokekit.evaluation import metrics, official
 from strokekit.atomic import write_text_atomic
 from strokekit.vocabulary import CLASS_NAMES
@@ -32,6 +33,10 @@ QUALIFYING_BALANCED_ACCURACY = 0.75  # the specification's phase-1 bar
 
 def ids_from_folder(folder: os.PathLike | str) -> list[int]:
     """Image ids of a test folder: `<id>.png|.dcm` in its PNG/ or DICOM/ subfolder, or in the folder itself."""
+    return sorted(_image_files(folder))
+
+
+def _image_files(folder: os.PathLike | str) -> dict[int, Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise InputFileError(f"{folder}: no such folder")
@@ -39,11 +44,32 @@ def ids_from_folder(folder: os.PathLike | str) -> list[int]:
     for candidate in (subfolders.get("png"), subfolders.get("dicom"), folder):
         if candidate is None:
             continue
-        ids = {int(p.stem) for p in candidate.iterdir()
-               if p.suffix.lower() in (".png", ".dcm") and p.stem.isdigit()}
-        if ids:
-            return sorted(ids)
+        files = {int(p.stem): p for p in sorted(candidate.iterdir())
+                 if p.suffix.lower() in (".png", ".dcm") and layout.image_id(p.stem) is not None}
+        if files:
+            return files
     raise InputFileError(f"{folder}: no <id>.png or <id>.dcm files in it, or in PNG/ or DICOM/")
+
+
+def image_sizes_from_folder(folder: os.PathLike | str) -> dict[int, tuple[int, int] | None]:
+    """{id: (width, height)} of a test folder's images from their headers (PNG, else DICOM Rows / Columns): the
+    size each phase-2 mask must have. None where the header cannot be read (that mask's size is not checked)."""
+    from strokekit.data.readers import BadInputError, image_size
+
+    sizes = {}
+    for id_, path in _image_files(folder).items():
+        try:
+            if path.suffix.lower() == ".png":
+                height, width = image_size(path)
+            else:
+                import pydicom
+
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
+                height, width = int(ds.Rows), int(ds.Columns)
+            sizes[id_] = (width, height)
+        except (BadInputError, OSError, ValueError, TypeError, AttributeError, KeyError):
+            sizes[id_] = None  # pydicom's errors on damaged headers are of these kinds
+    return sizes
 
 
 def read_probs_csv(path: os.PathLike | str) -> dict[int, float]:
@@ -275,8 +301,11 @@ def worst_records(records: list[dict], k: int) -> list[dict]:
 
 
 def check_submission(target: os.PathLike | str, expected_ids: Iterable[int] | None = None,
-                     size: tuple[int, int] = (512, 512)) -> list[str]:
+                     size: tuple[int, int] | Mapping[int, tuple[int, int] | None] = (512, 512)) -> list[str]:
     """Validate an asama1.txt, a phase-2 mask folder, or a folder holding either; returns what was checked.
+
+    size: (width, height) every mask must have, or {id: (width, height)} per image (image_sizes_from_folder:
+    the test images are not always 512x512).
 
     Raises SubmissionError listing every problem found.
     """

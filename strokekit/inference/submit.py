@@ -67,7 +67,8 @@ def scan_test_folder(folder: Path) -> pd.DataFrame:
     for sub in subfolders or [folder]:
         for path in sorted(sub.iterdir()):
             kind = {".png": "png", ".dcm": "dicom"}.get(path.suffix.lower())
-            if kind and path.stem.isdigit() and (not subfolders or layout.modality_of(sub.name) == kind):
+            in_place = not subfolders or layout.modality_of(sub.name) == kind
+            if kind and layout.image_id(path.stem) is not None and in_place:  # ASCII-digit ids only
                 found.setdefault(int(path.stem), {"image_id": int(path.stem), "png": "", "dicom": ""})[kind] = str(path)
     if not found:
         raise DataLayoutError(f"{folder}: no <id>.png or <id>.dcm in it or in PNG/ / DICOM/ subfolders")
