@@ -18,6 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from strokekit.atomic import write_json
 from strokekit.evaluation import score as scoring
 from strokekit.data.submission import SubmissionError, read_labels
 from strokekit.errors import SettingError, script_main
@@ -147,7 +148,7 @@ def run_score(args: argparse.Namespace) -> int:
 
         result["report_html"] = str(write_submission_report(result, f"{stem}.report.html", args.images,
                                                             args.probs, args.worst))
-    print(f"\nwrote {scoring.write_json(out, result)}")
+    print(f"\nwrote {write_json(out, result)}")
     return 0
 
 

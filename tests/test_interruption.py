@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import train
-from strokekit.atomic import write_atomic
+from strokekit.atomic import to_plain, write_atomic, write_json
 from strokekit.models.checkpoint import build_checkpoint, read_checkpoint, save_atomic
 from strokekit.config import load_config
 from strokekit.data.index import build_index
@@ -37,6 +37,23 @@ def test_a_failing_writer_leaves_the_previous_file(tmp_path):
         write_atomic(path, half_then_crash, text=True)
     assert path.read_text() == "previous"
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temp file left behind
+
+
+def test_write_json_is_strict_and_atomic(tmp_path):
+    """The kit's one JSON writer: numpy values, tuples, sets and paths made plain, NaN / inf as null."""
+    import json
+
+    import numpy as np
+
+    data = {1: np.float32(0.5), "pair": (np.int64(3), np.bool_(True)), "nan": float("nan"), "inf": -np.inf,
+            "array": np.array([[1.0, np.nan]]), "path": Path("a") / "b", "set": {2, 1}, "nested": [{"x": np.nan}]}
+    plain = {"1": 0.5, "pair": [3, True], "nan": None, "inf": None, "array": [[1.0, None]],
+             "path": str(Path("a") / "b"), "set": [1, 2], "nested": [{"x": None}]}
+    assert to_plain(data) == plain
+    path = write_json(tmp_path / "new" / "out.json", data)
+    text = path.read_text()
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in strict JSON")) == plain
+    assert text.endswith("}\n") and [p.name for p in path.parent.iterdir()] == ["out.json"]
 
 
 KILLED_WRITER = textwrap.dedent("""

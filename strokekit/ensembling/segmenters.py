@@ -20,6 +20,7 @@ import pandas as pd
 import yaml
 
 from strokekit.errors import UnknownNameError
+from strokekit.atomic import to_plain
 from strokekit.evaluation import bootstrap
 
 from strokekit.ensembling import robust
@@ -233,14 +234,10 @@ def best_settings(search, size: int, n_boot: int, seed: int,
     for name in objectives:
         row = search.table.loc[search.table[f"score.{name}"].idxmax()]
         out[name] = {"row": row, "summary": {
-            "setting": {c: _plain(row[c]) for c in setting_columns(search.table)},
+            "setting": {c: to_plain(row[c]) for c in setting_columns(search.table)},
             "scores": {o: float(row[f"score.{o}"]) for o in OBJECTIVES},
             "interval": robust.chosen_interval(search, row, size, n_boot, seed, objective=name)}}
     return out
-
-
-def _plain(value):
-    return None if pd.isna(value) else value.item() if hasattr(value, "item") else value
 
 
 def tune_seg_classifier_on_oof(blended: dict, masks: dict, post_spec: dict, target: str, feature: str,

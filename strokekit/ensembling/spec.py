@@ -18,7 +18,7 @@ import yaml
 from scipy.stats import rankdata
 
 from strokekit import __version__
-from strokekit.atomic import write_text_atomic
+from strokekit.atomic import to_plain, write_text_atomic
 from strokekit.config.postprocess import normalise_spec
 from strokekit.errors import UserError
 from strokekit.vocabulary import TASKS
@@ -73,25 +73,6 @@ def combine(probs, method: str = "mean", weights=None, thresholds=None) -> np.nd
 # --------------------------------------------------------------------------- writing
 
 
-def _plain(value):
-    """YAML-safe copy: numpy scalars/arrays to Python, tuples to lists, paths to str."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _plain(value.tolist())
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, (np.floating, float)):
-        return None if not np.isfinite(value) else float(value)
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 def checkpoint_ref(checkpoint: str | os.PathLike, spec_path: str | os.PathLike, absolute: bool = False) -> str:
     """How a checkpoint is written in the spec: relative to the spec's folder, or absolute."""
     checkpoint = Path(checkpoint).resolve()
@@ -103,7 +84,7 @@ def checkpoint_ref(checkpoint: str | os.PathLike, spec_path: str | os.PathLike, 
 def write_spec(spec: dict, path: str | os.PathLike) -> Path:
     """Validate `spec` (checkpoint paths as checkpoint_ref wrote them) and write it as YAML, atomically."""
     path = Path(path)
-    spec = _plain({"format": FORMAT, "kit_version": __version__,
+    spec = to_plain({"format": FORMAT, "kit_version": __version__,
                    "created": _dt.datetime.now().astimezone().isoformat(timespec="seconds"), **spec})
     validate_spec(spec, path)
     path.parent.mkdir(parents=True, exist_ok=True)

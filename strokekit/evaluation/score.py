@@ -9,7 +9,6 @@ beside the JSON are drawn by strokekit.report.figures.
 from __future__ import annotations
 
 import csv
-import json
 import os
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -19,7 +18,6 @@ import numpy as np
 from strokekit.errors import InputFileError
 from strokekit.data import layout
 from strokekit.evaluation import metrics, official
-from strokekit.atomic import write_text_atomic
 from strokekit.vocabulary import CLASS_NAMES
 from strokekit.data.submission import (PHASE1_FILENAME, SubmissionError, check_phase2_mask, mask_files,
                                   read_labels, read_phase2_mask, validate_phase1, validate_phase2)
@@ -93,26 +91,6 @@ def submission_name(pred: os.PathLike | str) -> str:
     """Name for the score files: the submission folder's name (also for submissions/<name>/asama1.txt)."""
     pred = Path(pred).resolve()
     return pred.parent.name if pred.is_file() and pred.name == PHASE1_FILENAME else pred.stem
-
-
-def write_json(path: os.PathLike | str, data: dict) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(_plain(data), indent=2, allow_nan=False) + "\n")
-    return path
-
-
-def _plain(value):
-    """JSON-safe copy: numpy scalars to Python, NaN to null (strict JSON has no NaN), paths to str."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return str(value) if isinstance(value, Path) else value
 
 
 # --------------------------------------------------------------------------- phase 1

@@ -20,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 
 from strokekit import __version__
-from strokekit.atomic import write_text_atomic
+from strokekit.atomic import write_json
 from strokekit.errors import UserError
 
 MANIFEST = "manifest.json"
@@ -106,7 +106,7 @@ def write_manifest(folder: str | os.PathLike, info: dict, command: list[str] | N
                 "time": _dt.datetime.now().astimezone().isoformat(timespec="seconds"), **info,
                 "files": file_hashes(folder)}
     path = folder / MANIFEST
-    write_text_atomic(path, json.dumps(manifest, indent=2, default=str) + "\n")
+    write_json(path, manifest)
     return path
 
 

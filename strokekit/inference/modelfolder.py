@@ -26,7 +26,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from strokekit import __version__
-from strokekit.atomic import write_atomic, write_text_atomic
+from strokekit.atomic import write_atomic, write_json
 from strokekit.errors import OutputExistsError
 from strokekit.models.checkpoint import read_checkpoint
 from strokekit.ensembling.spec import SpecError, read_spec, validate_spec
@@ -109,7 +109,7 @@ def _write_folder(out: Path, name: str, roles: list[str], specs: list[dict], com
         model["ensembles"][role] = _export_ensemble(role, spec, out, exported, provenance["checkpoints"])
         provenance["specs"][role] = {"path": spec["path"], "sha256": sha256(spec["path"])}
     model["files"] = {file: sha256(out / file) for file in sorted(set(exported.values()))}
-    write_text_atomic(out / MODEL_JSON, json.dumps(model, indent=2, allow_nan=False) + "\n")
+    write_json(out / MODEL_JSON, model)
     configs = [c["config"] for c in provenance["checkpoints"]]
     write_manifest(out, {"kind": "model_folder", "exported_from": provenance["specs"],
                          "checkpoints": provenance["checkpoints"], "training_data": training_data(configs),

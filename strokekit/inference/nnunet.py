@@ -10,7 +10,6 @@ A case is `<prefix>_<image id>` (default `stroke_123`), so a prediction `stroke_
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from strokekit.atomic import write_atomic, write_text_atomic
+from strokekit.atomic import write_atomic, write_json, write_text_atomic
 from strokekit.data.encodings import MASK_COLOURS
 from strokekit.data.index import build_index
 from strokekit.data.readers import load_class_map, read_dicom_hu, read_png, window
@@ -194,10 +193,6 @@ def export_test_images(index: pd.DataFrame, out: Path, split: str, source: str, 
         write_png(out / "imagesTs" / f"{case}_{CHANNEL}{FILE_ENDING}", grey_image(row, source, hu_window))
         cases.append(case)
     return cases
-
-
-def write_json(path: Path, data) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def copy_splits(out: str | os.PathLike, preprocessed: str | os.PathLike) -> Path:

@@ -23,13 +23,13 @@ import torch
 from tqdm.auto import tqdm
 
 from strokekit.training import distributed
-from strokekit.atomic import write_text_atomic
+from strokekit.atomic import write_json, write_text_atomic
 from strokekit.models.checkpoint import (build_checkpoint, model_state, read_checkpoint, rng_state, save_atomic,
                          seed_everything, set_rng_state, versions)
 from strokekit.training.loader import make_loader
 from strokekit.models.registry import build_model
 from strokekit.training.optim import LrSchedule, build_optimizer
-from strokekit.training.runlog import EpochLog, write_json
+from strokekit.training.runlog import EpochLog
 from strokekit.training.tasks import get_task, selection_metric
 from strokekit.training.topk import TopK, write_averaged
 from strokekit.models.weights import WeightsError, strip_prefixes

@@ -1,5 +1,5 @@
-"""A fold's logs: log.csv (one row per epoch), summary.json, and the `done` marker (curves.png is drawn by
-strokekit.report.figures.fold_curves, which the scripts hand to the engine).
+"""A fold's logs: log.csv (one row per epoch), summary.json (strokekit.atomic.write_json), and the `done`
+marker (curves.png is drawn by strokekit.report.figures.fold_curves, which the scripts hand to the engine).
 
 log.csv is rewritten whole (atomically) after each epoch, so a resumed run keeps exactly one row per epoch.
 """
@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import sys
 from pathlib import Path
@@ -48,17 +47,6 @@ def _number(text: str):
     except (TypeError, ValueError):
         return text
     return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
-
-
-def write_json(path: Path, data: dict) -> None:
-    text = json.dumps(data, indent=2, sort_keys=False, default=_plain)
-    write_atomic(path, lambda f: f.write(text + "\n"), text=True)
-
-
-def _plain(value):
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)
 
 
 def exit_process(code: int, skip_teardown: bool = False) -> None:

@@ -45,7 +45,8 @@ class TopK:
         if not self.would_keep(epoch, value):
             return False
         snapshot = {name: t.detach().to("cpu", copy=True) for name, t in weights().items()}
-        self.entries.append({"epoch": int(epoch), "value": _plain(value), "weights": snapshot})
+        self.entries.append({"epoch": int(epoch), "value": math.nan if value is None else float(value),
+                             "weights": snapshot})
         self.entries.sort(key=self._rank)
         del self.entries[self.k:]
         return True
@@ -102,7 +103,3 @@ def write_averaged(best_path, weights: dict, key: str, metrics: dict, topk: TopK
     best[key] = {name: t.detach().cpu() for name, t in weights.items()}
     best.update(metrics=metrics, averaged_epochs=topk.epochs, averaged_values=topk.values)
     save_atomic(best, best_path)
-
-
-def _plain(value) -> float:
-    return float(value) if value is not None else math.nan
