@@ -33,7 +33,8 @@ import infer  # noqa: E402
 from strokekit.data.dataset import preprocess  # noqa: E402
 from strokekit.data.readers import load_image, read_mask  # noqa: E402
 from strokekit.postprocess.decide import phase2_class_map  # noqa: E402
-from strokekit.training.engine import autocast, pick_device  # noqa: E402
+from strokekit.models.precision import autocast  # noqa: E402
+from strokekit.training.engine import pick_device  # noqa: E402
 from strokekit.ensembling.spec import read_spec  # noqa: E402
 from strokekit.models.registry import load_checkpoint  # noqa: E402
 from strokekit.config.postprocess import normalise_spec  # noqa: E402
@@ -73,7 +74,7 @@ def naive(checkpoints: list[str], rows: pd.DataFrame, device, seg: bool) -> list
         for model, cfg in models:
             total = 0
             for flip in FLIPS:
-                with autocast(cfg, device):
+                with autocast(device, cfg["amp"]):
                     probs = torch.softmax(model(apply_flip(x, flip)).float(), dim=1)
                 total = total + (apply_flip(probs, flip) if seg else probs)
             mean = total / len(FLIPS)
@@ -98,7 +99,7 @@ def forward_floor(checkpoints: list[str], rows: pd.DataFrame, device, batch_size
             batch = images[start:start + batch_size]
             stacked = torch.cat([apply_flip(batch, f) for f in FLIPS]).to(device)
             stacked = stacked.contiguous(memory_format=torch.channels_last) if cl else stacked
-            with autocast(cfg, device):
+            with autocast(device, cfg["amp"]):
                 _, w, c = timed(lambda: model(stacked).float().cpu())
             wall, cpu = wall + w, cpu + c
     return wall, cpu

@@ -25,7 +25,8 @@ import torch  # noqa: E402
 
 from strokekit.training.loader import make_loader  # noqa: E402
 from strokekit.data.index import build_index  # noqa: E402
-from strokekit.training.engine import autocast, optimizer_step, pick_device, setup, train_one_epoch  # noqa: E402
+from strokekit.models.precision import autocast  # noqa: E402
+from strokekit.training.engine import optimizer_step, pick_device, setup, train_one_epoch  # noqa: E402
 from strokekit.data.folds import make_folds  # noqa: E402
 from strokekit.training.tasks import get_task  # noqa: E402
 
@@ -57,7 +58,7 @@ def step_rate(tr, steps: int) -> float:
     for i in range(steps + 1):
         if i == 1:
             start = time.perf_counter()  # the first step warms up (allocations, cuDNN autotuning)
-        with autocast(tr.cfg, tr.device):
+        with autocast(tr.device, tr.cfg["amp"]):
             loss = tr.loss_fn(tr.model(images), target)
         loss.backward()
         optimizer_step(tr)

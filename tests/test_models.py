@@ -203,3 +203,24 @@ def test_every_config_builds_its_model(path):
     with torch.no_grad():
         out = model(torch.randn(1, cfg["in_chans"], 64, 64))
     assert out.shape[1] == (3 if cfg["task"] == "seg" else 2)
+
+
+def test_one_autocast_for_training_and_inference():
+    """models/precision.py's autocast is the engine's and the predictor's: fp32 on the CPU whatever `amp` says,
+    bf16 / fp16 on CUDA, and an unknown amp refused there."""
+    from strokekit.inference import predict
+    from strokekit.models.precision import autocast
+    from strokekit.training import engine
+
+    assert engine.autocast is autocast and predict.autocast is autocast
+    for amp in ("bf16", "fp16", "none", None, False):
+        with autocast(torch.device("cpu"), amp):
+            assert (torch.ones(4, 4) @ torch.ones(4, 4)).dtype == torch.float32
+    if not torch.cuda.is_available():
+        pytest.skip("the CUDA half of the check needs a GPU")
+    cuda = torch.device("cuda")
+    for amp, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16), ("none", torch.float32)):
+        with autocast(cuda, amp):
+            assert (torch.ones(4, 4, device=cuda) @ torch.ones(4, 4, device=cuda)).dtype == dtype
+    with pytest.raises(ValueError, match="amp 'fp8'"):
+        autocast(cuda, "fp8")

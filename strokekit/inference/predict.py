@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,11 +31,11 @@ from strokekit.data.dataset import preprocess
 from strokekit.data.readers import BadInputError, load_image, read_dicom_hu, window, windows_to_channels
 from strokekit.ensembling.spec import SpecError, combine, member_thresholds, member_weights, read_spec
 from strokekit.errors import SettingError
+from strokekit.models.precision import autocast
 from strokekit.models.registry import load_checkpoint
 from strokekit.models.tta import forward_passes, predict_with_tta, resolve_flips
 
 PREPROCESS_KEYS = ("image_source", "windows", "in_chans", "img_size", "mean", "std")
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # Images per forward pass on the CPU: bigger passes thrash the caches. resnet18 @224 / Unet-r34 @256 on 2
 # cores, channels_last: 112 / 19 images/s at 4, 117 / 20 at 8, 96 / 17 at 16, 75 / 16 at 64.
 CPU_FORWARD_IMAGES = 8
@@ -136,12 +135,6 @@ def read_input(row: dict, cfg: dict) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def _autocast(device: torch.device, amp: str | None):
-    if device.type != "cuda" or amp in (None, "none", False):
-        return nullcontext()
-    return torch.autocast("cuda", dtype=AMP_DTYPES[amp])
-
-
 def member_probs(member: Member, batch: torch.Tensor, flips, spatial: bool, amp: str | None) -> torch.Tensor:
     """Mean over the member's fold models of TTA-averaged softmax: (B,) P(positive) or (B, 3, h, w)."""
     device = batch.device
@@ -149,7 +142,7 @@ def member_probs(member: Member, batch: torch.Tensor, flips, spatial: bool, amp:
         batch = batch.contiguous(memory_format=torch.channels_last)
     total = None
     for model in member.models:
-        with _autocast(device, amp):
+        with autocast(device, amp):
             probs = predict_with_tta(model, batch, flips, spatial=spatial, activation="softmax").float()
         total = probs if total is None else total + probs
     mean = total / len(member.models)

@@ -6,7 +6,8 @@
 report stage) -> early stop -> with the best checkpoint: OOF file, summary.json, and the `done` marker, written last.
 With `topk_average: k` the k best epochs' weights are kept in memory (and in last.pt, for --resume), and at
 the end best.pt holds their mean, validated once more for the OOF file and summary.json (topk.py).
-`predict_batch` / `predict_loader` are what infer.py uses to turn images into probabilities.
+`predict_loader` runs a model over a loader (each epoch's validation, the OOF pass); infer.py predicts with
+strokekit.inference.predict. Autocast is strokekit.models.precision's, which inference uses too.
 Under torchrun the same loop runs in every process with DistributedDataParallel (see distributed.py): rank 0
 alone writes the run folder, validation results are gathered on it and its metrics broadcast to all ranks.
 """
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from strokekit.atomic import write_json, write_text_atomic
 from strokekit.models.checkpoint import (build_checkpoint, model_state, read_checkpoint, rng_state, save_atomic,
                          seed_everything, set_rng_state, versions)
 from strokekit.training.loader import make_loader
+from strokekit.models.precision import autocast
 from strokekit.models.registry import build_model
 from strokekit.training.optim import LrSchedule, build_optimizer
 from strokekit.training.runlog import EpochLog
@@ -37,26 +38,6 @@ from strokekit.models.weights import WeightsError, strip_prefixes
 
 def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def autocast(cfg: dict, device: torch.device):
-    """bf16 / fp16 autocast on CUDA only; CPU runs in fp32."""
-    if device.type != "cuda" or cfg["amp"] in (None, "none", False):
-        return nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if cfg["amp"] == "bf16" else torch.float16)
-
-
-@torch.no_grad()
-def predict_batch(model: torch.nn.Module, images: torch.Tensor, task, cfg: dict,
-                  device: torch.device | None = None) -> torch.Tensor:
-    """Probabilities for a batch of preprocessed images: (N,) P(positive) or (N, 3, H, W) softmax."""
-    device = device or next(model.parameters()).device
-    images = images.to(device, non_blocking=True)
-    if device.type == "cuda" and cfg["channels_last"]:
-        images = images.contiguous(memory_format=torch.channels_last)
-    with autocast(cfg, device):
-        logits = model(images)
-    return task.probabilities(logits)
 
 
 @torch.no_grad()
@@ -70,7 +51,7 @@ def predict_loader(model, loader, task, cfg: dict, device, loss_fn=None, keep_oo
     state, losses = task.new_state(cfg, keep_oof=keep_oof), []
     for batch in tqdm(loader, desc="validate", leave=False, disable=not progress):
         images = batch["image"].to(device, non_blocking=True)
-        with autocast(cfg, device):
+        with autocast(device, cfg["amp"]):
             logits = model(images.contiguous(memory_format=torch.channels_last)
                            if device.type == "cuda" and cfg["channels_last"] else images)
         if loss_fn is not None:
@@ -183,7 +164,7 @@ def train_one_epoch(tr: Trainer, progress: bool = True) -> dict:
         target = tr.task.loss_target(batch, tr.device)
         stepping = (i + 1) % accum == 0 or i + 1 == len(tr.train_loader)
         with distributed.no_sync(model, stepping):  # DDP: all-reduce gradients on stepping batches only
-            with autocast(cfg, tr.device):
+            with autocast(tr.device, cfg["amp"]):
                 loss = tr.loss_fn(model(images), target)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"epoch {tr.epoch + 1}, batch {i}: loss is {float(loss)}; "
