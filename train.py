@@ -29,6 +29,7 @@ import os
 from pathlib import Path
 
 from strokekit.config import ConfigError, add_config_args, folds_path, load_config, save_config, set_key
+from strokekit.locks import FolderLock
 from strokekit.training import distributed
 from strokekit.data.check import apply_policy, check_files
 from strokekit.data.index import build_index
@@ -73,6 +74,13 @@ def fold_list(spec: str, folds) -> list[int]:
 
 RUN_FILES = ("done", "summary.json", "log.csv", "curves.png", "best.pt", "last.pt", "oof.csv", "oof.npz",
              "skipped.csv")
+
+
+def lock_folds(run_root: Path, todo: list[int], held: list) -> None:
+    """One run per fold folder: lock each fold to train (strokekit/locks.py) or fail naming the run holding it.
+    The locks go into `held`; they drop when it does (main returns) or the process ends, kill -9 included."""
+    for fold in todo:
+        held.append(FolderLock(run_root / f"fold{fold}", what="train.py run").acquire())
 
 
 def check_run_dirs(run_root: Path, todo: list[int], args) -> None:
@@ -129,6 +137,8 @@ def main(argv=None) -> int:
         folds = read_folds(folds_path(cfg), index)
         todo = fold_list(str(args.fold), folds)
         run_root = Path(cfg["runs_dir"]) / cfg["name"]
+        held = []  # the fold folders' locks, dropped with this frame when main returns
+        distributed.on_main(lock_folds, run_root, todo, held)
         distributed.on_main(check_run_dirs, run_root, todo, args)
         check = distributed.on_main(check_files, index[index["split"] == "train"], cfg["image_source"],
                                     masks=cfg["task"] == "seg", report=report)

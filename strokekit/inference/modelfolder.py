@@ -28,6 +28,7 @@ from safetensors.torch import save as save_safetensors
 from strokekit import __version__
 from strokekit.atomic import write_atomic, write_json
 from strokekit.errors import OutputExistsError
+from strokekit.locks import FolderLock
 from strokekit.models.checkpoint import read_checkpoint
 from strokekit.ensembling.spec import SpecError, read_spec, validate_spec
 from strokekit.inference.manifest import MANIFEST, sha256, training_data, write_manifest
@@ -64,8 +65,13 @@ def is_model_folder(path: str | os.PathLike) -> bool:
 
 def export_model(spec_paths: list[str | os.PathLike], out: str | os.PathLike, overwrite: bool = False,
                  allow_outside: bool = False, command: list[str] | None = None) -> Path:
-    """Write the model folder of one spec per role; returns the folder. An existing folder needs overwrite."""
-    out = Path(out)
+    """Write the model folder of one spec per role; returns the folder. An existing folder needs overwrite.
+    One export per folder at a time: `<parent>/.<name>.lock` is held meanwhile (strokekit/locks.py)."""
+    with FolderLock(out, what="export", beside=True):  # beside: the folder itself is swapped in whole
+        return _export_model(spec_paths, Path(out), overwrite, allow_outside, command)
+
+
+def _export_model(spec_paths, out: Path, overwrite: bool, allow_outside: bool, command) -> Path:
     specs = [read_spec(p, allow_outside) for p in spec_paths]
     roles = [spec_role(s) for s in specs]
     for role in set(roles):

@@ -25,6 +25,7 @@ from strokekit.config.postprocess import normalise_spec
 from strokekit.ensembling.seg_classifier import seg_classifier_prob
 from strokekit.ensembling.spec import SpecError
 from strokekit.errors import OutputExistsError
+from strokekit.locks import hold_folder
 from strokekit.data.submission import (PHASE1_FILENAME, mask_files, validate_phase2, write_phase1,
                                   write_phase2_mask)
 from strokekit.vocabulary import image_type
@@ -98,13 +99,16 @@ def check_test_rows(rows: pd.DataFrame, predictors, policy: str = "fail") -> tup
 
 def prepare_out_dir(out: str | Path, overwrite: bool) -> Path:
     """Create the submission folder; an existing one with submission files needs overwrite=True,
-    which removes only those files (`<id>.png`, asama1.txt and the side files), nothing else."""
+    which removes only those files (`<id>.png`, asama1.txt and the side files), nothing else. The folder is
+    locked (`<parent>/.<name>.lock`, strokekit/locks.py) until the process ends: a second run writing there
+    meanwhile is refused naming this one (FolderLockedError)."""
     out = Path(out)
     existing = [p for p in out.glob("*") if p.name in SIDE_FILES] + list(mask_files(out).values()) \
         if out.is_dir() else []
     if existing and not overwrite:
         raise OutputExistsError(f"{out} already holds a submission ({len(existing)} files); pass --overwrite "
                                 "to replace it, or choose another --out")
+    hold_folder(out, what="infer.py run", beside=True)
     for path in existing:
         path.unlink()
     out.mkdir(parents=True, exist_ok=True)
