@@ -19,6 +19,7 @@ from helpers import write_png
 from strokekit.config import ConfigError, load_config
 from strokekit.errors import UserError, script_main
 from strokekit.evaluation.bootstrap import robust_scores
+from strokekit.ensembling.seg_search import normalise_grid
 from strokekit.ensembling.selection import blend
 from strokekit.ensembling.spec import write_spec
 from strokekit.models.checkpoint import build_checkpoint, save_atomic
@@ -43,7 +44,8 @@ def test_user_errors_keep_their_old_bases_and_print_their_message_without_quotes
     assert isinstance(ConfigError("x"), ValueError) and isinstance(ModelNameError("m"), KeyError)
     assert str(ModelNameError("unknown model 'y'")) == "unknown model 'y'"  # KeyError would add quotes
     for bad in (lambda: resolve_flips(["bogus"]), lambda: resolve_flips([]),
-                lambda: robust_scores(np.ones((2, 2)), "p3"), lambda: blend(np.ones((2, 3)), "median")):
+                lambda: robust_scores(np.ones((2, 2)), "p3"), lambda: blend(np.ones((2, 3)), "median"),
+                lambda: normalise_grid({"threshold": ["abc"]}), lambda: normalise_grid({"bogus": [1]})):
         with pytest.raises(UserError):
             bad()
 

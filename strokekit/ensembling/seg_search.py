@@ -173,7 +173,10 @@ def normalise_grid(grid: dict) -> dict:
     threshold = lambda v: None if v is None else float(v)          # None: argmax decoding
     for key, default, cast in (("threshold", None, threshold), ("closing", 0, int), ("min_area", 0, int),
                                ("keep_largest", False, bool)):
-        out[key] = {c: [cast(v) for v in vals] for c, vals in _candidates(grid.get(key, default), key).items()}
+        try:
+            out[key] = {c: [cast(v) for v in vals] for c, vals in _candidates(grid.get(key, default), key).items()}
+        except (TypeError, ValueError) as err:  # a candidate that is not a number
+            raise SettingError(f"grid {key!r}: every candidate must be a number ({err})") from None
     gates = _candidates(grid.get("gate", None), "gate")
     triplets = _candidates(grid.get("triplet", None), "triplet")
     out["presence"] = {c: [(g, t) for g in gates[c] for t in triplets[c]] for c in LESION_NAMES.values()}
