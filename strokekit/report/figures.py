@@ -5,7 +5,7 @@ hemorrhage green) and score.py's worst-case grid of official outcomes.
 Every figure function returns a matplotlib Figure; report_html embeds it, `save` writes it as a PNG. The
 files drawn outside the report: a fold's curves.png (`fold_curves`, which train.py and tune.py hand to the
 training engine, as training does not import the report stage), score.py's <name>.confusion.png (`confusion`)
-and <name>.worst_cases.png (`worst_cases`).
+and <name>.worst_cases.png (`worst_cases`), leaderboard.py's leaderboard.png (`leaderboard_bars`).
 """
 from __future__ import annotations
 
@@ -277,3 +277,26 @@ def _read_grey(path: Path, shape: tuple[int, int]) -> np.ndarray:
         return np.zeros(shape, np.uint8)
     with Image.open(path) as image:
         return np.asarray(image.convert("L"))
+
+
+def leaderboard_bars(bars: dict[str, list[tuple]], metrics: dict[str, str]):
+    """Horizontal bars per task: `bars[task]` holds (label, value, error, colour) rows (configs with their std
+    over folds, ensembles without), `metrics[task]` names the metric shown."""
+    plt = pyplot()
+    tasks = list(bars)
+    heights = [max(1, len(bars[t])) * 0.35 + 0.9 for t in tasks]
+    fig, axes = plt.subplots(len(tasks), 1, figsize=(9, sum(heights)), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    for ax, task in zip(axes[:, 0], tasks):
+        labels, values, errors, colours = zip(*bars[task]) if bars[task] else ((), (), (), ())
+        y = np.arange(len(labels))
+        ax.barh(y, values, xerr=[0 if math.isnan(e) else e for e in errors], color=colours, capsize=3)
+        ax.set_yticks(y, labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 1)
+        ax.set_title(f"{task}: OOF {metrics[task]} (blue: configs, mean ± std over folds; orange: ensembles)",
+                     fontsize=9)
+        for yi, v in zip(y, values):
+            ax.text(min(v, 0.88) + 0.01, yi, f"{v:.3f}", va="center", fontsize=7)
+    fig.tight_layout()
+    return fig

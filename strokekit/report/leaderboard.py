@@ -19,6 +19,7 @@ import pandas as pd
 import yaml
 
 from strokekit.ensembling import selection
+from strokekit.report import figures
 from strokekit.report.evaluate import ReportError
 from strokekit.vocabulary import TASKS
 
@@ -229,32 +230,10 @@ def render_markdown(runs: list[RunFigures], ensembles: list[dict], skipped: list
 
 
 def plot(runs: list[RunFigures], ensembles: list[dict], path: Path) -> Path:
-    """Horizontal bars per task: each config's first column (mean ± std) and ensembles on the same metric."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """leaderboard.png: per task, each config's first column (mean ± std) and ensembles on the same metric."""
     tasks = [t for t in TASKS if any(r.task == t for r in runs) or any(e["task"] == t for e in ensembles)]
-    bars = {t: _bars(t, runs, ensembles) for t in tasks}
-    heights = [max(1, len(bars[t])) * 0.35 + 0.9 for t in tasks]
-    fig, axes = plt.subplots(len(tasks), 1, figsize=(9, sum(heights)), squeeze=False,
-                             gridspec_kw={"height_ratios": heights})
-    for ax, task in zip(axes[:, 0], tasks):
-        labels, values, errors, colours = zip(*bars[task]) if bars[task] else ((), (), (), ())
-        y = np.arange(len(labels))
-        ax.barh(y, values, xerr=[0 if math.isnan(e) else e for e in errors], color=colours, capsize=3)
-        ax.set_yticks(y, labels, fontsize=8)
-        ax.invert_yaxis()
-        ax.set_xlim(0, 1)
-        ax.set_title(f"{task}: OOF {COLUMNS[task][0]} (blue: configs, mean ± std over folds; orange: ensembles)",
-                     fontsize=9)
-        for yi, v in zip(y, values):
-            ax.text(min(v, 0.88) + 0.01, yi, f"{v:.3f}", va="center", fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return figures.save(figures.leaderboard_bars({t: _bars(t, runs, ensembles) for t in tasks},
+                                                 {t: COLUMNS[t][0] for t in tasks}), path)
 
 
 def _bars(task: str, runs: list[RunFigures], ensembles: list[dict]) -> list[tuple]:
