@@ -147,3 +147,15 @@ def test_a_user_error_in_a_fresh_process_has_no_traceback(tmp_path):
     done = run_script("ensemble.py", "--task", "stroke", tmp_path, "--tta", "bogus")
     assert done.returncode == 2 and done.stderr.startswith("error: unknown TTA flip(s) ['bogus']")
     assert "Traceback" not in done.stderr
+
+
+def test_damaged_oof_files_are_user_errors_naming_the_file(tmp_path):
+    from strokekit.ensembling.selection import load_oof
+
+    (tmp_path / "csv" / "fold0").mkdir(parents=True)
+    (tmp_path / "csv" / "fold0" / "oof.csv").write_bytes(b"")
+    (tmp_path / "npz" / "fold0").mkdir(parents=True)
+    (tmp_path / "npz" / "fold0" / "oof.npz").write_bytes(b"PK\x03\x04 truncated")
+    for run, name in (("csv", "oof.csv"), ("npz", "oof.npz")):
+        with pytest.raises(UserError, match=f"{name}: not a readable"):
+            load_oof(tmp_path / run)

@@ -9,6 +9,7 @@ Segmentation post-processing search lives in seg_search.py.
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -59,7 +60,10 @@ def load_oof(run_dir: str | os.PathLike) -> pd.DataFrame | dict[str, np.ndarray]
 def _load_classifier_oof(dirs: list[Path]) -> pd.DataFrame:
     frames = []
     for d in dirs:
-        frame = pd.read_csv(d / OOF_CSV)
+        try:
+            frame = pd.read_csv(d / OOF_CSV)
+        except (OSError, ValueError) as err:  # pandas' ParserError / EmptyDataError and UnicodeDecodeError too
+            raise RunsError(f"{d / OOF_CSV}: not a readable CSV ({type(err).__name__}: {err})") from None
         missing = [c for c in OOF_COLUMNS if c not in frame.columns]
         if missing:
             raise RunsError(f"{d / OOF_CSV}: missing columns {missing}; expected {list(OOF_COLUMNS)}")
@@ -72,11 +76,7 @@ def _load_classifier_oof(dirs: list[Path]) -> pd.DataFrame:
 def _load_seg_oof(dirs: list[Path]) -> dict[str, np.ndarray]:
     parts = []
     for d in dirs:
-        with np.load(d / OOF_NPZ) as data:
-            missing = [k for k in ("image_id", "probs") if k not in data]
-            if missing:
-                raise RunsError(f"{d / OOF_NPZ}: missing arrays {missing}; expected image_id, probs, fold")
-            part = {k: data[k] for k in data.files}
+        part = _read_npz(d / OOF_NPZ)
         n = len(part["image_id"])
         fold = part.get("fold", np.int64(d.name[4:] or -1))
         part["fold"] = np.broadcast_to(fold, (n,)).astype(np.int64)   # a scalar fold is allowed
@@ -89,6 +89,18 @@ def _load_seg_oof(dirs: list[Path]) -> dict[str, np.ndarray]:
     _check_unique(oof["image_id"], dirs)
     order = np.argsort(oof["image_id"], kind="stable")
     return {k: v[order] for k, v in oof.items()}
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path) as data:
+            part = {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # damaged, truncated, object arrays
+        raise RunsError(f"{path}: not a readable .npz ({type(err).__name__}: {err})") from None
+    missing = [k for k in ("image_id", "probs") if k not in part]
+    if missing:
+        raise RunsError(f"{path}: missing arrays {missing}; expected image_id, probs, fold")
+    return part
 
 
 def _check_unique(image_ids: np.ndarray, dirs: list[Path]) -> None:
