@@ -79,7 +79,7 @@ def expected_ids(args: argparse.Namespace) -> list[int] | None:
         source = Path(args.expected_ids[0])
         return scoring.ids_from_folder(source) if source.is_dir() else sorted(read_labels(source))
     tokens = [token.strip() for item in args.expected_ids for token in item.split(",") if token.strip()]
-    bad = [token for token in tokens if not token.isdigit()]
+    bad = [token for token in tokens if not (token.isascii() and token.isdigit())]  # not '²', '１２'
     if bad:
         raise SettingError(f"--expected-ids: {bad[:5]} are not image ids (give ids, or a file or folder that exists)")
     return [int(token) for token in tokens]

@@ -67,7 +67,8 @@ def fold_list(spec: str, folds) -> list[int]:
     available = sorted(int(k) for k in folds["fold"].unique())
     if spec == "all":
         return available
-    if not spec.lstrip("-").isdigit() or int(spec) not in available:
+    digits = spec.lstrip("-")
+    if not (digits.isascii() and digits.isdigit()) or int(spec) not in available:  # '²' is a digit to isdigit
         raise FoldsError(f"--fold {spec}: the folds file has folds {available} (or use --fold all)")
     return [int(spec)]
 

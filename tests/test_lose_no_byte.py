@@ -287,3 +287,21 @@ def test_score_check_with_data_compares_each_mask_with_its_own_image(tmp_path, c
     assert score.main(["--check", str(sub), "--data", str(test_dir)]) == 1
     assert "102.png: size is 48x64, not 56x40" in capsys.readouterr().err
     assert score.main(["--check", str(sub), "--data", str(test_dir), "--size", "40", "56"]) == 1  # --size: all
+
+
+def test_ids_in_text_and_on_the_command_line_are_ascii_digits_only(tmp_path, capsys):
+    from strokekit.data.folds import FoldsError
+    from strokekit.data.submission import PHASE1_HEADER, SubmissionError, read_labels
+
+    key = tmp_path / "key.txt"
+    key.write_text("10011\t0\n１００１２\t1\n", encoding="utf-8")  # full-width digits: int() reads 10012
+    with pytest.raises(SubmissionError, match="ids that are not integers"):
+        read_labels(key)
+    pred = tmp_path / "asama1.txt"
+    pred.write_text(f"{PHASE1_HEADER}\n10011\t0\n²\t1\n", encoding="utf-8")
+    with pytest.raises(SubmissionError, match="ids that are not integers"):
+        read_labels(pred)
+    assert score.main(["--check", str(pred), "--expected-ids", "10011", "²"]) == 2  # used to be a ValueError
+    assert "are not image ids" in capsys.readouterr().err
+    with pytest.raises(FoldsError, match="--fold ²"):
+        train.fold_list("²", pd.DataFrame({"fold": [0, 1, 2]}))

@@ -90,6 +90,8 @@ def _phase1_row_problems(rows: list[tuple]) -> list[str]:
     bad_ids, bad_labels, seen, dupes = [], [], set(), set()
     for id_, label in rows:
         try:
+            if isinstance(id_, str) and layout.image_id(id_) is None:  # ASCII digits: int() reads '１２' as 12
+                raise ValueError(id_)
             id_ = int(id_)
         except (TypeError, ValueError):
             bad_ids.append(repr(id_))
@@ -128,7 +130,7 @@ def _parse_phase1(text: str) -> tuple[str | None, list[tuple[int, str, str, bool
     while lines and not lines[-1].strip():  # a final line end (the answer key has one) is fine
         lines.pop()
     header = None
-    if lines and not lines[0].split("\t")[0].strip().isdigit():  # the answer key has no header
+    if lines and layout.image_id(lines[0].split("\t")[0].strip()) is None:  # the answer key has no header
         header = lines[0]
         lines = lines[1:]
     rows, malformed = [], []
@@ -184,7 +186,7 @@ def validate_phase1(path: os.PathLike | str, expected_ids: Iterable[int] | None 
     if untabbed:
         problems.append(_listed("rows not separated by a tab, at lines", untabbed))
     problems += layout + _phase1_row_problems([(i, label) for _, i, label, _ in rows])
-    ids = [int(i) for _, i, _, _ in rows if i.isdigit()]
+    ids = [int(i) for _, i, _, _ in rows if i.isascii() and i.isdigit()]  # (`layout` is a local list here)
     problems += _id_set_problems(ids, expected_ids)
     if not rows:
         problems.append("no rows")
