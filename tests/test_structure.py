@@ -1,6 +1,6 @@
 """One room per stage: strokekit's imports, read with `ast` (module level, inside functions, and under
 TYPE_CHECKING alike), hold no cycle and follow the stage layers; the torch-free stages stay torch- and
-matplotlib-free when imported.
+matplotlib-free when imported; report/figures.py is the one module that imports matplotlib.
 
 Stages and what each may import (root: strokekit/__init__, the modules beside it such as atomic and
 vocabulary, and config/*):
@@ -238,6 +238,24 @@ def test_every_module_has_a_stage():
     files, _ = import_graph()
     for name in files:
         stage(name)
+
+
+PLOTTING = "strokekit/report/figures.py"  # the one module that draws (matplotlib)
+
+
+def test_only_the_figures_module_imports_matplotlib():
+    """strokekit/report/figures.py draws every figure and PNG (curves.png, confusion / worst-case PNGs,
+    leaderboard.png, the report's figures); no other module of the kit or script imports matplotlib."""
+    found = []
+    for path in sorted([*PACKAGE.rglob("*.py"), *ROOT.glob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n == "matplotlib" or n.startswith("matplotlib.") for n in names):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert found and all(f.startswith(PLOTTING + ":") for f in found), (
+        f"matplotlib imported outside {PLOTTING}:\n" + "\n".join(f"  {f}" for f in found
+                                                               if not f.startswith(PLOTTING + ":")))
 
 
 LIGHT_SCRIPT = """

@@ -9,6 +9,7 @@ and <name>.worst_cases.png (`worst_cases`), leaderboard.py's leaderboard.png (`l
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 from pathlib import Path
@@ -36,14 +37,22 @@ def pyplot():
     return plt
 
 
-def save(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
-    """Write the figure as a PNG, atomically (a kill leaves the previous file or the new one), and close it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def png_bytes(fig, dpi: int = 90) -> bytes:
+    """A figure as PNG bytes (what the HTML pages embed); the figure is closed."""
+    buffer = io.BytesIO()
     try:
-        write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight"))
+        fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     finally:
         pyplot().close(fig)
+    return buffer.getvalue()
+
+
+def save(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """Write the figure as a PNG file, atomically (a kill leaves the previous file or the new one); closes it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = png_bytes(fig, dpi)
+    write_atomic(path, lambda f: f.write(data))
     return path
 
 

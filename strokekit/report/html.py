@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import html
-import io
 import os
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from strokekit.atomic import write_text_atomic
+from strokekit.report.figures import png_bytes
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;
@@ -26,16 +26,6 @@ text-align:right}th{background:#f4f4f4}td:first-child,th:first-child{text-align:
 figure{margin:1em 0}figcaption{font-size:.85em;color:#555}img{max-width:100%}
 .note{color:#555;font-size:.9em}nav a{margin-right:1em}
 """
-
-
-def png_bytes(fig, dpi: int = 90) -> bytes:
-    """A matplotlib figure as PNG bytes; the figure is closed."""
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    return buffer.getvalue()
 
 
 def fmt(value, digits: int = 4) -> str:
