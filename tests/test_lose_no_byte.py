@@ -255,6 +255,26 @@ def test_broken_symlinks_are_named_by_the_index_check_and_clis(data, tmp_path, c
     assert sorted(pd.read_csv(tmp_path / "b" / "skipped.csv")["file"]) == sorted([str(dangling), str(loop)])
 
 
+def test_kfold_lists_broken_links_even_when_it_reads_no_image(data, capsys):
+    dangling, loop = break_links(data / "TRAINING" / "INMEYOK" / "PNG")
+    assert kfold.main(["--data", str(data), "--folds", "2", "--workers", "1"]) == 0  # header groups: no read
+    out = capsys.readouterr().out
+    assert f"{dangling.relative_to(data)}: unreadable, a dangling symlink: its target" in out
+    assert f"{loop.relative_to(data)}: unreadable, a symlink loop" in out
+
+
+def test_linked_folders_are_indexed_and_a_folder_loop_is_listed(data, tmp_path):
+    elsewhere = tmp_path / "disk2" / "PNG"
+    (data / "TRAINING" / "INMEYOK" / "PNG").rename(elsewhere.parent.mkdir() or elsewhere)
+    (data / "TRAINING" / "INMEYOK" / "PNG").symlink_to(elsewhere, target_is_directory=True)
+    (data / "TRAINING" / "INMEYOK" / "again").symlink_to("..", target_is_directory=True)  # a folder loop
+    index, report = build_index(data, cache=False)
+    no_stroke = index[index.class_name == "no_stroke"]
+    assert (no_stroke["png"] != "").all() and len(no_stroke)  # used to be skipped silently: no PNG at all
+    assert any(path == str(Path("TRAINING/INMEYOK/again")) and "already indexed" in why
+               for path, why in report.skipped)
+
+
 def test_image_ids_are_ascii_digits_only(data):
     folder = data / "TRAINING" / "INMEYOK" / "PNG"
     first = sorted(folder.iterdir())[0]

@@ -17,7 +17,7 @@ import pandas as pd
 
 from strokekit.atomic import write_atomic, write_text_atomic
 from strokekit.data import layout
-from strokekit.data.readers import BadInputError, load_class_map, read_dicom_header
+from strokekit.data.readers import BadInputError, load_class_map, read_dicom_header, unreadable
 from strokekit.errors import UserError
 
 COLUMNS = ["image_id", "split", "class_name", "png", "dicom", "mask", "overlay", "stroke",
@@ -56,10 +56,19 @@ class IndexReport:
 def scan(root: Path) -> tuple[pd.DataFrame, IndexReport, dict[str, Path]]:
     """Walk the tree: one record per (id, split, class, modality) file, plus answer keys per split."""
     report = IndexReport(root=str(root))
-    records, answer_keys = [], {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    records, answer_keys, visited = [], {}, set()
+    # folders linked into the tree are followed (a PNG/ -> /mnt/disk2/PNG link used to be skipped silently);
+    # a folder reached a second time (a symlink loop, two links to one folder) is listed, not walked again
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         rel = Path(dirpath).relative_to(root)
+        real = os.path.realpath(dirpath)
+        if real in visited:
+            report.skipped.append((str(rel), f"a folder already indexed as {real} (a symlink loop, or a second "
+                                             "link to it): not read twice"))
+            dirnames[:] = []
+            continue
+        visited.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         meaning = layout.describe_path((root.resolve().name,) + rel.parts)  # the root may be YARISMA_1 itself
         used = False
         for name in sorted(filenames):
@@ -68,6 +77,9 @@ def scan(root: Path) -> tuple[pd.DataFrame, IndexReport, dict[str, Path]]:
             if record is not None:
                 records.append(record)
                 used = True
+                broken = _broken_link(path)
+                if broken:  # kept: the up-front check refuses its image by name; listed here for kfold.py
+                    report.skipped.append((str(path.relative_to(root)), f"unreadable, {broken}"))
             elif reason == "answer key":
                 answer_keys[meaning["split"]] = path
                 report.mapped[str(rel / name)] = f"{meaning['split']}/answer key"
@@ -80,6 +92,17 @@ def scan(root: Path) -> tuple[pd.DataFrame, IndexReport, dict[str, Path]]:
         elif rel.parts and not dirnames and not any(not n.startswith(".") for n in filenames):
             report.empty.append(str(rel))  # e.g. a KANAMA/PNG whose copy never arrived
     return pd.DataFrame.from_records(records), report, answer_keys
+
+
+def _broken_link(path: Path) -> str | None:
+    """What is wrong with a symlink whose target cannot be opened (dangling, a loop), else None."""
+    if not os.path.islink(path):
+        return None
+    try:
+        os.stat(path)
+        return None
+    except OSError as err:
+        return unreadable(path, err).problem
 
 
 def _classify_file(path: Path, name: str, meaning: dict) -> tuple[dict | None, str | None]:

@@ -66,7 +66,7 @@ def _split_message(text: str) -> tuple[str, str]:
     return (path, problem) if sep else ("", path)
 
 
-def _unreadable(path, err: OSError) -> BadInputError:
+def unreadable(path, err: OSError) -> BadInputError:
     """A file the OS cannot open, named: missing, a dangling symlink, a symlink loop, a folder ..."""
     if os.path.islink(path):
         try:
@@ -90,7 +90,7 @@ def _read_bytes(path) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as err:
-        raise _unreadable(path, err) from None
+        raise unreadable(path, err) from None
 
 
 def png_problem(data: bytes) -> str | None:
@@ -241,7 +241,7 @@ def _dcmread(path, pixels: bool = True):
             warnings.simplefilter("ignore")  # pydicom's warnings on odd bytes: what matters is judged below
             return pydicom.dcmread(path, defer_size=None if pixels else 1024)  # pixels=False: not loaded
     except OSError as err:
-        raise _unreadable(path, err) from None
+        raise unreadable(path, err) from None
     except Exception as err:  # noqa: BLE001 - pydicom raises many types on damaged bytes
         raise BadInputError(path, f"not a readable DICOM file ({type(err).__name__}: {err})") from None
 
