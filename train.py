@@ -142,7 +142,7 @@ def main(argv=None) -> int:
         distributed.on_main(lock_folds, run_root, todo, held)
         distributed.on_main(check_run_dirs, run_root, todo, args)
         check = distributed.on_main(check_files, index[index["split"] == "train"], cfg["image_source"],
-                                    masks=cfg["task"] == "seg", report=report)
+                                    masks=cfg["task"] == "seg", report=report, hu_range=cfg.get("hu_range"))
         if main_rank:
             print(check.summary())
         index = apply_policy(index, check, cfg["on_bad_input"])

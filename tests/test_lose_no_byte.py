@@ -85,6 +85,28 @@ def test_real_scanner_padding_is_not_refused(tmp_path):
     assert HU_RANGE[0] <= -3024 and HU_RANGE[1] >= 3071  # 12-bit CT's whole scale fits
 
 
+def test_the_hu_range_is_a_config_key_the_check_and_the_loader_share(tmp_path):
+    from strokekit.data.readers import load_image
+    from strokekit.config import DEFAULTS
+
+    assert tuple(DEFAULTS["hu_range"]) == HU_RANGE
+    stored = STORED.copy()
+    stored[0, 0] = 9000 + 1024  # an extended-HU-scale scanner: dental metal at 9000 HU
+    path = write_dicom(tmp_path / "metal.dcm", stored)
+    rows = pd.DataFrame({"image_id": [1], "dicom": [str(path)], "png": "", "split": "train",
+                         "class_name": "no_stroke"})
+    assert [p for _, _, p in check_files(rows, "dicom").bad][0].startswith("Hounsfield units 40 .. 9000")
+    cfg = load_config(None, ["image_source=dicom", "in_chans=1", "hu_range=[-3100, 12000]"])
+    assert cfg["hu_range"] == [-3100.0, 12000.0]
+    assert check_files(rows, "dicom", hu_range=cfg["hu_range"]).bad == []
+    assert load_image(rows.iloc[0].to_dict(), cfg).shape == (16, 16, 1)
+    with pytest.raises(BadInputError, match="a CT slice holds -3100 .. 5000"):
+        load_image(rows.iloc[0].to_dict(), {**cfg, "hu_range": None})
+    for bad in ("hu_range=[5, 1]", "hu_range=[0, nan]", "hu_range=7"):
+        with pytest.raises(Exception, match="hu_range"):
+            load_config(None, [bad])
+
+
 @pytest.mark.parametrize("delete,changes,message", [
     (("BitsStored",), {}, "no BitsStored"),
     (("BitsAllocated",), {}, "no BitsAllocated"),

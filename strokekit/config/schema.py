@@ -179,6 +179,15 @@ def _select_postprocess(value):
     return value
 
 
+def _hu_range(value):
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise TypeError
+    low, high = (Float().convert(v) for v in value)
+    if not low < high:
+        raise ValueError
+    return [low, high]
+
+
 SCHEMA: dict[str, Rule] = {
     "name": Text(nullable=True),
     "task": Choice(*TASKS),
@@ -188,6 +197,7 @@ SCHEMA: dict[str, Rule] = {
     "on_bad_input": Choice("fail", "skip"),
     "image_source": Choice("png", "dicom"),
     "windows": Rule("a list of [center, width] pairs with width > 0", _windows),
+    "hu_range": Rule("[low, high] Hounsfield units, finite, low < high", _hu_range),
     "in_chans": Int(1, 16),
     "img_size": Int(32, 4096),
     "mean": Float(),

@@ -2,9 +2,10 @@
 
 `check_files(rows, ...)` judges every image (and, for segmentation, every MASK / OVERLAY) exactly as the
 readers will (readers.check_png / check_dicom: a PNG's chunks and inflated size, a DICOM's pixel header,
-decoded pixels and Hounsfield units), so a bad file stops a run before training starts (`fail`), or is left out and listed
-in skipped.csv (`skip`), instead of failing in epoch 1. Labels problems found while indexing (masks with colours outside the
-official three, OVERLAYs that do not decode) come from the IndexReport instead of a second read.
+decoded pixels and Hounsfield units inside the config's `hu_range`), so a bad file stops a run before
+training starts (`fail`), or is left out and listed in skipped.csv (`skip`), instead of failing in epoch 1.
+Labels problems found while indexing (masks with colours outside the official three, OVERLAYs that do not
+decode) come from the IndexReport instead of a second read.
 Sizes: any image size is read and resized to img_size like every other; an image whose size differs from
 the set's usual one is named in a warning. A MASK / OVERLAY of another size than its image is bad input.
 """
@@ -68,16 +69,18 @@ def apply_policy(rows: pd.DataFrame, check: InputCheck, policy: str) -> pd.DataF
     return rows[~rows["image_id"].isin(check.bad_ids)].reset_index(drop=True)
 
 
-def check_files(rows: pd.DataFrame, image_source: str = "png", masks: bool = False, report=None) -> InputCheck:
+def check_files(rows: pd.DataFrame, image_source: str = "png", masks: bool = False, report=None,
+                hu_range=None) -> InputCheck:
     """Check what a run reads of `rows` (index rows): each row's image of `image_source` (png | dicom),
     and with masks=True the MASK / OVERLAY of every stroke row. `report` (from build_index) supplies the
-    label problems found while indexing and the empty folders."""
+    label problems found while indexing and the empty folders; hu_range (the config's) the Hounsfield units
+    a DICOM slice may hold (default readers.HU_RANGE)."""
     started, out = time.time(), InputCheck(n_images=len(rows))
     label_problems = dict(report.skipped) if report is not None else {}
     sizes: dict[str, tuple[int, int]] = {}
     for row in rows.to_dict("records"):
         try:
-            path, size = _check_image(row, image_source, out.warnings)
+            path, size = _check_image(row, image_source, out.warnings, hu_range)
             sizes[path] = size
             if masks:
                 _check_labels(row, size, label_problems, out.warnings)
@@ -93,7 +96,7 @@ def check_files(rows: pd.DataFrame, image_source: str = "png", masks: bool = Fal
     return out
 
 
-def _check_image(row: dict, image_source: str, warnings: list) -> tuple[str, tuple[int, int]]:
+def _check_image(row: dict, image_source: str, warnings: list, hu_range=None) -> tuple[str, tuple[int, int]]:
     path = row.get(image_source) or ""
     if not path:
         others = [row[k] for k in ("png", "dicom", "mask", "overlay") if row.get(k)]
@@ -101,7 +104,7 @@ def _check_image(row: dict, image_source: str, warnings: list) -> tuple[str, tup
                             f"no {image_source.upper()} file for image {row['image_id']} (found only "
                             f"{', '.join(others) or 'nothing'})")
     if image_source == "dicom":
-        height, width, notes = check_dicom(path)
+        height, width, notes = check_dicom(path, hu_range)
         warnings += [(path, note) for note in notes]
     else:
         height, width, mode = check_png(path)

@@ -39,7 +39,8 @@ _PIL_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFErro
 # dental metal reach ~3000 (12-bit scanners clip at 3071). The lower bound leaves room for the padding
 # scanners write outside the field of view (GE: stored -2000 with intercept -1024 = -3024 HU); pixels equal to
 # the file's PixelPaddingValue are not judged. A slice with a pixel outside is refused: its rescale tags are
-# damaged (a slope of 1e38, an intercept of -32768). Edit here for an extended-HU-scale data set.
+# damaged (a slope of 1e38, an intercept of -32768). The default of the config key `hu_range` (set it for an
+# extended-HU-scale data set); check_dicom / read_dicom_hu take it as hu_range.
 HU_RANGE = (-3100.0, 5000.0)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # PNG colour type -> (samples per pixel, allowed bit depths)
@@ -348,7 +349,7 @@ def _pixel_data_size(ds, facts: dict, path) -> None:
                                   "BitsAllocated?")
 
 
-def _hounsfield(ds, facts: dict, path) -> np.ndarray:
+def _hounsfield(ds, facts: dict, path, hu_range=None) -> np.ndarray:
     """Decode and rescale the pixels (what check_dicom and read_dicom_hu share); BadInputError when the pixels
     cannot be decoded or the Hounsfield units fall outside HU_RANGE."""
     from pydicom.pixels import apply_modality_lut
@@ -373,32 +374,33 @@ def _hounsfield(ds, facts: dict, path) -> np.ndarray:
                 hu = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
         except Exception as err:  # noqa: BLE001 - a damaged Modality LUT Sequence and the like
             raise BadInputError(path, f"cannot apply the modality LUT ({type(err).__name__}: {err})") from None
+    low_hu, high_hu = hu_range if hu_range is not None else HU_RANGE
     judged = hu if facts["padding"] is None else hu[pixels != facts["padding"]]
-    if judged.size and not (np.isfinite(judged).all() and HU_RANGE[0] <= judged.min()
-                            and judged.max() <= HU_RANGE[1]):
+    if judged.size and not (np.isfinite(judged).all() and low_hu <= judged.min() and judged.max() <= high_hu):
         low, high = float(np.nanmin(judged)), float(np.nanmax(judged))
         raise BadInputError(path, f"Hounsfield units {low:g} .. {high:g} after RescaleSlope / RescaleIntercept "
-                                  f"{facts['rescale'] or '(absent)'}: a CT slice holds {HU_RANGE[0]:g} .. "
-                                  f"{HU_RANGE[1]:g} (strokekit.data.readers.HU_RANGE); damaged rescale tags?")
+                                  f"{facts['rescale'] or '(absent)'}: a CT slice holds {low_hu:g} .. {high_hu:g} "
+                                  "(config key hu_range); damaged rescale tags?")
     if facts["photometric"] == "MONOCHROME1":
         hu = hu.max() + hu.min() - hu  # inverted display: high stored values are dark
     return hu
 
 
-def check_dicom(path) -> tuple[int, int, list[str]]:
+def check_dicom(path, hu_range=None) -> tuple[int, int, list[str]]:
     """(rows, columns, notes) of a DICOM, judged as read_dicom_hu judges it: the pixel header present and
     coherent, the pixels decoded (compressed syntaxes too) and their Hounsfield units inside HU_RANGE."""
     ds = _dcmread(path)
     facts = _dicom_facts(ds, path)
-    _hounsfield(ds, facts, path)
+    _hounsfield(ds, facts, path, hu_range)
     return facts["rows"], facts["columns"], [] if facts["rescale"] else [NO_RESCALE]
 
 
-def read_dicom_hu(path) -> np.ndarray:
-    """A CT DICOM slice as float32 Hounsfield units (modality LUT: RescaleSlope / RescaleIntercept)."""
+def read_dicom_hu(path, hu_range=None) -> np.ndarray:
+    """A CT DICOM slice as float32 Hounsfield units (modality LUT: RescaleSlope / RescaleIntercept); a pixel
+    outside hu_range (default HU_RANGE) is BadInputError."""
     ds = _dcmread(path)
     facts = _dicom_facts(ds, path)
-    hu = _hounsfield(ds, facts, path)
+    hu = _hounsfield(ds, facts, path, hu_range)
     if facts["rescale"] is None:
         warnings.warn(f"{path}: {NO_RESCALE}", stacklevel=2)
     return hu
@@ -466,7 +468,7 @@ def load_image(row, cfg: dict) -> np.ndarray:
     if cfg["image_source"] == "dicom":
         if not row.get("dicom"):
             raise BadInputError(row.get("png") or row["image_id"], "no DICOM file for this image")
-        image = windows_to_channels(read_dicom_hu(row["dicom"]), cfg["windows"])
+        image = windows_to_channels(read_dicom_hu(row["dicom"], cfg.get("hu_range")), cfg["windows"])
     else:
         if not row.get("png"):
             raise BadInputError(row.get("dicom") or row["image_id"], "no PNG file for this image")

@@ -81,11 +81,12 @@ def scan_test_folder(folder: Path) -> pd.DataFrame:
 def check_test_rows(rows: pd.DataFrame, predictors, policy: str = "fail") -> tuple[pd.DataFrame, InputCheck]:
     """Check the image files the predictors' members read (PNG and / or DICOM) from their headers; `fail`
     raises at the first bad one, `skip` returns the rows without the bad images."""
-    sources = sorted({m.cfg["image_source"] for p in predictors if p is not None for m in p.members})
+    reads = {(m.cfg["image_source"], tuple(m.cfg.get("hu_range") or ()) if m.cfg["image_source"] == "dicom" else ())
+             for p in predictors if p is not None for m in p.members}  # each member's Hounsfield range
     check = InputCheck(n_images=len(rows))
-    for source in sources:
-        part = check_files(rows, source)
-        check.bad += part.bad
+    for source, hu_range in sorted(reads):
+        part = check_files(rows, source, hu_range=hu_range or None)
+        check.bad += [bad for bad in part.bad if bad not in check.bad]
         check.warnings += part.warnings
         check.seconds += part.seconds
     kept = apply_policy(rows, check, policy)
