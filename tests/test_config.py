@@ -160,6 +160,7 @@ def test_validate_checks_values_set_in_code():
                                         "metric=pp_official_iou"],
                                        ["task=seg", "seg_val_negatives=true", "metric=negatives_with_lesion_pred"],
                                        ["loss=0.5*dice+ce", "lr=3e-4", "aug.rotate_limit=12.5", "amp=none"],
+                                       ["amp=null"],
                                        ["clip_grad=1", "early_stop=3", "weights=w.pt", "lr=1"]])
 def test_good_values_pass(overrides):
     cfg = load_config(None, overrides)
@@ -188,11 +189,13 @@ def test_config_imports_no_torch():
 
 def test_schema_names_equal_the_training_registries():
     from strokekit.config import schema
+    from strokekit.models import precision
     from strokekit.training import losses, optim, tasks
 
     assert schema.LOSSES == tuple(losses.LOSSES)
     assert schema.OPTIMIZERS == optim.OPTIMIZERS and schema.SCHEDULES == optim.SCHEDULES
     assert schema.CLASSIFIER_METRICS == tasks.CLASSIFIER_METRICS
+    assert set(schema.AMP) == {"none", *precision.AMP_DTYPES}
     assert schema.SAMPLERS == {name: task.samplers for name, task in tasks.TASKS.items()}
 
 

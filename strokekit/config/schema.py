@@ -235,7 +235,7 @@ SCHEMA: dict[str, Rule] = {
     "seg_negatives": Prob(),
     "seg_val_negatives": Bool(),
     "seg_lesion_type": Choice(*LESION_NAMES, nullable=True),
-    "amp": Choice(*AMP),
+    "amp": Choice(*AMP, nullable=True),  # null: as none (training/engine autocast)
     "channels_last": Bool(),
     "ema": Bool(),
     "ema_decay": Float(0.0, 1.0, hi_open=True),
