@@ -30,6 +30,7 @@ from bench.common import machine, write_result  # noqa: E402
 from strokekit.ensembling import robust, selection  # noqa: E402
 from strokekit.ensembling.segmenters import DEFAULT_GRID, gate_probs, lesion_subset, load_masks  # noqa: E402
 from strokekit.ensembling.seg_search import _matches, run_search, setting_columns  # noqa: E402
+from strokekit.errors import script_main  # noqa: E402
 
 SCORED = ("official_iou", "official_dice", "dice")
 
@@ -44,6 +45,7 @@ def figures(search, row, n_boot: int) -> dict:
     return {name: robust.chosen_interval(search, row, 97, n_boot, objective=name) for name in SCORED}
 
 
+@script_main
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -53,12 +55,8 @@ def main(argv=None) -> int:
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
-    try:
-        oof = selection.load_oof(args.run)
-        masks = load_masks(args.data, oof["image_id"])
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    oof = selection.load_oof(args.run)
+    masks = load_masks(args.data, oof["image_id"])
     oof = {"image_id": oof["image_id"], "probs": oof["probs"].astype(np.float32), "fold": oof["fold"]}
     lesion = lesion_subset(oof, masks)
     plain_grid = {"threshold": [None]}
