@@ -15,17 +15,24 @@ with --split (default test1 for phase 1, test2 for phase 2). Writes submissions/
            versions, command, time, and the sha256 of every file: `score.py --check` verifies them)
 --ensemble (alias --model) is an ensemble spec YAML or a model folder from export.py: phase 1 runs its
 stroke ensemble, phase 2 its seg ensemble and, unless --type-ensemble is given, its type ensemble. A
-model folder whose files do not match their recorded sha256 is refused (exit 2).
+model folder whose files do not match their recorded sha256, or without its manifest.json, is refused (exit
+2; the check export.py --verify makes); --expect-sha256 pins its manifest.json. These hashes are integrity
+checks (a damaged, edited or partly copied folder), not signatures: whoever can write the folder can rewrite
+them, so take the pinned hash from somewhere else than the folder.
 A seg spec whose post-processing gates the lesion classes (ensemble.py --gate-runs) needs that classifier at
 inference: --gate-ensemble (a stroke spec; or a type spec for type-conditioned masks, where --type-ensemble
 also serves), or the model folder's ensemble of that task.
 Every phase-2 image holds a lesion, so when post-processing leaves a mask empty the most probable lesion
 region is drawn instead (--no-fallback turns this off). The submission is validated before it is
-reported; an existing folder is only replaced with --overwrite. Every test image is checked from its header
+reported. An existing folder is only replaced when its manifest.json says infer.py wrote it, with
+--overwrite (only the files that manifest lists are removed); --out is never inside, equal to or holding the
+--data folder or the images' folders (paths resolved, symlinks too). Nothing is written before the specs,
+their roles and the test folder are checked. Every test image is checked from its header
 first: --on-bad-input fail (default) stops at a bad file; skip leaves it out of the submission and lists it in
 skipped.csv (the organisers score a missing phase-1 id as wrong, a missing phase-2 mask as empty).
 Checkpoint paths in a spec must stay inside the spec's folder, the folder above it or the current directory
-(--allow-outside lifts this for a spec you trust). The logic lives in strokekit.inference.submit.
+(--allow-outside lifts this for a spec you trust). The decisions are strokekit.inference.pipeline's (the
+ones strokekit.Predictor returns); strokekit.inference.submit finds the inputs and writes the files.
 """
 from __future__ import annotations
 
@@ -66,30 +73,58 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--fallback-max-area", type=float, default=0.02,
                         help="phase 2 fallback: at most this share of the image's pixels (default 0.02)")
     parser.add_argument("--save-probs", action="store_true", help="phase 2: also write probs.npz (float16)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing submission folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a submission folder infer.py wrote earlier (its manifest.json says so)")
     parser.add_argument("--on-bad-input", choices=("fail", "skip"), default="fail",
                         help="a bad test image stops the run (fail, default) or is left out (skip)")
     parser.add_argument("--allow-outside", action="store_true",
                         help="let a spec name checkpoints outside its folder, the folder above and the cwd")
+    parser.add_argument("--expect-sha256", metavar="HEX", type=sha256_hex,
+                        help="refuse the --model folder unless its manifest.json has this sha256 (e.g. the one "
+                             "export.py printed). An integrity check against a hash you keep elsewhere, not "
+                             "a signature")
     return parser.parse_args(argv)
+
+
+def sha256_hex(text: str) -> str:
+    value = text.strip().lower()
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a sha256 (64 hex digits)")
+    return value
+
+
+def model_folder(source: str, args) -> dict | None:
+    """A model folder's {role: spec}, read and verified once per run (--expect-sha256 pins --model's);
+    None for a spec YAML."""
+    from strokekit.inference.modelfolder import is_model_folder, read_model_folder
+
+    folders = vars(args).setdefault("_model_folders", {})
+    if source not in folders:
+        pin = args.expect_sha256 if source == args.ensemble else None
+        folders[source] = read_model_folder(source, expect_sha256=pin) if is_model_folder(source) else None
+    return folders[source]
 
 
 def load(source: str, args, role: str):
     """An EnsemblePredictor of a spec YAML, or of a model folder's `role` ensemble."""
+    from strokekit.ensembling.spec import SpecError
     from strokekit.inference.predict import EnsemblePredictor
 
+    spec, roles = source, model_folder(source, args)
+    if roles is not None:
+        if role not in roles:
+            raise SpecError(f"model folder {source} holds the ensembles {sorted(roles)}, not {role!r}")
+        spec = roles[role]
     flips = args.tta.split(",") if args.tta else None
-    return EnsemblePredictor(source, device=args.device, flips=flips, batch_size=args.batch_size, amp=args.amp,
+    return EnsemblePredictor(spec, device=args.device, flips=flips, batch_size=args.batch_size, amp=args.amp,
                              allow_outside=args.allow_outside, role=role)
 
 
 def load_type(args):
     """Phase 2's type ensemble: --type-ensemble, else the model folder's own type ensemble, else none."""
-    from strokekit.inference.modelfolder import is_model_folder, read_model_folder
-
     if args.type_ensemble:
         return load(args.type_ensemble, args, "type")
-    if args.phase == 2 and is_model_folder(args.ensemble) and "type" in read_model_folder(args.ensemble):
+    if args.phase == 2 and "type" in (model_folder(args.ensemble, args) or {}):
         return load(args.ensemble, args, "type")
     return None
 
@@ -97,19 +132,35 @@ def load_type(args):
 def load_gate(args, predictor, type_predictor):
     """Phase 2's gate ensemble for a gated seg spec: --gate-ensemble, else the model folder's ensemble of the
     gate's task (stroke or type); a type gate reuses the type ensemble when one is loaded."""
-    from strokekit.inference.modelfolder import is_model_folder, read_model_folder
-    from strokekit.inference.submit import gate_kind, needs_gate
+    from strokekit.inference.pipeline import gate_kind, needs_gate
 
-    if args.phase != 2 or not needs_gate(predictor.spec):
+    if args.phase != 2 or predictor.task != "seg" or not needs_gate(predictor.spec):
         return None
     role = gate_kind(predictor.spec)
     if args.gate_ensemble:
         return load(args.gate_ensemble, args, role)
     if role == "type" and type_predictor is not None:
         return type_predictor
-    if is_model_folder(args.ensemble) and role in read_model_folder(args.ensemble):
+    if role in (model_folder(args.ensemble, args) or {}):
         return load(args.ensemble, args, role)
-    return None  # submit.require_gate says what is missing
+    return None  # the Pipeline says what is missing
+
+
+def load_pipeline(args):
+    """The pipeline of this phase's roles: phase 1 the stroke ensemble; phase 2 the seg ensemble, the type
+    ensemble and a gated seg spec's gate ensemble. Every role is checked here, before any image is read."""
+    from strokekit.ensembling.spec import SpecError
+    from strokekit.inference.pipeline import Pipeline
+
+    if args.expect_sha256 and model_folder(args.ensemble, args) is None:
+        raise SpecError(f"--expect-sha256 pins a model folder's manifest.json; {args.ensemble} is not a model "
+                        "folder")
+    if args.phase == 1:
+        return Pipeline({"stroke": load(args.ensemble, args, "stroke")})
+    predictor = load(args.ensemble, args, "seg")
+    type_predictor = load_type(args)
+    return Pipeline({"seg": predictor, "type": type_predictor}, args.fallback, args.fallback_fraction,
+                    args.fallback_max_area, gate=load_gate(args, predictor, type_predictor))
 
 
 def amp_used(predictor, amp: str | None) -> str:
@@ -123,16 +174,16 @@ def run(args) -> int:
     from strokekit.inference import manifest, submit
 
     rows, split = submit.find_test_rows(args.data, args.split, args.phase)
-    predictor = load(args.ensemble, args, "stroke" if args.phase == 1 else "seg")
-    type_predictor = load_type(args)
-    gate_predictor = load_gate(args, predictor, type_predictor)
-    if args.phase == 2:
-        submit.require_gate(predictor, gate_predictor)  # before any image is read
-    extra = [p for p in (type_predictor, gate_predictor) if p is not None]
-    extra = [p for k, p in enumerate(extra) if all(p is not q for q in extra[:k])]  # a type gate may be the type ensemble
-    rows, check = submit.check_test_rows(rows, (predictor, *extra), args.on_bad_input)
+    out = Path(args.out or f"submissions/{Path(args.ensemble).stem}_{split}")
+    submit.check_out_dir(out, args.overwrite, submit.input_folders(args.data, rows))  # before loading anything
+    pipeline = load_pipeline(args)  # every spec and role checked: nothing is written before this
+    role = "stroke" if args.phase == 1 else "seg"
+    predictor = pipeline.roles[role]
+    type_predictor, gate_predictor = pipeline.roles.get("type"), pipeline.gate
+    extra = [p for p in pipeline.predictors() if p is not predictor]
+    rows, check = submit.check_test_rows(rows, pipeline.predictors(), args.on_bad_input)
     print(check.summary())
-    out = submit.prepare_out_dir(args.out or f"submissions/{Path(args.ensemble).stem}_{split}", args.overwrite)
+    out = submit.prepare_out_dir(out, args.overwrite, submit.input_folders(args.data, rows))
     if check.bad:  # only reached with --on-bad-input skip
         check.write_skipped(out / "skipped.csv")
         print(f"{len(check.bad_ids)} bad images left out of the submission, listed in {out / 'skipped.csv'}")
@@ -144,20 +195,18 @@ def run(args) -> int:
             print(f"{name}: {cost['forward_passes']} forward passes (batch {p.batch_size}, flips "
                   f"{','.join(cost['flips'])}), {cost['images_through_models']} images through models")
     if args.phase == 1:
-        decided, seconds = submit.timed(submit.run_phase1, predictor, rows, out)
+        decided, seconds = submit.timed(submit.run_phase1, pipeline, rows, out)
         print(f"phase 1: {decided['n_stroke']} of {len(rows)} images stroke at threshold {decided['threshold']:.4f}")
     else:
-        decided, seconds = submit.timed(submit.run_phase2, predictor, rows, out, type_predictor, args.fallback,
-                                        args.fallback_fraction, args.fallback_max_area, args.save_probs,
-                                        gate_predictor)
+        decided, seconds = submit.timed(submit.run_phase2, pipeline, rows, out, args.save_probs)
         print(f"phase 2: {len(rows)} masks, fallback drew {decided['fallback_images']}; types from "
               f"{decided['type_source']}")
     speed = len(rows) / max(seconds, 1e-9)
     print(f"{seconds:.1f}s, {speed:.1f} images/s")
-    info = {"phase": args.phase, "data": str(Path(args.data).resolve()), "split": split, "n_images": len(rows),
-            "spec": manifest.ensemble_record(predictor), "tta": predictor.flips, "batch_size": predictor.batch_size,
-            "device": str(predictor.device), "amp": amp_used(predictor, args.amp), "seconds": seconds,
-            "images_per_s": speed, "skipped_images": sorted(check.bad_ids), **decided}
+    info = {"written_by": "infer.py", "phase": args.phase, "data": str(Path(args.data).resolve()), "split": split,
+            "n_images": len(rows), "spec": manifest.ensemble_record(predictor), "tta": predictor.flips,
+            "batch_size": predictor.batch_size, "device": str(predictor.device), "amp": amp_used(predictor, args.amp),
+            "seconds": seconds, "images_per_s": speed, "skipped_images": sorted(check.bad_ids), **decided}
     if type_predictor is not None:
         info["type_spec"] = manifest.ensemble_record(type_predictor)
     if gate_predictor is not None:

@@ -107,15 +107,18 @@ def test_a_run_name_cannot_lead_outside_the_runs_folder(tmp_path, capsys):
 
 
 def test_a_submission_folder_is_only_replaced_with_overwrite(tmp_path):
+    from strokekit.inference.manifest import write_manifest
+
     out = tmp_path / "sub"
     out.mkdir()
     for name in ("asama1.txt", "probs.csv", "7.png", "notes.txt"):
         (out / name).write_text("old")
+    write_manifest(out, {"written_by": "infer.py"}, command=["infer.py"])  # infer.py wrote it (notes.txt too)
     with pytest.raises(FileExistsError, match="pass --overwrite"):
         prepare_out_dir(out, overwrite=False)
-    assert sorted(p.name for p in out.iterdir()) == ["7.png", "asama1.txt", "notes.txt", "probs.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["7.png", "asama1.txt", "manifest.json", "notes.txt", "probs.csv"]
     prepare_out_dir(out, overwrite=True)
-    assert [p.name for p in out.iterdir()] == ["notes.txt"]  # the user's own file stays
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]  # not a submission file: it stays
 
 
 def test_checkpoints_of_another_task_or_channel_count_are_clear_errors(project, capsys):

@@ -10,7 +10,9 @@
 Roles: `stroke` gives phase 1 (a stroke spec, or a seg spec whose seg_classifier targets stroke), `seg`
 phase 2's masks (a seg spec), `type` the stroke type (a type spec). No pickle anywhere, no path out of
 the folder: it works wherever it is copied. `read_model_folder` refuses a folder whose files do not
-match their recorded hashes; each role comes back as a spec dict EnsemblePredictor runs like a YAML spec.
+match their recorded hashes (a folder without its manifest.json too), as export.py --verify does; each
+role comes back as a spec dict EnsemblePredictor runs like a YAML spec. The hashes are integrity checks,
+not signatures.
 """
 from __future__ import annotations
 
@@ -31,7 +33,8 @@ from strokekit.errors import OutputExistsError
 from strokekit.locks import FolderLock
 from strokekit.models.checkpoint import read_checkpoint
 from strokekit.ensembling.spec import SpecError, read_spec, validate_spec
-from strokekit.inference.manifest import MANIFEST, sha256, training_data, write_manifest
+from strokekit.inference.manifest import (MANIFEST, read_manifest, sha256, training_data, verify_files,
+                                         write_manifest)
 from strokekit.models.weights import WeightsError, strip_prefixes
 
 FORMAT = "strokekit-model-v1"
@@ -175,9 +178,12 @@ def _export_checkpoint(source: str, target: Path) -> tuple[dict, dict]:
 # --------------------------------------------------------------------------- reading
 
 
-def read_model_folder(folder: str | os.PathLike) -> dict[str, dict]:
-    """{role: spec dict} of a model folder (or its model.json), after checking every recorded hash;
-    ModelFolderError if not."""
+def read_model_folder(folder: str | os.PathLike, expect_sha256: str | None = None) -> dict[str, dict]:
+    """{role: spec dict} of a model folder (or its model.json), after checking every recorded hash (the
+    check export.py --verify makes: model.json's weights hashes, manifest.json's hash of every file, model.json
+    included, so a folder without its manifest.json is refused) and, given `expect_sha256`, manifest.json's own
+    sha256; ModelFolderError if not. The hashes are integrity checks, not signatures: whoever can rewrite the
+    folder can rewrite them, so pin the manifest (expect_sha256) with a hash you got from elsewhere."""
     folder = Path(folder)
     if folder.name == MODEL_JSON and folder.is_file():
         folder = folder.parent
@@ -195,6 +201,11 @@ def read_model_folder(folder: str | os.PathLike) -> dict[str, dict]:
     if problems:
         raise ModelFolderError(f"{folder}: refused, its files do not match their recorded sha256 — "
                                + "; ".join(problems) + ". Export the folder again (export.py) or copy it whole")
+    if expect_sha256 is not None:
+        expected, actual = str(expect_sha256).strip().lower(), sha256(folder / MANIFEST)
+        if actual != expected:
+            raise ModelFolderError(f"{folder}: refused, its {MANIFEST} has sha256 {actual}, not the expected "
+                                   f"{expected}: another export than the one pinned, or a changed folder")
     ensembles = model.get("ensembles") or {}
     if not ensembles or set(ensembles) - set(ROLES):
         raise ModelFolderError(f"{path}: ensembles must be a non-empty mapping with roles among {list(ROLES)}")
@@ -202,7 +213,8 @@ def read_model_folder(folder: str | os.PathLike) -> dict[str, dict]:
 
 
 def _hash_problems(folder: Path, model: dict) -> list[str]:
-    """model.json's weights hashes, weights files it does not list, and model.json against manifest.json."""
+    """model.json's weights hashes, weights files it does not list, and every file against manifest.json
+    (which must be there: without it nothing vouches for model.json)."""
     problems = []
     for name, digest in model["files"].items():
         target = folder / str(name)
@@ -213,14 +225,17 @@ def _hash_problems(folder: Path, model: dict) -> list[str]:
     problems += [f"{p.relative_to(folder).as_posix()}: not listed in {MODEL_JSON}"
                  for p in sorted((folder / "weights").glob("*")) if p.relative_to(folder).as_posix()
                  not in model["files"]]
-    manifest_path = folder / MANIFEST
-    if manifest_path.is_file():
-        try:
-            recorded = json.loads(manifest_path.read_text(encoding="utf-8"))["files"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return problems + [f"{MANIFEST}: not a readable manifest"]
-        if recorded.get(MODEL_JSON) != sha256(folder / MODEL_JSON):
-            problems.append(f"{MODEL_JSON}: sha256 differs from {MANIFEST} (edited after export)")
+    if not (folder / MANIFEST).is_file():
+        return problems + [f"{MANIFEST}: missing (export.py writes one; without it nothing vouches for "
+                           f"{MODEL_JSON})"]
+    try:
+        manifest = read_manifest(folder)
+    except ValueError:
+        return problems + [f"{MANIFEST}: not a readable manifest"]
+    if manifest["files"].get(MODEL_JSON) != sha256(folder / MODEL_JSON):
+        problems.append(f"{MODEL_JSON}: sha256 differs from {MANIFEST} (edited after export)")
+    named = {p.split(":", 1)[0] for p in problems}
+    problems += [p for p in verify_files(folder, manifest["files"], MANIFEST) if p.split(":", 1)[0] not in named]
     return problems
 
 

@@ -253,7 +253,7 @@ def predictions_to_submission(folder: str | os.PathLike, out: str | os.PathLike,
         missing = sorted(set(expected_ids) - set(masks))
         if missing:
             raise NnUNetError(f"{folder}: no prediction for {len(missing)} test images, e.g. {missing[:10]}")
-    out = prepare_out_dir(out, overwrite)
+    out = prepare_out_dir(out, overwrite, inputs=[folder], writers=("export_nnunet.py",))
     sizes = set()
     for image_id, class_map in masks.items():
         height, width = class_map.shape
@@ -262,6 +262,7 @@ def predictions_to_submission(folder: str | os.PathLike, out: str | os.PathLike,
     validate_phase2(out, expected_ids if expected_ids is not None else list(masks),
                     size=sizes.pop() if len(sizes) == 1 else None)
     lesion = {i: int(np.count_nonzero(m)) for i, m in masks.items()}
-    write_manifest(out, {"source": "nnU-Net predictions", "predictions": str(Path(folder).resolve()),
+    write_manifest(out, {"written_by": "export_nnunet.py", "source": "nnU-Net predictions",
+                         "predictions": str(Path(folder).resolve()),
                          "labels": LABELS, "colours": {str(k): v for k, v in MASK_COLOURS.items()}})
     return {"out": out, "n_images": len(masks), "empty": sorted(i for i, n in lesion.items() if n == 0)}

@@ -1,15 +1,19 @@
-"""What infer.py does: find the test images, run an ensemble spec on them, write and validate a submission.
+"""What infer.py does: find the test images, run the pipeline (pipeline.py) on them, write and validate a
+submission. The decisions are the pipeline's (strokekit.Predictor returns the same); this module only finds
+the inputs and writes files.
 
 Phase 1: `asama1.txt` (submission.write_phase1) + `probs.csv` (image_id, prob, label, one column per
 member). Phase 2: one `<id>.png` per image at the image's own size + `types.csv` (per-image stroke type)
 and, when asked, `probs.npz` (float16 probabilities). The side files are not `<id>.png`, so
 submission.validate_phase2 ignores them (it reads `*.png` only); upload the PNGs. infer.py writes a
 `manifest.json` beside them (strokekit/manifest.py: provenance and every file's sha256).
-A submission folder is never overwritten without `overwrite=True`, and only the files a submission
-consists of are removed then.
+A submission folder is only replaced when its manifest.json says infer.py wrote it, with `overwrite=True`,
+and then only the files that manifest lists; a folder inside, equal to or holding the input data (paths
+resolved, symlinks too) is never an output folder (prepare_out_dir).
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -20,14 +24,11 @@ from strokekit.atomic import write_atomic
 from strokekit.data import layout
 from strokekit.data.check import InputCheck, apply_policy, check_files
 from strokekit.data.index import DataLayoutError, build_index
-from strokekit.postprocess.decide import phase1_labels, phase2_class_map, type_class, type_decision
-from strokekit.config.postprocess import normalise_spec
-from strokekit.ensembling.seg_classifier import seg_classifier_prob
-from strokekit.ensembling.spec import SpecError
-from strokekit.errors import OutputExistsError
-from strokekit.locks import hold_folder
 from strokekit.data.submission import (PHASE1_FILENAME, mask_files, validate_phase2, write_phase1,
-                                  write_phase2_mask)
+                                       write_phase2_mask)
+from strokekit.errors import OutputExistsError
+from strokekit.inference.manifest import MANIFEST, read_manifest, sha256
+from strokekit.locks import hold_folder
 from strokekit.vocabulary import image_type
 
 SIDE_FILES = ("probs.csv", "types.csv", "probs.npz", "manifest.json", "skipped.csv", PHASE1_FILENAME)
@@ -98,147 +99,124 @@ def check_test_rows(rows: pd.DataFrame, predictors, policy: str = "fail") -> tup
 # --------------------------------------------------------------------------- output folder
 
 
-def prepare_out_dir(out: str | Path, overwrite: bool) -> Path:
-    """Create the submission folder; an existing one with submission files needs overwrite=True,
-    which removes only those files (`<id>.png`, asama1.txt and the side files), nothing else. The folder is
-    locked (`<parent>/.<name>.lock`, strokekit/locks.py) until the process ends: a second run writing there
-    meanwhile is refused naming this one (FolderLockedError)."""
+def input_folders(data: str | Path, rows: pd.DataFrame | None = None) -> list[Path]:
+    """The folders the input data lives in, resolved (symlinks too): --data and every image file's folder."""
+    folders = {Path(data).resolve()}
+    if rows is not None:
+        for kind in ("png", "dicom"):
+            if kind in rows:
+                folders |= {Path(os.path.realpath(f)).parent  # realpath: a symlink loop does not raise
+                            for f in rows[kind] if isinstance(f, str) and f}
+    return sorted(folders)
+
+
+def written_by(manifest: dict | None) -> str | None:
+    """The script a folder's manifest says wrote it (`written_by`, else its command's script name)."""
+    if not manifest:
+        return None
+    command = manifest.get("command") or [None]
+    return manifest.get("written_by") or (Path(str(command[0])).name if command[0] else None)
+
+
+def check_out_dir(out: str | Path, overwrite: bool, inputs=(), writers=("infer.py",)) -> list[Path]:
+    """The files a run writing to `out` would replace (none for a new or empty folder); OutputExistsError,
+    creating and removing nothing, when `out` is a file, is inside, equal to or holds one of the `inputs`
+    folders (input_folders), holds submission files that no manifest.json of one of `writers` lists with
+    their current sha256, or (without `overwrite`) holds such a submission."""
     out = Path(out)
-    existing = [p for p in out.glob("*") if p.name in SIDE_FILES] + list(mask_files(out).values()) \
+    target = out.resolve()
+    for folder in map(Path, inputs):
+        folder = folder.resolve()
+        if target == folder or target.is_relative_to(folder) or folder.is_relative_to(target):
+            where = "is" if target == folder else "is inside" if target.is_relative_to(folder) else "holds"
+            raise OutputExistsError(f"{out} {where} the input data {folder}: a submission is never written "
+                                    "where the images it is made from are; choose an output folder outside it")
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{out} is a file; the output names a submission folder")
+    existing = sorted({p for p in out.glob("*") if p.name in SIDE_FILES} | set(mask_files(out).values())) \
         if out.is_dir() else []
-    if existing and not overwrite:
-        raise OutputExistsError(f"{out} already holds a submission ({len(existing)} files); pass --overwrite "
-                                "to replace it, or choose another --out")
-    hold_folder(out, what="infer.py run", beside=True)
-    for path in existing:
+    if not existing:
+        return []
+    try:
+        manifest = read_manifest(out)
+    except ValueError:
+        manifest = None
+    writer = written_by(manifest)
+    if writer not in writers:
+        names = ", ".join(p.name for p in existing[:3]) + (" ..." if len(existing) > 3 else "")
+        raise OutputExistsError(f"{out} holds {len(existing)} files named as a submission's are ({names}) "
+                                f"that {' / '.join(writers)} did not write (no manifest.json of "
+                                f"{' / '.join(writers)} there): they are never replaced; choose another "
+                                "output folder")
+    foreign = [p for p in existing if p.name != MANIFEST and manifest["files"].get(p.name) != sha256(p)]
+    if foreign:
+        names = ", ".join(p.name for p in foreign[:3]) + (" ..." if len(foreign) > 3 else "")
+        raise OutputExistsError(f"{out}: {len(foreign)} files are not the ones {writer} wrote there ({names}: "
+                                "not in its manifest.json, or changed since): they are never replaced; move "
+                                "them, or choose another output folder")
+    if not overwrite:
+        raise OutputExistsError(f"{out} already holds a submission {writer} wrote ({len(existing)} files); pass "
+                                "--overwrite to replace it, or choose another --out")
+    return existing
+
+
+def prepare_out_dir(out: str | Path, overwrite: bool, inputs=(), writers=("infer.py",)) -> Path:
+    """Create the submission folder (check_out_dir first); with overwrite=True an earlier submission of one
+    of `writers` loses only the files its manifest lists (`<id>.png`, asama1.txt, side files), nothing else.
+    The folder is locked (`<parent>/.<name>.lock`, strokekit/locks.py) until the process ends: a second run
+    writing there meanwhile is refused naming this one (FolderLockedError)."""
+    out = Path(out)
+    check_out_dir(out, overwrite, inputs, writers)  # a refused folder gets nothing, no lock file either
+    hold_folder(out, what=f"{' / '.join(writers)} run", beside=True)
+    for path in check_out_dir(out, overwrite, inputs, writers):  # again: now no other run writes there
         path.unlink()
     out.mkdir(parents=True, exist_ok=True)
     return out
 
 
-# --------------------------------------------------------------------------- phase 1
+# --------------------------------------------------------------------------- writing the pipeline's decisions
 
 
-def image_probs(predictor, rows: pd.DataFrame, target: str) -> dict:
-    """{image_id, prob, members?} of a classifier spec, or of a seg spec's segmentation classifier."""
-    if predictor.task != "seg":
-        return predictor.predict_classifier(rows)
-    clf = predictor.spec.get("seg_classifier")
-    if not clf or clf["target"] != target:
-        raise SpecError(f"{predictor.spec['path']}: a seg spec gives {target} decisions only with a "
-                        f"seg_classifier for {target} (ensemble.py --seg-classifier {target})")
-    ids, probs = [], []
-    for image_id, p in predictor.iter_seg(rows):
-        ids.append(image_id)
-        probs.append(seg_classifier_prob(p, clf))
-    return {"image_id": np.asarray(ids, dtype=np.int64), "prob": np.asarray(probs)}
-
-
-def decision_threshold(spec: dict) -> float:
-    return float(spec["threshold"]["value"] if spec["task"] != "seg" else
-                 spec["seg_classifier"]["threshold"]["threshold"])
-
-
-def run_phase1(predictor, rows: pd.DataFrame, out: Path) -> dict:
-    """Write asama1.txt (validated against the test ids) and probs.csv; returns what was decided."""
-    result = image_probs(predictor, rows, "stroke")
-    threshold = decision_threshold(predictor.spec)
-    labels = phase1_labels(result["prob"], threshold)
-    write_phase1(out / PHASE1_FILENAME, result["image_id"], labels, expected_ids=rows["image_id"].tolist())
-    table = pd.DataFrame({"image_id": result["image_id"], "prob": result["prob"], "label": labels})
-    for name, member in zip([m["name"] for m in predictor.spec["members"]], result.get("members", [])):
-        table[f"prob:{name}"] = member
+def run_phase1(pipeline, rows: pd.DataFrame, out: Path) -> dict:
+    """Write the pipeline's phase-1 decisions: asama1.txt (validated against the test ids) and probs.csv
+    (image_id, prob, label, prob:<member>); returns what was decided."""
+    decisions = pipeline.decide_phase1(rows)
+    ids = np.asarray([d.image_id for d in decisions], dtype=np.int64)
+    labels = np.asarray([int(d.stroke) for d in decisions], dtype=np.int64)
+    write_phase1(out / PHASE1_FILENAME, ids, labels, expected_ids=rows["image_id"].tolist())
+    table = pd.DataFrame({"image_id": ids, "prob": np.asarray([d.stroke_prob for d in decisions], dtype=float),
+                          "label": labels})
+    for name in (decisions[0].member_probs or {}) if decisions else ():
+        table[f"prob:{name}"] = np.asarray([d.member_probs[name] for d in decisions], dtype=float)
     write_atomic(out / "probs.csv", lambda f: table.to_csv(f, index=False), text=True)
-    return {"threshold": threshold, "n_stroke": int(labels.sum())}
+    return {"threshold": pipeline.stroke_threshold, "n_stroke": int(labels.sum())}
 
 
-# --------------------------------------------------------------------------- phase 2
-
-
-def needs_gate(seg_spec: dict) -> bool:
-    """Whether a seg spec's post-processing gates its classes on an image-level P(stroke)."""
-    return normalise_spec(seg_spec.get("postprocess"))["gate"] is not None
-
-
-def gate_kind(seg_spec: dict) -> str:
-    """'stroke' (both classes gated on P(stroke)) or 'type' (each class on its type probability)."""
-    return (seg_spec.get("postprocess_search") or {}).get("gate_kind") or "stroke"
-
-
-def require_gate(predictor, gate_predictor) -> None:
-    """SpecError when the seg spec is gated and no ensemble of the gate's task gives its probabilities."""
-    if not needs_gate(predictor.spec):
-        return
-    kind = gate_kind(predictor.spec)
-    if gate_predictor is None or gate_predictor.task != kind:
-        sources = (predictor.spec.get("postprocess_search") or {}).get("gate_source")
-        got = "" if gate_predictor is None else f"; {gate_predictor.spec['path']} is a {gate_predictor.task} spec"
-        raise SpecError(f"{predictor.spec['path']}: its post-processing gates the lesion classes on the "
-                        f"{kind} classifier's probabilities (tuned on the OOF of {sources or 'a ' + kind + ' run'})"
-                        f"; pass a {kind} spec or model folder over those runs with --gate-ensemble{got}")
-
-
-def gate_probs(predictor, gate_predictor, rows: pd.DataFrame) -> dict:
-    """{image_id: the gate's image-level probability} when the seg spec is gated, else {}: P(stroke) for both
-    classes, or {ischemic: 1 - P(hemorrhagic), hemorrhagic: P(hemorrhagic)} from a type ensemble."""
-    require_gate(predictor, gate_predictor)
-    if not needs_gate(predictor.spec):
-        return {}
-    result = image_probs(gate_predictor, rows, gate_predictor.task)
-    return {int(i): gate_value(p, gate_predictor.task) for i, p in zip(result["image_id"], result["prob"])}
-
-
-def gate_value(prob: float, kind: str):
-    """What phase2_class_map's image_prob takes for a gate of `kind`."""
-    return float(prob) if kind == "stroke" else {"ischemic": 1.0 - float(prob), "hemorrhagic": float(prob)}
-
-
-def run_phase2(predictor, rows: pd.DataFrame, out: Path, type_predictor=None, fallback: bool = True,
-               fraction: float = 0.5, max_area: float = 0.02, save_probs: bool = False,
-               gate_predictor=None) -> dict:
-    """Write one validated `<id>.png` per image, types.csv and (if asked) probs.npz. A gated seg spec needs
-    `gate_predictor`, the stroke ensemble whose P(stroke) the gate compares with its thresholds."""
-    types = type_probs(predictor, type_predictor, rows)
-    gate = gate_probs(predictor, gate_predictor, rows)
-    spec, records, kept, sizes = predictor.spec, [], {}, set()
-    for image_id, probs in predictor.iter_seg(rows):
-        p_hem, source = types["by_id"].get(image_id), types["source"]
-        if source == "seg_classifier":
-            p_hem = seg_classifier_prob(probs, spec["seg_classifier"])
-        class_map, used = phase2_class_map(probs, spec["postprocess"], fallback, fraction,
-                                           type_class(p_hem, types["threshold"]), max_area, gate.get(image_id))
-        height, width = class_map.shape
-        write_phase2_mask(out / f"{image_id}.png", class_map, size=(width, height))
+def run_phase2(pipeline, rows: pd.DataFrame, out: Path, save_probs: bool = False) -> dict:
+    """Write the pipeline's phase-2 decisions: one validated `<id>.png` per image, types.csv and (if asked)
+    probs.npz; returns what was decided."""
+    records, kept, sizes = [], {}, set()
+    for d in pipeline.iter_phase2(rows, keep_probs=save_probs):
+        height, width = d.class_map.shape
+        write_phase2_mask(out / f"{d.image_id}.png", d.class_map, size=(width, height))
         sizes.add((width, height))
-        records.append({"image_id": image_id, "type": type_decision(class_map, p_hem, types["threshold"]),
-                        "type_source": source, "p_hemorrhagic": p_hem, "mask_type": image_type(class_map),
-                        "lesion_pixels": int(np.count_nonzero(class_map)), "fallback": int(used)})
+        records.append({"image_id": d.image_id, "type": d.type, "type_source": d.type_source,
+                        "p_hemorrhagic": d.p_hemorrhagic, "mask_type": image_type(d.class_map),
+                        "lesion_pixels": int(np.count_nonzero(d.class_map)), "fallback": int(d.fallback)})
         if save_probs:
-            kept[image_id] = probs.astype(np.float16)
+            kept[d.image_id] = d.probs.astype(np.float16)
     validate_phase2(out, rows["image_id"].tolist(), size=sizes.pop() if len(sizes) == 1 else None)
     write_atomic(out / "types.csv", lambda f: pd.DataFrame(records).to_csv(f, index=False), text=True)
     if save_probs:
         write_atomic(out / "probs.npz", lambda f: np.savez_compressed(
             f, image_id=np.asarray(list(kept), dtype=np.int64), **{str(i): p for i, p in kept.items()}))
-    return {"postprocess": spec["postprocess"], "gated_by_stroke_prob": bool(gate), "fallback": fallback,
-            "fallback_fraction": fraction, "fallback_max_area": max_area,
-            "fallback_images": int(sum(r["fallback"] for r in records)), "type_source": types["source"],
-            "type_threshold": types["threshold"]}
-
-
-def type_probs(predictor, type_predictor, rows: pd.DataFrame) -> dict:
-    """Where the per-image type comes from: a type ensemble, the seg spec's type classifier, or the mask."""
-    if type_predictor is not None:
-        if type_predictor.task != "type":
-            raise SpecError(f"--type-ensemble {type_predictor.spec['path']} is a {type_predictor.task} spec, "
-                            "not a type spec")
-        result = type_predictor.predict_classifier(rows)
-        return {"source": "type_ensemble", "threshold": decision_threshold(type_predictor.spec),
-                "by_id": dict(zip(result["image_id"].tolist(), result["prob"].tolist()))}
-    clf = predictor.spec.get("seg_classifier")
-    if clf and clf["target"] == "type":
-        return {"source": "seg_classifier", "threshold": float(clf["threshold"]["threshold"]), "by_id": {}}
-    return {"source": "mask", "threshold": None, "by_id": {}}
+    source, threshold = pipeline.type_source()
+    return {"postprocess": pipeline.roles["seg"].spec["postprocess"],
+            "gated_by_stroke_prob": pipeline.gate_kind is not None and bool(records),
+            "fallback": pipeline.fallback, "fallback_fraction": pipeline.fallback_fraction,
+            "fallback_max_area": pipeline.fallback_max_area,
+            "fallback_images": int(sum(r["fallback"] for r in records)), "type_source": source,
+            "type_threshold": threshold}
 
 
 def timed(fn, *args, **kwargs) -> tuple[dict, float]:
