@@ -60,8 +60,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--target-recall", type=float, default=0.97, help="for --objective recall (default 0.97)")
     parser.add_argument("--tolerance", type=float, default=0.005,
                         help="near-best band (relative) whose middle gives thresholds / post-processing")
-    parser.add_argument("--tta", default="none,hflip",
-                        help="flips infer.py applies, comma-separated: none,hflip,vflip,hvflip (default none,hflip)")
+    parser.add_argument("--tta", help="flips infer.py applies, comma-separated: none,hflip,vflip,hvflip (default: "
+                                       "the flips the runs' OOF was made with, config oof_tta, so what is tuned on OOF "
+                                       "is applied the same way; none,hflip for runs without it)")
     parser.add_argument("--data", help="seg: data set the runs were trained on, for the true masks "
                                        "(default: the runs' config `data`)")
     parser.add_argument("--grid", help="seg: YAML file with the post-processing grid (keys threshold, closing, "
@@ -112,9 +113,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def build(args) -> tuple[dict, dict, Path]:
     out = Path(args.out or f"ensembles/{args.task}.yaml")
-    tta = resolve_flips(args.tta.split(","))
+    wanted = resolve_flips(args.tta.split(",")) if args.tta else None
     grid = read_grid(args.grid) if args.grid else None  # the flags before the runs
     runs = read_runs(args.runs, args.task, args.checkpoint)
+    tta = submission_flips(runs, wanted)
     common = dict(top_k=args.top_k, greedy=args.greedy, tolerance=args.tolerance, tta=tta,
                   absolute=args.absolute_paths, test_size=args.test_size, n_boot=args.n_boot,
                   test_prior=args.test_prior)
@@ -135,6 +137,20 @@ def build(args) -> tuple[dict, dict, Path]:
                                   robust=None if args.robust == "off" else args.robust,
                                   gate_runs=args.gate_runs, **common)
     return spec, report, out
+
+
+def submission_flips(runs, wanted: list[str] | None) -> list[str]:
+    """The flips infer.py will apply: --tta, else those the runs' OOF was made with; a mismatch is said, since
+    thresholds and post-processing tuned on one flip set sit on another probability scale than the other's."""
+    made = {tuple(run.cfg.get("oof_tta") or ["none"]) for run in runs}
+    if wanted is None:
+        wanted = list(next(iter(made))) if len(made) == 1 else ["none", "hflip"]
+    for flips in sorted(made):
+        if list(flips) != wanted:
+            print(f"warning: OOF made with flips {','.join(flips)} (config oof_tta), submissions will use "
+                  f"{','.join(wanted)}: what is tuned on OOF may not transfer; retrain with --set "
+                  f"oof_tta={','.join(wanted)} or pass --tta {','.join(flips)}")
+    return wanted
 
 
 def read_grid(path: str) -> dict:

@@ -44,26 +44,38 @@ def test_stroke_spec_decisions_hold_on_the_oof_files(loop, stroke_spec):
     assert (path.parent / spec["oof"]["folds_table"]).is_file()
 
 
+def one_fold_predictor(fold_dir, task: str, flips, path) -> EnsemblePredictor:
+    decision = {"postprocess": {}} if task == "seg" else {"threshold": {"value": 0.5}}
+    spec = write_spec({"task": task, "blend": "mean", "tta": list(flips), **decision, "members": [
+        {"name": fold_dir.parent.name, "checkpoints": [str(fold_dir / "best.pt")], "weight": 1.0}]}, path)
+    return EnsemblePredictor(spec, device="cpu", batch_size=7)
+
+
 def test_inference_reproduces_the_validation_pass(loop, tmp_path):
     """infer's path (predict.py) on a fold's own validation images gives that fold's OOF probabilities:
-    preprocessing, model rebuild and softmax at inference are exactly what training validated with."""
+    preprocessing, model rebuild, softmax and the TTA flips (config oof_tta, default none + hflip, which
+    ensemble.py passes on to the spec) are exactly what the fold's final OOF pass used. Without the flips the
+    figures differ, so the check can tell."""
     index = build_index(loop.data)[0].set_index("image_id")
     for name in ("stroke_b", "seg_a"):
         fold_dir = loop.runs / name / "fold0"
         task = CONFIGS[name]["task"]
-        decision = {"postprocess": {}} if task == "seg" else {"threshold": {"value": 0.5}}
-        spec = write_spec({"task": task, "blend": "mean", "tta": ["none"], **decision, "members": [
-            {"name": name, "checkpoints": [str(fold_dir / "best.pt")], "weight": 1.0}]}, tmp_path / f"{name}.yaml")
-        predictor = EnsemblePredictor(spec, device="cpu", batch_size=7)
+        flips = json.loads((fold_dir / "summary.json").read_text())["oof_tta"]
+        assert flips == ["none", "hflip"]
+        predictor = one_fold_predictor(fold_dir, task, flips, tmp_path / f"{name}.yaml")
+        plain = one_fold_predictor(fold_dir, task, ["none"], tmp_path / f"{name}_plain.yaml")
         if task == "seg":
             with np.load(fold_dir / "oof.npz") as oof:
                 ids, expected = oof["image_id"], oof["probs"].astype(np.float32)
             got = dict(predictor.iter_seg(index.loc[ids].reset_index()))
             np.testing.assert_allclose(np.stack([got[i] for i in ids]), expected, atol=2e-3)  # OOF is float16
+            without = dict(plain.iter_seg(index.loc[ids].reset_index()))
+            assert np.abs(np.stack([without[i] for i in ids]) - expected).max() > 1e-2
         else:
             oof = pd.read_csv(fold_dir / "oof.csv")
-            got = predictor.predict_classifier(index.loc[oof["image_id"]].reset_index())
-            np.testing.assert_allclose(got["prob"], oof["prob"], atol=1e-5)
+            rows = index.loc[oof["image_id"]].reset_index()
+            np.testing.assert_allclose(predictor.predict_classifier(rows)["prob"], oof["prob"], atol=1e-5)
+            assert np.abs(plain.predict_classifier(rows)["prob"] - oof["prob"]).max() > 1e-4
 
 
 def test_phase1_submission_is_valid_and_scored(loop, stroke_spec):

@@ -114,7 +114,7 @@ def test_stroke_checkpoint_reloaded_gives_back_the_oof(stroke_run, train_phantom
     val = validation_rows(train_phantom, "stroke")
     task = get_task("stroke")
     loader = make_loader(task.dataset(val, cfg, train=False), cfg, torch.device("cpu"))
-    metrics, state = predict_loader(model, loader, task, cfg, torch.device("cpu"))
+    metrics, state = predict_loader(model, loader, task, cfg, torch.device("cpu"), flips=cfg["oof_tta"])
     oof = pd.read_csv(stroke_run / "oof.csv")
     assert np.concatenate(state["ids"]).tolist() == oof["image_id"].tolist()
     assert np.allclose(np.concatenate(state["prob"]), oof["prob"], atol=1e-6)

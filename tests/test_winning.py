@@ -179,7 +179,7 @@ def one_fold(tmp_path_factory, one_thread) -> SimpleNamespace:
     assert train.returncode == 0, train.stdout + train.stderr
     spec = root / "ens" / "seg.yaml"
     stdout = run_main("ensemble", "--task", "seg", root / "runs" / "seg_w", "--data", data, "--metric",
-                      "official_iou", "--tta", "none", "--n-boot", 200, "--out", spec)
+                      "official_iou", "--n-boot", 200, "--out", spec)   # --tta: the OOF's own flips
     return SimpleNamespace(root=root, data=data, spec=spec, stdout=stdout)
 
 

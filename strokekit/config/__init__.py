@@ -85,6 +85,8 @@ DEFAULTS: dict[str, Any] = {
     "ddp_backend": None,       # under torchrun: None = nccl on CUDA, gloo on the CPU; or nccl | gloo
     "cache": True,             # preprocessing cache: decode, window and resize each image once (strokekit/data/cache.py)
     "cache_dir": None,         # where; None = <data>/.strokekit/cache (no cache when that data folder does not exist)
+    "oof_tta": ["none", "hflip"],  # flips of the fold's final OOF pass: those infer.py applies by default
+                               # (ensemble.py --tta), so thresholds and post-processing are tuned on what is submitted
     "oof_size": 128,           # seg OOF probabilities saved at this resolution (float16)
     "aug": {
         "hflip": 0.5,

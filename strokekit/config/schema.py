@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from strokekit.vocabulary import LESION_NAMES, TASK_OUTPUTS, TASKS
+from strokekit.vocabulary import FLIPS, LESION_NAMES, TASK_OUTPUTS, TASKS
 
 # ---- names the training code registers (tests/test_config.py keeps them equal) ----
 LOSSES = ("ce", "bce", "focal", "dice", "lovasz", "batch_dice", "image_dice")  # training/losses.LOSSES
@@ -188,6 +188,13 @@ def _hu_range(value):
     return [low, high]
 
 
+def _flips(value):
+    names = value.split(",") if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)) or not names or any(v not in FLIPS for v in names):
+        raise ValueError
+    return list(dict.fromkeys(names))
+
+
 SCHEMA: dict[str, Rule] = {
     "name": Text(nullable=True),
     "task": Choice(*TASKS),
@@ -251,6 +258,7 @@ SCHEMA: dict[str, Rule] = {
     "cache": Bool(),
     "cache_dir": Text(nullable=True),
     "oof_size": Int(8, 4096),
+    "oof_tta": Rule(f"a list of TTA flips from {', '.join(FLIPS)}", _flips),
     "aug.hflip": Prob(),
     "aug.vflip": Prob(),
     "aug.shift_scale_rotate": Prob(),

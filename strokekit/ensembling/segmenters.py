@@ -23,7 +23,7 @@ from strokekit.errors import UnknownNameError
 from strokekit.atomic import to_plain
 from strokekit.evaluation import bootstrap
 
-from strokekit.ensembling import robust
+from strokekit.ensembling.robust import chosen_interval, robust_choice
 
 from strokekit.ensembling import selection
 from strokekit.ensembling.selection import RunsError
@@ -142,10 +142,10 @@ def build_seg_spec(runs: list[Run], spec_path, data, metric: str = "dice", top_k
     table = search.table
     size = test_size or bootstrap.PHASE_TEST_SIZES[2]
     if robust:
-        post = robust.robust_choice(search, robust, size, n_boot, tolerance, seed=seed)
+        post = robust_choice(search, robust, size, n_boot, tolerance, seed=seed)
     else:
         post = choose_postprocess(table, tolerance)
-        post["interval"] = robust.chosen_interval(search, post["row"], size, n_boot, seed)
+        post["interval"] = chosen_interval(search, post["row"], size, n_boot, seed)
     best_by = best_settings(search, size, n_boot, seed)
     spec = {"task": "seg", "blend": choice["blend"], "tta": list(tta),
             "members": [member_entry(run, folds[run.name], choice["weights"][run.name], spec_path, absolute,
@@ -236,7 +236,7 @@ def best_settings(search, size: int, n_boot: int, seed: int,
         out[name] = {"row": row, "summary": {
             "setting": {c: to_plain(row[c]) for c in setting_columns(search.table)},
             "scores": {o: float(row[f"score.{o}"]) for o in OBJECTIVES},
-            "interval": robust.chosen_interval(search, row, size, n_boot, seed, objective=name)}}
+            "interval": chosen_interval(search, row, size, n_boot, seed, objective=name)}}
     return out
 
 

@@ -28,12 +28,14 @@ from strokekit.models.checkpoint import (build_checkpoint, model_state, read_che
                          seed_everything, set_rng_state, versions)
 from strokekit.training.loader import make_loader
 from strokekit.models.precision import autocast
+from strokekit.models.tta import predict_with_tta
 from strokekit.models.registry import build_model
 from strokekit.training.optim import LrSchedule, build_optimizer
 from strokekit.training.runlog import EpochLog
 from strokekit.training.tasks import get_task, selection_metric
 from strokekit.training.topk import TopK, write_averaged
 from strokekit.models.weights import WeightsError, strip_prefixes
+from strokekit.vocabulary import resolve_flips
 
 
 def pick_device() -> torch.device:
@@ -41,23 +43,36 @@ def pick_device() -> torch.device:
 
 
 @torch.no_grad()
-def predict_loader(model, loader, task, cfg: dict, device, loss_fn=None, keep_oof=False, progress=False):
+def predict_loader(model, loader, task, cfg: dict, device, loss_fn=None, keep_oof=False, progress=False,
+                   flips=("none",)):
     """Run a model over a loader: (metrics dict incl. val_loss, task state holding the OOF predictions).
 
-    Under torchrun each rank runs its shard of the loader; the states are joined on rank 0 (the other ranks
-    get None as state) and every rank gets rank 0's metrics.
+    `flips`: the TTA flip set the probabilities are averaged over (models.tta.predict_with_tta, as infer.py
+    predicts); val_loss always comes from the plain forward pass. Under torchrun each rank runs its shard of
+    the loader; the states are joined on rank 0 (the other ranks get None as state) and every rank gets rank
+    0's metrics.
     """
     model.eval()
+    flips = resolve_flips(flips)
     state, losses = task.new_state(cfg, keep_oof=keep_oof), []
     for batch in tqdm(loader, desc="validate", leave=False, disable=not progress):
         images = batch["image"].to(device, non_blocking=True)
-        with autocast(device, cfg["amp"]):
-            logits = model(images.contiguous(memory_format=torch.channels_last)
-                           if device.type == "cuda" and cfg["channels_last"] else images)
+        if device.type == "cuda" and cfg["channels_last"]:
+            images = images.contiguous(memory_format=torch.channels_last)
+        logits = None
+        if loss_fn is not None or flips == ["none"]:
+            with autocast(device, cfg["amp"]):
+                logits = model(images)
         if loss_fn is not None:
             target = batch["mask" if "mask" in batch else "target"].to(device)
             losses.append(float(loss_fn(logits, target)) * len(images))
-        task.accumulate(state, batch, task.probabilities(logits))
+        if flips == ["none"]:
+            probs = task.probabilities(logits)
+        else:
+            with autocast(device, cfg["amp"]):
+                probs = predict_with_tta(model, images, flips, spatial=task.name == "seg",
+                                         activation=task.probabilities).float()
+        task.accumulate(state, batch, probs)
     if distributed.enabled():
         state, losses = distributed.gather_state(state, losses)
         if state is not None:
@@ -343,7 +358,8 @@ def finish_fold(tr: Trainer, fold: int, run_dir: Path, started: float, log=print
     weights = distributed.on_main(lambda: _best_weights(tr, run_dir))
     model = tr.eval_model
     model.load_state_dict(weights)
-    metrics, state = predict_loader(model, tr.val_loader, tr.task, tr.cfg, tr.device, tr.loss_fn, keep_oof=True)
+    metrics, state = predict_loader(model, tr.val_loader, tr.task, tr.cfg, tr.device, tr.loss_fn, keep_oof=True,
+                                    flips=tr.cfg["oof_tta"])
     if tr.topk is not None:  # rank 0 only
         _write_averaged_best(tr, run_dir, weights, metrics, log)
     summary = distributed.on_main(_write_fold, tr, fold, run_dir, started, metrics, state, log)
@@ -375,7 +391,8 @@ def _write_fold(tr: Trainer, fold: int, run_dir: Path, started: float, metrics: 
     oof = tr.task.write_oof(state, fold, run_dir)
     summary = {"task": tr.task.name, "model": tr.cfg["model"], "fold": fold, "metric": tr.metric,
                "mode": tr.mode, "best_epoch": tr.best_epoch, "best_metric": tr.best, "epochs_run": tr.epoch,
-               "final_metrics": metrics, "oof": Path(oof).name, "seed": tr.cfg["seed"],
+               "final_metrics": metrics, "oof": Path(oof).name, "oof_tta": resolve_flips(tr.cfg["oof_tta"]),
+               "seed": tr.cfg["seed"],
                "time_s": round(time.time() - started, 1), **tr.info, "versions": versions()}
     write_json(run_dir / "summary.json", summary)
     write_text_atomic(run_dir / "done", time.strftime("%Y-%m-%dT%H:%M:%S\n"))
