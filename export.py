@@ -13,7 +13,9 @@ the sha256 of every file). A spec's role: a stroke spec, or a seg spec whose seg
 answers phase 1 (stroke); a seg spec phase 2's masks (seg); a type spec the type (type). One spec per role.
 
 Use it with `python infer.py --model models/full ...` (or --ensemble) and `strokekit.Predictor("models/full")`.
-A folder whose files no longer match their hashes is refused. --verify checks a folder and exits 1 if not.
+A folder whose files no longer match their hashes, or without its manifest.json, is refused. --verify checks
+a folder and exits 1 if not. The export prints manifest.json's sha256: kept apart from the folder, it pins
+the folder (infer.py --expect-sha256). These hashes are integrity checks, not signatures.
 """
 from __future__ import annotations
 
@@ -62,6 +64,7 @@ def verify(folder: str) -> int:
 
 
 def run(args) -> int:
+    from strokekit.inference.manifest import MANIFEST, sha256
     from strokekit.inference.modelfolder import MODEL_JSON, export_model
 
     out = export_model(args.specs, args.out, overwrite=args.overwrite, allow_outside=args.allow_outside,
@@ -73,6 +76,8 @@ def run(args) -> int:
         print(f"{role}: {entry['task']} ensemble, blend {entry['blend']}, tta {','.join(entry['tta'])}; {members}")
     print(f"wrote {out} ({len(model['files'])} weights files, {size / 1e6:.1f} MB); verify with "
           f"`python export.py --verify {out}`")
+    print(f"manifest.json sha256 {sha256(out / MANIFEST)}: keep it apart from the folder and pin it with "
+          "`infer.py --expect-sha256` / Predictor(expect_sha256=...) (an integrity check, not a signature)")
     return 0
 
 

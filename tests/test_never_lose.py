@@ -138,7 +138,10 @@ def test_a_model_folder_without_its_manifest_is_refused_as_verify_refuses_it(shi
         Predictor(other, device="cpu")
 
 
-def test_expect_sha256_pins_the_manifest(shipped, loop, tmp_path, capsys):
+def test_expect_sha256_pins_the_manifest(shipped, loop, stroke_spec, tmp_path, capsys):
+    capsys.readouterr()
+    assert run_main("export", stroke_spec[0], "--out", tmp_path / "m") == 0  # export prints the hash to pin
+    assert f"manifest.json sha256 {sha256(tmp_path / 'm' / 'manifest.json')}" in capsys.readouterr().out
     pinned = sha256(shipped.model / "manifest.json")
     assert Predictor(shipped.model, device="cpu", expect_sha256=pinned.upper()).pipeline.roles.keys() == \
         {"stroke", "seg", "type"}

@@ -81,8 +81,8 @@ def require_gate(seg, gate) -> None:
         sources = (seg.spec.get("postprocess_search") or {}).get("gate_source")
         got = "" if gate is None else f"; {gate.spec['path']} is a {gate.task} spec"
         raise SpecError(f"{seg.spec['path']}: its post-processing gates the lesion classes on the "
-                         f"{kind} classifier's probabilities (tuned on the OOF of {sources or 'a ' + kind + ' run'})"
-                         f"; pass a {kind} spec or model folder over those runs with --gate-ensemble{got}")
+                        f"{kind} classifier's probabilities (tuned on the OOF of {sources or 'a ' + kind + ' run'})"
+                        f"; pass a {kind} spec or model folder over those runs with --gate-ensemble{got}")
 
 
 def check_role(role: str, predictor) -> None:
@@ -142,7 +142,7 @@ class Pipeline:
             clf = predictor.spec.get("seg_classifier")
             if not clf or clf["target"] != target:
                 raise SpecError(f"{predictor.spec['path']}: a seg spec gives {target} decisions only with a "
-                                 f"seg_classifier for {target} (ensemble.py --seg-classifier {target})")
+                                f"seg_classifier for {target} (ensemble.py --seg-classifier {target})")
             ids, probs = [], []
             for image_id, p in predictor.iter_seg(rows):
                 ids.append(image_id)
