@@ -41,6 +41,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--task", required=True, choices=("stroke", "type", "seg"))
     parser.add_argument("--out", help="spec YAML to write (default ensembles/<task>.yaml)")
     parser.add_argument("--top-k", type=int, help="folds kept per config for inference (default: all)")
+    parser.add_argument("--top-runs", type=int, help="runs kept before blending: the K best of the given runs by "
+                                                       "OOF --metric (top-k of N, e.g. one config trained with "
+                                                       "train.py --seeds; default: all)")
     parser.add_argument("--blend", default="mean", choices=(*CLASSIFIER_BLENDS, "auto"),
                         help="mean | weighted | vote | rank (classifiers), mean | weighted (seg); auto tries "
                              "each and keeps the best on OOF (default mean)")
@@ -102,6 +105,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--blend vote/rank are for classifiers; seg blends probabilities (mean | weighted | auto)")
     if args.top_k is not None and args.top_k < 1:
         parser.error("--top-k must be >= 1")
+    if args.top_runs is not None and args.top_runs < 1:
+        parser.error("--top-runs must be >= 1")
     if args.task == "seg" and args.metric and args.metric not in OBJECTIVES:
         parser.error(f"--metric for seg: one of {', '.join(OBJECTIVES)}")
     if args.test_prior is not None and not 0 < args.test_prior < 1:
@@ -117,7 +122,7 @@ def build(args) -> tuple[dict, dict, Path]:
     grid = read_grid(args.grid) if args.grid else None  # the flags before the runs
     runs = read_runs(args.runs, args.task, args.checkpoint)
     tta = submission_flips(runs, wanted)
-    common = dict(top_k=args.top_k, greedy=args.greedy, tolerance=args.tolerance, tta=tta,
+    common = dict(top_k=args.top_k, top_runs=args.top_runs, greedy=args.greedy, tolerance=args.tolerance, tta=tta,
                   absolute=args.absolute_paths, test_size=args.test_size, n_boot=args.n_boot,
                   test_prior=args.test_prior)
     if args.task != "seg":

@@ -4,6 +4,7 @@
     python train.py --config configs/unet_r34_seg.yaml --fold all --data /data/TEKNOFEST
     python train.py --config configs/tiny_seg.yaml --fold 0 --set epochs=5 lr=3e-4
     python train.py --config configs/tiny_seg.yaml --fold 0 --resume           # continue from last.pt
+    python train.py --config configs/tiny_seg.yaml --fold all --seeds 0,1,2    # 3 runs: runs/tiny_seg_s0/ ...
 
 The task (stroke | type | seg) comes from the config. Each fold writes runs/<name>/fold<k>/:
     config.yaml   the resolved config          log.csv      one row per epoch (loss, lr, val metrics)
@@ -50,6 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="a bad data file stops the run (fail, the config default) or is left out (skip)")
     parser.add_argument("--overwrite", action="store_true", help="retrain folds that are already done")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bars (logs stay)")
+    parser.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2: the config trained once per seed, each "
+                                        "a run of its own (runs/<name>_s<seed>/) for ensemble.py to rank (top-k "
+                                        "of N runs by OOF, as the DPN-U-Net system kept 6 of ~40)")
     return parser.parse_args(argv)
 
 
@@ -61,6 +65,23 @@ def resolve_config(args) -> dict:
         if value:
             set_key(cfg, key, value, source="command line")
     return cfg
+
+
+def seed_configs(cfg: dict, seeds: str | None) -> list[dict]:
+    """One config per seed of --seeds, named <name>_s<seed>; the config itself without --seeds."""
+    if not seeds:
+        return [cfg]
+    out = []
+    for text in dict.fromkeys(s.strip() for s in seeds.split(",") if s.strip()):
+        if not (text.isascii() and text.isdigit()):
+            raise ConfigError(f"--seeds {seeds}: seeds are whole numbers >= 0, comma-separated (e.g. 0,1,2)")
+        run = dict(cfg)
+        set_key(run, "seed", int(text), source="--seeds")
+        set_key(run, "name", f"{cfg['name']}_s{text}", source="--seeds")
+        out.append(run)
+    if not out:
+        raise ConfigError(f"--seeds {seeds!r}: no seed given")
+    return out
 
 
 def fold_list(spec: str, folds) -> list[int]:
@@ -132,32 +153,38 @@ def main(argv=None) -> int:
     try:
         # config, data index and folds: every mismatch is reported before any training starts
         cfg = resolve_config(args)
+        runs = seed_configs(cfg, args.seeds)
         distributed.init(cfg)
         main_rank = distributed.is_main()  # under torchrun: join the process group (rank 0 alone writes the run folder)
         index, report = distributed.main_first(build_index, cfg["data"])  # rank 0 fills the index cache
         folds = read_folds(folds_path(cfg), index)
         todo = fold_list(str(args.fold), folds)
-        run_root = Path(cfg["runs_dir"]) / cfg["name"]
         held = []  # the fold folders' locks, dropped with this frame when main returns
-        distributed.on_main(lock_folds, run_root, todo, held)
-        distributed.on_main(check_run_dirs, run_root, todo, args)
+        for run in runs:
+            run_root = Path(run["runs_dir"]) / run["name"]
+            distributed.on_main(lock_folds, run_root, todo, held)
+            distributed.on_main(check_run_dirs, run_root, todo, args)
         check = distributed.on_main(check_files, index[index["split"] == "train"], cfg["image_source"],
                                     masks=cfg["task"] == "seg", report=report, hu_range=cfg.get("hu_range"))
         if main_rank:
             print(check.summary())
         index = apply_policy(index, check, cfg["on_bad_input"])
         summaries = []
-        for fold in todo:
-            run_dir = run_root / f"fold{fold}"
-            if distributed.on_main(prepare_fold, fold, run_dir, cfg, check, args):
-                summaries.append(train_fold(cfg, index, folds, fold, run_dir, resume_run=args.resume,
-                                            progress=not args.no_progress, draw_curves=fold_curves))
+        for run in runs:
+            for fold in todo:
+                run_dir = Path(run["runs_dir"]) / run["name"] / f"fold{fold}"
+                if len(runs) > 1 and main_rank:
+                    print(f"run {run['name']} (seed {run['seed']}), fold {fold}")
+                if distributed.on_main(prepare_fold, fold, run_dir, run, check, args):
+                    summaries.append(train_fold(run, index, folds, fold, run_dir, resume_run=args.resume,
+                                                progress=not args.no_progress, draw_curves=fold_curves))
     finally:
         distributed.shutdown()
     if not main_rank:
         return 0
     for s in summaries:
-        print(f"fold {s['fold']}: best {s['metric']} {s['best_metric']:.4f} at epoch {s['best_epoch']} "
+        seed = f"seed {s['seed']}, " if args.seeds else ""
+        print(f"{seed}fold {s['fold']}: best {s['metric']} {s['best_metric']:.4f} at epoch {s['best_epoch']} "
               f"({s['time_s']:.0f}s)")
     return 0
 

@@ -121,13 +121,24 @@ def guard_best_member(choice: dict, members: dict[str, np.ndarray], singles: dic
                     f"{singles[best]:.4f} on OOF: kept {best} alone"}
 
 
+def keep_top_runs(members: dict, singles: dict, k: int | None) -> dict:
+    """The k members (runs) with the best OOF score, the rest left out before blending (`--top-runs`: top-k
+    of N independently trained runs, e.g. one config under several seeds); k=None keeps all."""
+    if k is None:
+        return members
+    if k < 1:
+        raise SettingError(f"--top-runs must be >= 1, got {k}")
+    ranked = sorted(members, key=lambda name: (-singles[name], name))
+    return {name: members[name] for name in ranked[:k]}
+
+
 def build_classifier_spec(runs: list[Run], task: str, spec_path, metric: str = "auc", top_k: int | None = None,
                           blend: str = "mean", greedy: bool = False, objective: str = "f1",
                           target_recall: float = 0.97, tolerance: float = 0.005, tta=("none",),
                           absolute: bool = False, metric_options: dict | None = None,
                           keep_blend: bool = False, test_prior: float | None = None,
                           test_size: int | None = None, n_boot: int = 1000, seed: int = 0,
-                          robust: str | None = None) -> tuple[dict, dict]:
+                          robust: str | None = None, top_runs: int | None = None) -> tuple[dict, dict]:
     """(spec, report) for a stroke / type ensemble of `runs`; see the module docstring.
 
     keep_blend=True keeps the asked blend (e.g. a published system's majority vote) even when the best
@@ -150,6 +161,7 @@ def build_classifier_spec(runs: list[Run], task: str, spec_path, metric: str = "
     singles = {n: score(y, p) for n, p in members.items()}
     own_t = {n: selection.tune_classifier_threshold(y, p, objective, target_recall, tolerance)["threshold"]
              for n, p in members.items()}
+    members = keep_top_runs(members, singles, top_runs)
     blends = CLASSIFIER_BLENDS if blend == "auto" else (blend,)
     tried = {b: choose_blend(members, b, lambda s: score(y, s), greedy, own_t) for b in blends}
     choice = max(tried.values(), key=lambda c: c["score"])
@@ -164,7 +176,7 @@ def build_classifier_spec(runs: list[Run], task: str, spec_path, metric: str = "
                                                 test_prior, robust, size, n_boot, seed)
     intervals = bootstrap.classifier_intervals(y, choice["blended"], tuned["threshold"], size, n_boot, seed,
                                                test_prior=test_prior)
-    used = [run for run in runs if choice["weights"][run.name] > 0]
+    used = [run for run in runs if choice["weights"].get(run.name, 0) > 0]
     spec = {"task": task, "blend": choice["blend"], "tta": list(tta),
             "members": [member_entry(run, folds[run.name], choice["weights"][run.name], spec_path, absolute,
                                      threshold=float(own_t[run.name]),
@@ -175,8 +187,8 @@ def build_classifier_spec(runs: list[Run], task: str, spec_path, metric: str = "
                     "positives": int(y.sum()), "ensemble": choice["score"],
                     "best_member": max(singles.values()), "members": singles, "intervals": intervals,
                     "blends_tried": {b: c["score"] for b, c in tried.items()}},
-            "selection": {"top_k": top_k, "greedy": greedy, "history": choice["history"],
-                          "note": choice.get("note", "")}}
+            "selection": {"top_k": top_k, "top_runs": top_runs, "runs_kept": sorted(members),
+                          "greedy": greedy, "history": choice["history"], "note": choice.get("note", "")}}
     report = {"folds": pd.concat(tables, ignore_index=True), "members": singles, "weights": choice["weights"],
               "ensemble": choice["score"], "metric": metric, "threshold": spec["threshold"], "intervals": intervals,
               "blends_tried": spec["oof"]["blends_tried"], "note": choice.get("note", "")}

@@ -29,7 +29,8 @@ from strokekit.ensembling import selection
 from strokekit.ensembling.selection import RunsError
 from strokekit.data.index import build_index
 from strokekit.data.readers import load_class_map
-from strokekit.ensembling.classifiers import Run, choose_blend, guard_best_member, member_entry
+from strokekit.ensembling.classifiers import (Run, choose_blend, guard_best_member, keep_top_runs,
+                                             member_entry)
 from strokekit.ensembling.spec import SEG_BLENDS
 from strokekit.postprocess.steps import resize_probs
 from strokekit.ensembling.seg_classifier import seg_image_features, targets_from_masks, tune_seg_classifier
@@ -100,7 +101,7 @@ def build_seg_spec(runs: list[Run], spec_path, data, metric: str = "dice", top_k
                    phase2: bool = True, lesion_only: bool | None = None, robust: str | None = "p10",
                    test_size: int | None = bootstrap.PHASE_TEST_SIZES[2], n_boot: int = 1000,
                    seed: int = 0, test_prior: float | None = None,
-                   gate_runs: list | None = None) -> tuple[dict, dict]:
+                   gate_runs: list | None = None, top_runs: int | None = None) -> tuple[dict, dict]:
     """(spec, report) for a segmentation ensemble; report["grid"] is the full post-processing table.
 
     metric: the post-processing objective (seg_objectives.OBJECTIVES); folds and members are ranked by its
@@ -126,6 +127,7 @@ def build_seg_spec(runs: list[Run], spec_path, data, metric: str = "dice", top_k
     score_fn = _finite(seg_scorer(ids, masks, metric=rank_metric))
     members = {name: oof["probs"] for name, oof in oofs.items()}
     singles = {name: score_fn(p) for name, p in members.items()}
+    members = keep_top_runs(members, singles, top_runs)
     blends = SEG_BLENDS if blend == "auto" else (blend,)
     tried = {b: choose_blend(members, b, score_fn, greedy) for b in blends}
     choice = guard_best_member(max(tried.values(), key=lambda c: c["score"]), members, singles)
@@ -148,9 +150,9 @@ def build_seg_spec(runs: list[Run], spec_path, data, metric: str = "dice", top_k
         post["interval"] = chosen_interval(search, post["row"], size, n_boot, seed)
     best_by = best_settings(search, size, n_boot, seed)
     spec = {"task": "seg", "blend": choice["blend"], "tta": list(tta),
-            "members": [member_entry(run, folds[run.name], choice["weights"][run.name], spec_path, absolute,
+            "members": [member_entry(run, folds[run.name], choice["weights"].get(run.name, 0), spec_path, absolute,
                                      oof={rank_metric: singles[run.name], "n_images": len(ids)})
-                        for run in runs if choice["weights"][run.name] > 0],
+                        for run in runs if choice["weights"].get(run.name, 0) > 0],
             "postprocess": post["spec"],
             "oof": {"metric": f"{metric} ({_describe(metric)})", "n_images": len(ids),
                     "n_images_searched": len(searched["image_id"]),
@@ -166,7 +168,8 @@ def build_seg_spec(runs: list[Run], spec_path, data, metric: str = "dice", top_k
                                    "phase2": phase2, "lesion_only": lesion_only, "robust": robust or "off",
                                    "test_size": size, "n_boot": n_boot,
                                    "tolerance": tolerance, "stability": post["stability"]},
-            "selection": {"top_k": top_k, "greedy": greedy, "history": choice["history"],
+            "selection": {"top_k": top_k, "top_runs": top_runs, "runs_kept": sorted(members), "greedy": greedy,
+                          "history": choice["history"],
                           "note": choice.get("note", "")}}
     if seg_classifier:
         spec["seg_classifier"] = tune_seg_classifier_on_oof(blended, masks, post["spec"], seg_classifier,
