@@ -1,0 +1,126 @@
+"""Segmentation from scratch at a fixed budget: which of nnU-Net's ingredients make the kit's U-Nets learn.
+
+    python bench/seg_from_scratch.py                      # every row below, fold 0 (CPU: ~1-2 h on 2 busy cores)
+    python bench/seg_from_scratch.py --only base,nnunet_like --epochs 8 --size 128
+    python bench/seg_from_scratch.py --nnunet             # adds nnU-Net v2 2d through export_nnunet.py when installed
+
+Every row trains `configs/unet_r34_seg.yaml` with `pretrained=false` (as offline users and the DPN-U-Net
+paper train) on the same phantom, the same fold, the same slices and the same number of training samples
+(epochs x training slices), adding one ingredient at a time; `tiny_seg` is the reference that learns. Each row
+then runs the kit's own loop on the fold's model: ensemble.py (OOF post-processing search), infer.py --phase 2
+on the phantom's phase-2 test set and score.py (strict Dice per class, the organisers' official IoU with its
+95 % bootstrap interval). CPU seconds are the children's user + system time. Writes
+bench/results/seg_from_scratch.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import DEFAULT_WORK, ROOT, machine, table, write_result  # also puts the repo on sys.path
+
+PY = sys.executable
+BASE = ["pretrained=false"]
+LEARNS = ["loss=batch_dice+ce", "crop_size={crop}", "fg_crop_share=0.33"]
+ROWS = {  # name -> (config, --set values); each row adds to the one before unless it says otherwise
+    "base": ("unet_r34_seg", BASE),
+    "batch_dice": ("unet_r34_seg", [*BASE, "loss=batch_dice+ce"]),
+    "fg_crops": ("unet_r34_seg", [*BASE, *LEARNS]),
+    "deep_supervision": ("unet_r34_seg", [*BASE, *LEARNS, "deep_supervision=3"]),
+    "sgd_poly": ("unet_r34_seg", [*BASE, *LEARNS, "deep_supervision=3", "optimizer=sgd", "momentum=0.99",
+                                  "lr=0.01", "scheduler=poly", "warmup_epochs=0", "ema=false"]),
+    "instance_norm": ("unet_r34_seg", [*BASE, *LEARNS, "deep_supervision=3", "norm=instance"]),
+    "nnunet_aug": ("unet_r34_seg", [*BASE, *LEARNS, "deep_supervision=3", "aug.gamma=0.3", "aug.low_res=0.25",
+                                    "aug.rotate_limit=30", "aug.scale_limit=0.3"]),
+    "tiny_seg": ("tiny_seg", []),
+}
+
+
+def run(cmd: list[str], log: Path) -> None:
+    with open(log, "a", encoding="utf-8") as out:
+        out.write(f"$ {' '.join(cmd)}\n")
+        out.flush()
+        code = subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT).returncode
+    if code:
+        raise SystemExit(f"failed ({code}): {' '.join(cmd)}; see {log}")
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def phantom(work: Path, n: int, size: int) -> Path:
+    root = work / f"phantom_{n}_{size}"
+    if not (root / "folds.csv").is_file():
+        run([PY, "make_phantom.py", "--out", str(root), "--n", str(n), "--size", str(size), "--seed", "7",
+             "--n-test2", "40", "--overwrite"], work / "phantom.log")
+        run([PY, "kfold.py", "--data", str(root), "--folds", "5"], work / "phantom.log")
+    return root
+
+
+def measure(name: str, data: Path, work: Path, args) -> dict:
+    config, sets = ROWS[name]
+    sets = [s.format(crop=args.size * 3 // 4 // 32 * 32) for s in sets]
+    if config == "unet_r34_seg":
+        sets += [f"img_size={args.size}", f"oof_size={args.size}", f"epochs={args.epochs}", "num_workers=0"]
+    runs, log = work / "runs", work / f"{name}.log"
+    log.unlink(missing_ok=True)
+    start, cpu = time.time(), cpu_seconds()
+    run([PY, "train.py", "--config", f"configs/{config}.yaml", "--fold", args.fold, "--data", str(data),
+         "--out", str(runs), "--no-progress", "--overwrite", "--set", f"name={name}", *sets], log)
+    spec, sub = work / "ensembles" / f"{name}.yaml", work / "submissions" / name
+    run([PY, "ensemble.py", "--task", "seg", str(runs / name), "--data", str(data), "--out", str(spec),
+         "--n-boot", "200"], log)
+    run([PY, "infer.py", "--phase", "2", "--ensemble", str(spec), "--data", str(data / "YARISMA_2"),
+         "--out", str(sub), "--overwrite"], log)
+    score_json = work / "scores" / f"{name}.json"
+    run([PY, "score.py", "--phase", "2", "--pred", str(sub), "--truth", str(data / "YARISMA_2" / "MASK"),
+         "--out", str(score_json)], log)
+    score = json.loads(score_json.read_text())
+    interval = score["intervals"].get("official_iou", {})
+    oof = json.loads((runs / name / f"fold{args.fold}" / "summary.json").read_text())
+    return {"row": name, "config": config, "set": sets,
+            "oof_best_dice": oof.get("best_metric"), "best_epoch": oof.get("best_epoch"),
+            "hemorrhage_dice": score["strict"]["dice_macro_imagewise_hemorrhagic"],
+            "ischemia_dice": score["strict"]["dice_macro_imagewise_ischemic"],
+            "official_iou": score["official"]["mean_imagewise"]["iou"],
+            "official_iou_95": [interval.get("low"), interval.get("high")],
+            "cpu_s": round(cpu_seconds() - cpu), "wall_s": round(time.time() - start)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=DEFAULT_WORK / "seg_from_scratch")
+    parser.add_argument("--only", default=",".join(ROWS), help=f"rows to run (default all: {', '.join(ROWS)})")
+    parser.add_argument("--n", type=int, default=800, help="phantom training slices (default 800)")
+    parser.add_argument("--size", type=int, default=128, help="phantom and training side in px (default 128)")
+    parser.add_argument("--epochs", type=int, default=8, help="unet_r34_seg epochs (default 8)")
+    parser.add_argument("--fold", default="0")
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ROWS]
+    if unknown:
+        parser.error(f"unknown rows {unknown}; valid: {', '.join(ROWS)}")
+    args.work.mkdir(parents=True, exist_ok=True)
+    data = phantom(args.work, args.n, args.size)
+    rows = []
+    for name in names:
+        rows.append(measure(name, data, args.work, args))
+        print(json.dumps(rows[-1]), flush=True)
+    print(table([[r["row"], r["hemorrhage_dice"], r["ischemia_dice"], r["official_iou"],
+                  "[{:.3f}, {:.3f}]".format(*r["official_iou_95"]) if None not in r["official_iou_95"] else "-",
+                  r["oof_best_dice"], r["cpu_s"]] for r in rows],
+                ["row", "hem Dice", "isc Dice", "official IoU", "95 %", "OOF Dice", "CPU s"]))
+    write_result("seg_from_scratch", {"machine": machine(), "phantom": {"n": args.n, "size": args.size},
+                                      "epochs": args.epochs, "fold": args.fold, "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
