@@ -13,7 +13,10 @@ import sys
 import time
 from pathlib import Path
 
+from strokekit.config.settings import FILENAME as SETTINGS, write_settings
+
 PY = sys.executable
+CONFIGS = ("tiny_stroke_aux", "tiny_seg")
 
 
 def run(cmd: list[str]) -> None:
@@ -39,7 +42,7 @@ def main(argv=None) -> int:
     if not (data / "TRAINING").is_dir():
         run([PY, "make_phantom.py", "--out", str(data), "--n", str(args.n), "--seed", "0"])
     run([PY, "kfold.py", "--data", str(data), "--folds", "5"])
-    for config in ("tiny_stroke_aux", "tiny_seg"):
+    for config in CONFIGS:
         for fold in args.folds.split(","):
             run([PY, "train.py", "--config", f"configs/{config}.yaml", "--fold", fold, "--data", str(data),
                  "--no-progress", *extra])
@@ -56,6 +59,13 @@ def main(argv=None) -> int:
          "--probs", str(sub / "demo_phase1" / "probs.csv")])
     run([PY, "score.py", "--phase", "2", "--pred", str(sub / "demo_phase2"),
          "--truth", str(data / "YARISMA_2" / "MASK"), "--images", str(data / "YARISMA_2" / "PNG")])
+    settings = Path(SETTINGS)
+    if not settings.exists():   # what `python train.py --fold 0` / `python infer.py --phase 2` use from now on
+        write_settings({"data": str(data), "train": [f"configs/{c}.yaml" for c in CONFIGS],
+                        "ensembles": {"stroke": "ensembles/demo_stroke.yaml", "seg": "ensembles/demo_seg.yaml"},
+                        "submissions": "submissions"}, settings)
+        print(f"\nwrote {settings}: now `python train.py --fold 2` trains the next fold of both configs and "
+              "`python infer.py --phase 2` writes submissions/phase2 (docs/inference.md)")
     print(f"\ndemo finished in {time.time() - start:.0f} s: see runs/, ensembles/, submissions/, scores/")
     return 0
 

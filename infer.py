@@ -4,6 +4,7 @@
     python infer.py --phase 1 --ensemble ensembles/stroke.yaml --data data --split test1 --out submissions/s1
     python infer.py --phase 2 --ensemble ensembles/seg.yaml --type-ensemble ensembles/type.yaml --data data/YARISMA_2
     python infer.py --phase 2 --model models/full --data data/YARISMA_2       # a model folder from export.py
+    python infer.py --phase 2          # the specs and data root strokekit.yaml names -> submissions/phase2
 
 --data is one test folder (with PNG/ and/or DICOM/; each member reads what its config needs) or a data root
 with --split (default test1 for phase 1, test2 for phase 2). Writes submissions/<name>/:
@@ -48,18 +49,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--phase", type=int, required=True, choices=(1, 2))
-    parser.add_argument("--ensemble", "--model", dest="ensemble", required=True,
+    parser.add_argument("--ensemble", "--model", dest="ensemble",
                         help="spec YAML from ensemble.py (stroke for phase 1, seg for phase 2; a seg spec with a "
-                             "stroke seg_classifier also serves phase 1) or a model folder from export.py")
+                             "stroke seg_classifier also serves phase 1) or a model folder from export.py "
+                             "(default: strokekit.yaml's, else the newest spec of that task in ensembles/)")
     parser.add_argument("--type-ensemble", help="phase 2: type spec (or model folder) deciding each image's "
                                                 "stroke type")
     parser.add_argument("--gate-ensemble", help="phase 2: the classifier spec (or model folder) a gated seg spec "
                                                 "compares with its gate (ensemble.py --gate-runs): a stroke spec, "
                                                 "or a type spec for type-conditioned masks (default: the "
                                                 "--type-ensemble / model folder's ensemble of that task)")
-    parser.add_argument("--data", required=True, help="test folder (YARISMA_1 ...) or data root with --split")
+    parser.add_argument("--data", help="test folder (YARISMA_1 ...) or data root with --split (default: "
+                                       "strokekit.yaml's data root)")
     parser.add_argument("--split", choices=("test1", "test2"), help="with a data root: which test set")
-    parser.add_argument("--out", help="submission folder (default submissions/<spec name>_<split>)")
+    parser.add_argument("--out", help="submission folder (default submissions/<spec name>_<split>; "
+                                      "submissions/phase<N> when the spec comes from strokekit.yaml)")
     parser.add_argument("--tta", help="override the spec's flips, comma-separated: none,hflip,vflip,hvflip")
     parser.add_argument("--batch-size", type=int, help="images per forward pass (x flips); default 16 on CUDA, "
                                                        "8 // flips on CPU (where ~8-image passes run fastest)")
@@ -84,6 +88,56 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "export.py printed). An integrity check against a hash you keep elsewhere, not "
                              "a signature")
     return parser.parse_args(argv)
+
+
+ROLE = {1: "stroke", 2: "seg"}
+
+
+def apply_settings(args) -> None:
+    """Fill what was not typed from strokekit.yaml (strokekit/config/settings.py), else from ensembles/, and
+    print what was picked and from where; a missing spec is named with the command that makes it."""
+    from strokekit.config.settings import read_settings
+    from strokekit.ensembling.spec import SpecError
+
+    settings = read_settings()
+    source = settings["path"] if settings else "ensembles/"
+    role = ROLE[args.phase]
+    if args.ensemble is None:
+        args.ensemble = (settings or {}).get("ensembles", {}).get(role) or newest_spec(role)
+        if args.ensemble is None:
+            raise SpecError(f"no --ensemble, no {role} spec in strokekit.yaml and none in ensembles/: make one "
+                            f"with `python ensemble.py --task {role} runs/<config> --out ensembles/{role}.yaml` "
+                            "(demo.py makes one and writes strokekit.yaml)")
+        if not Path(args.ensemble).exists():
+            raise SpecError(f"{args.ensemble} (the {role} spec {source} names) does not exist yet: make it with "
+                            f"`python ensemble.py --task {role} runs/<config> --out {args.ensemble}`")
+        print(f"--ensemble {args.ensemble} (from {source})")
+        if args.out is None and settings:
+            args.out = str(Path(settings["submissions"]) / f"phase{args.phase}")
+        type_spec = (settings or {}).get("ensembles", {}).get("type")
+        if args.phase == 2 and args.type_ensemble is None and type_spec and Path(type_spec).exists():
+            args.type_ensemble = type_spec
+            print(f"--type-ensemble {type_spec} (from {source})")
+    if args.data is None:
+        if not (settings and settings["data"]):
+            raise SpecError("no --data and no data root in strokekit.yaml: pass --data <test folder or data root>")
+        args.data = settings["data"]
+        print(f"--data {args.data} (from {settings['path']}), split {args.split or ('test1', 'test2')[args.phase - 1]}")
+
+
+def newest_spec(task: str) -> str | None:
+    """The most recently written ensembles/*.yaml whose task is `task` (not the search tables beside them)."""
+    import yaml
+
+    found = []
+    for path in Path("ensembles").glob("*.yaml"):
+        try:
+            spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(spec, dict) and spec.get("task") == task:
+            found.append((path.stat().st_mtime, str(path)))
+    return max(found)[1] if found else None
 
 
 def sha256_hex(text: str) -> str:
@@ -173,6 +227,7 @@ def amp_used(predictor, amp: str | None) -> str:
 def run(args) -> int:
     from strokekit.inference import manifest, submit
 
+    apply_settings(args)
     rows, split = submit.find_test_rows(args.data, args.split, args.phase)
     out = Path(args.out or f"submissions/{Path(args.ensemble).stem}_{split}")
     submit.check_out_dir(out, args.overwrite, submit.input_folders(args.data, rows))  # before loading anything

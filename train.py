@@ -5,6 +5,7 @@
     python train.py --config configs/tiny_seg.yaml --fold 0 --set epochs=5 lr=3e-4
     python train.py --config configs/tiny_seg.yaml --fold 0 --resume           # continue from last.pt
     python train.py --config configs/tiny_seg.yaml --fold all --seeds 0,1,2    # 3 runs: runs/tiny_seg_s0/ ...
+    python train.py --fold 0            # the configs (and data) strokekit.yaml names; demo.py writes one
 
 The task (stroke | type | seg) comes from the config. Each fold writes runs/<name>/fold<k>/:
     config.yaml   the resolved config          log.csv      one row per epoch (loss, lr, val metrics)
@@ -30,6 +31,7 @@ import os
 from pathlib import Path
 
 from strokekit.config import ConfigError, add_config_args, folds_path, load_config, save_config, set_key
+from strokekit.config.settings import read_settings
 from strokekit.locks import FolderLock
 from strokekit.training import distributed
 from strokekit.data.check import apply_policy, check_files
@@ -143,9 +145,37 @@ def prepare_fold(fold: int, run_dir: Path, cfg: dict, check, args) -> bool:
     return True
 
 
+def configs_to_train(args) -> list[str | None]:
+    """--config, else the settings file's `train` configs (its `data` too, unless --data is given), else the
+    built-in defaults; what was picked, and from where, is printed before anything starts."""
+    settings = read_settings()
+    if settings and settings["data"] and not args.data:
+        args.data = settings["data"]
+    if args.config:
+        return [args.config]
+    if settings and settings["train"]:
+        print(f"no --config: training {', '.join(settings['train'])} (from {settings['path']}); "
+              "--config configs/<name>.yaml trains another")
+        return settings["train"]
+    print("no --config and no strokekit.yaml: training the built-in defaults (a stroke classifier, resnet18 on "
+          "the PNGs at 256 px; see strokekit/config/__init__.py); --config configs/<name>.yaml picks a config, "
+          "a strokekit.yaml (docs/training.md) sets the project's")
+    return [None]
+
+
 @script_main(interrupted="interrupted", speaks=speaks)  # torchrun's other ranks print no error
 def main(argv=None) -> int:
     args = parse_args(argv)
+    for config in configs_to_train(args):
+        args.config = config
+        code = train_configured(args)
+        if code:
+            return code
+    return 0
+
+
+def train_configured(args) -> int:
+    """Train the folds of one config (args.config; None = the defaults), every seed of --seeds."""
     from strokekit.report.figures import fold_curves
     from strokekit.training.engine import train_fold  # torch / timm import after argument errors are out of the way
 
