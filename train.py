@@ -97,7 +97,7 @@ def fold_list(spec: str, folds) -> list[int]:
 
 
 RUN_FILES = ("done", "summary.json", "log.csv", "curves.png", "best.pt", "last.pt", "oof.csv", "oof.npz",
-             "skipped.csv")
+             "skipped.csv", "resume_changes.log")
 
 
 def lock_folds(run_root: Path, todo: list[int], held: list) -> None:
@@ -107,14 +107,55 @@ def lock_folds(run_root: Path, todo: list[int], held: list) -> None:
         held.append(FolderLock(run_root / f"fold{fold}", what="train.py run").acquire())
 
 
-def check_run_dirs(run_root: Path, todo: list[int], args) -> None:
-    """Refuse to silently throw away an unfinished fold: it needs --resume or --overwrite."""
+# keys that do not change what a resumed fold learns (where files are, how fast they load, the final OOF pass)
+RESUME_NEUTRAL = {"name", "data", "folds", "runs_dir", "on_bad_input", "num_workers", "cache", "cache_dir",
+                  "ddp_backend", "oof_tta"}
+
+
+def check_run_dirs(run_root: Path, todo: list[int], cfg: dict, args) -> None:
+    """Refuse to silently throw away an unfinished fold: it needs --resume or --overwrite. --resume under a
+    config that trains differently (epochs, lr, model ...) is refused naming the keys, unless --set gives each
+    change explicitly; then fold<k>/resume_changes.log records it."""
     for fold in todo:
         run_dir = run_root / f"fold{fold}"
         unfinished = (run_dir / "last.pt").exists() and not (run_dir / "done").exists()
         if unfinished and not (args.resume or args.overwrite):
             raise ConfigError(f"{run_dir} holds an unfinished run: --resume continues it, --overwrite "
                               "starts it over")
+        if args.resume and unfinished and (run_dir / "config.yaml").is_file():
+            changed = config_changes(load_config(str(run_dir / "config.yaml"), []), cfg)
+            typed = {item.split("=", 1)[0].strip() for item in args.set}
+            silent = [key for key in changed if key not in typed and key.split(".")[0] not in typed]
+            if silent:
+                raise ConfigError(f"--resume {run_dir}: the config changed {', '.join(changed[k] for k in silent)}; "
+                                  "give each change with --set to resume with it, or --overwrite to start over")
+
+
+def config_changes(old: dict, new: dict, prefix: str = "") -> dict[str, str]:
+    """{dotted key: 'key: old -> new'} for the keys (outside RESUME_NEUTRAL) whose values differ."""
+    changes = {}
+    for key in sorted(set(old) | set(new)):
+        name = prefix + key
+        if not prefix and key in RESUME_NEUTRAL:
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes.update(config_changes(a, b, name + "."))
+        elif a != b:
+            changes[name] = f"{name}: {a!r} -> {b!r}"
+    return changes
+
+
+def record_resume_changes(run_dir: Path, cfg: dict) -> None:
+    """Append the config changes a --resume brings (given with --set) to fold<k>/resume_changes.log."""
+    if not (run_dir / "config.yaml").is_file():
+        return
+    changed = config_changes(load_config(str(run_dir / "config.yaml"), []), cfg)
+    if changed:
+        import time
+
+        with open(run_dir / "resume_changes.log", "a", encoding="utf-8") as log:
+            log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} resumed with {'; '.join(changed.values())}\n")
 
 
 def clear_run_dir(run_dir: Path) -> None:
@@ -135,6 +176,8 @@ def prepare_fold(fold: int, run_dir: Path, cfg: dict, check, args) -> bool:
         return False
     if not args.resume:
         clear_run_dir(run_dir)
+    else:
+        record_resume_changes(run_dir, cfg)
     remove_stale_temp_files(run_dir)
     save_config(cfg, run_dir / "config.yaml")
     if check.bad:  # only reached with on_bad_input: skip
@@ -193,7 +236,7 @@ def train_configured(args) -> int:
         for run in runs:
             run_root = Path(run["runs_dir"]) / run["name"]
             distributed.on_main(lock_folds, run_root, todo, held)
-            distributed.on_main(check_run_dirs, run_root, todo, args)
+            distributed.on_main(check_run_dirs, run_root, todo, run, args)
         check = distributed.on_main(check_files, index[index["split"] == "train"], cfg["image_source"],
                                     masks=cfg["task"] == "seg", report=report, hu_range=cfg.get("hu_range"))
         if main_rank:
