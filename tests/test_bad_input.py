@@ -272,7 +272,7 @@ def test_clis_report_a_missing_data_folder_without_a_traceback(script, tmp_path,
 
 @pytest.mark.parametrize("override,message", [("lrr=1e-3", "unknown config key 'lrr'. Did you mean lr?"),
                                               ("aug={", "not valid YAML"),
-                                              ("on_bad_input=ignore", "on_bad_input must be fail or skip")])
+                                              ("on_bad_input=ignore", "on_bad_input: must be one of fail, skip")])
 def test_a_config_typo_in_set_is_an_error_line(override, message, phantom, capsys):
     assert train.main(["--config", str(ROOT / "configs" / "tiny_stroke.yaml"), "--data", str(phantom),
                        "--set", override]) == 2
