@@ -8,6 +8,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+# `pytest -m "not slow"` answers in about two minutes: these modules train models or run the loop through the
+# scripts, and so does every test that takes one of the trained-phantom fixtures below.
+SLOW_MODULES = {"test_train", "test_interruption", "test_distributed", "test_topk", "test_tune", "test_seeds",
+                "test_resume_changes", "test_ensemble_infer", "test_export", "test_predictor", "test_manifest",
+                "test_never_lose", "test_winning", "test_recipes", "test_report", "test_leaderboard", "test_settings",
+                "test_nnunet", "test_locks", "test_score_cli"}
+SLOW_FIXTURES = {"loop", "stroke_spec", "seg_spec", "type_spec", "shipped", "train_phantom"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES or SLOW_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+
+
 REAL_SAMPLES_HELP = ("real sample files not found: put the data set's sample files in ../shared/real-samples (beside "
                      "the repository) or point $STROKEKIT_REAL_SAMPLES at them")
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 from PIL import Image
+
+from strokekit.postprocess.steps import resize_probs
 
 
 def write_png(path: Path, array: np.ndarray, mode: str | None = None) -> Path:
@@ -40,3 +43,16 @@ def write_dicom(path: Path, stored: np.ndarray, slope: float | None = 1.0, inter
     path.parent.mkdir(parents=True, exist_ok=True)
     pydicom.dcmwrite(path, ds, enforce_file_format=True)
     return path
+
+
+def random_seg_oof(n=10, low=16, size=40, seed=3):
+    """Smooth random probabilities (both lesion classes, touching) at a reduced size, masks at full size."""
+    rng = np.random.default_rng(seed)
+    logits = ndimage.gaussian_filter(rng.normal(0, 10, (n, 3, low, low)), sigma=(0, 0, 1.5, 1.5))
+    logits[0, 2] = -50                        # image 0 holds no hemorrhage at all: the empty-mask rule
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    masks = {}
+    for i in range(n):
+        truth_logits = resize_probs(logits[i], size) + rng.normal(0, 0.3, (3, size, size))
+        masks[i] = truth_logits.argmax(0).astype(np.uint8)
+    return {"image_id": np.arange(n), "probs": probs.astype(np.float16), "fold": np.arange(n) % 2}, masks

@@ -1,6 +1,7 @@
 """strokekit/locks.py: one writer per folder. A second process is refused while the first holds a folder's
 lock, told who holds it; a SIGKILLed holder leaves no stale lock. export.py and infer.py's output folders
-are locked too (train.py's fold folders: tests/test_train.py::test_a_second_run_on_a_fold_folder_is_refused)."""
+are locked too (train.py's fold folders:
+tests/training/test_train.py::test_a_second_run_on_a_fold_folder_is_refused)."""
 import json
 import os
 import signal

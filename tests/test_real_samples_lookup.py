@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ONE_REAL_TEST = "tests/test_submission.py::test_answer_key_reads_to_200_ids"
+ONE_REAL_TEST = "tests/data/test_submission.py::test_answer_key_reads_to_200_ids"
 
 
 def run_one(tmp_path, **env) -> subprocess.CompletedProcess:

@@ -1,1 +1,2 @@
-"""Ensembling on OOF predictions: selection, thresholds, the post-processing search, seg classifier, spec files (no torch)."""
+"""Ensembling on OOF predictions: selection, thresholds, the post-processing search, the seg classifier
+and the spec files (no torch)."""

@@ -26,7 +26,7 @@ from scipy import ndimage
 from strokekit.evaluation import official
 from strokekit.postprocess.decide import fallback_region, fill_region
 from strokekit.postprocess.steps import (bounding_box, close_mask, components, more_likely_class, pass_mask,
-                                   resize_probs, resolve_overlap)
+                                         resize_probs, resolve_overlap)
 
 CLASSES = (1, 2)
 FIELDS = ("tp", "fp", "area", "otp", "ofp", "og3")   # per class and setting; see the module docstring

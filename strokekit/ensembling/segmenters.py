@@ -30,7 +30,7 @@ from strokekit.ensembling.selection import RunsError
 from strokekit.data.index import build_index
 from strokekit.data.readers import load_class_map
 from strokekit.ensembling.classifiers import (Run, choose_blend, guard_best_member, keep_top_runs,
-                                             member_entry)
+                                              member_entry)
 from strokekit.ensembling.spec import SEG_BLENDS
 from strokekit.postprocess.steps import resize_probs
 from strokekit.ensembling.seg_classifier import seg_image_features, targets_from_masks, tune_seg_classifier

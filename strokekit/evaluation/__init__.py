@@ -1,1 +1,2 @@
-"""Evaluation: strict metrics, the organisers' counting, bootstrap intervals and scoring (numpy only; no torch, no plots)."""
+"""Evaluation: strict metrics, the organisers' counting, bootstrap intervals and scoring (numpy only: no
+torch, no plots)."""

@@ -170,11 +170,13 @@ def phase2_intervals(official_iou, official_dice, strict=None, size: int | None 
              "official_dice": [(np.nan_to_num(np.asarray(official_dice, float)),
                                 np.isfinite(np.asarray(official_dice, float)).astype(float))]}
     if strict is not None:
+        def counts(c):
+            return [np.asarray(getattr(strict, k))[:, c].astype(float) for k in ("tp", "fp", "fn")]
+
         for kind in ("dice", "iou"):
             for reduction in ("macro-imagewise", "micro"):
                 name = f"{kind}_{reduction.replace('-', '_')}_lesion_mean"
-                parts[name] = [ratio_term(*(np.asarray(getattr(strict, k))[:, c].astype(float) for k in ("tp", "fp", "fn")),
-                                     kind, reduction, np.nan) for c in (1, 2)]
+                parts[name] = [ratio_term(*counts(c), kind, reduction, np.nan) for c in (1, 2)]
     n = len(parts["official_iou"][0][0])
     weights = resample_weights(n, size, n_boot, seed)
     out = {}

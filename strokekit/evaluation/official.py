@@ -25,7 +25,7 @@ gives 0.0 (e.g. precision of an empty answer to a real lesion).
 The workbook's examples 1, 2, 3 and 5 agree with this counting pixel for pixel and in their counts.
 Example 4 contradicts itself (its answer is drawn ischemic, its note and evaluation grid treat it as a
 correct hemorrhage, its TP cell says 12 where the grid has 16 TP cells); read as hemorrhage it agrees with
-the grid pixel for pixel. tests/test_official.py pins all of this.
+the grid pixel for pixel. tests/evaluation/test_official.py pins all of this.
 """
 from __future__ import annotations
 

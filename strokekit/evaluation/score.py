@@ -20,7 +20,7 @@ from strokekit.data import layout
 from strokekit.evaluation import metrics, official
 from strokekit.vocabulary import CLASS_NAMES
 from strokekit.data.submission import (PHASE1_FILENAME, SubmissionError, check_phase2_mask, mask_files,
-                                  read_labels, read_phase2_mask, validate_phase1, validate_phase2)
+                                       read_labels, read_phase2_mask, validate_phase1, validate_phase2)
 from strokekit.vocabulary import IMAGE_TYPES, image_type
 
 QUALIFYING_BALANCED_ACCURACY = 0.75  # the specification's phase-1 bar

@@ -1,1 +1,2 @@
-"""Inference: batched TTA prediction, the one spec -> decisions pipeline, submissions, model folders, manifests, Predictor."""
+"""Inference: batched TTA prediction, the one pipeline from specs to per-image decisions, submissions,
+model folders, manifests and the Predictor API."""

@@ -34,7 +34,7 @@ from strokekit.locks import FolderLock
 from strokekit.models.checkpoint import read_checkpoint
 from strokekit.ensembling.spec import SpecError, read_spec, validate_spec
 from strokekit.inference.manifest import (MANIFEST, read_manifest, sha256, training_data, verify_files,
-                                         write_manifest)
+                                          write_manifest)
 from strokekit.models.weights import WeightsError, strip_prefixes
 
 FORMAT = "strokekit-model-v1"

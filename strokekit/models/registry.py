@@ -17,8 +17,8 @@ from torch import nn
 
 from strokekit.errors import UserError
 from strokekit.models.weights import (WeightsError, apply_offline_policy, downloads_allowed, fit_state_dict,
-                      missing_weights_message, read_state_dict, smp_pretrained_file, strip_prefixes,
-                      timm_pretrained_file)
+                                      missing_weights_message, read_state_dict, smp_pretrained_file, strip_prefixes,
+                                      timm_pretrained_file)
 from strokekit.models.deep_supervision import DeepSupervision
 from strokekit.models.norm import replace_batchnorm
 from strokekit.vocabulary import TASK_OUTPUTS

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from strokekit.training import distributed
 from strokekit.atomic import write_json, write_text_atomic
 from strokekit.models.checkpoint import (build_checkpoint, model_state, read_checkpoint, rng_state, save_atomic,
-                         seed_everything, set_rng_state, versions)
+                                         seed_everything, set_rng_state, versions)
 from strokekit.training.loader import make_loader
 from strokekit.models.precision import autocast
 from strokekit.models.tta import predict_with_tta

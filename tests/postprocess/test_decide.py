@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from strokekit.postprocess.decide import (fallback_region, phase1_labels, phase2_class_map, type_class,
-                              type_decision)
+                                          type_decision)
 from strokekit.vocabulary import image_type
 
 

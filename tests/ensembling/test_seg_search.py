@@ -3,14 +3,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from helpers import random_seg_oof
 from scipy import ndimage
 
 from strokekit.evaluation import metrics
-from strokekit.postprocess.steps import resize_probs
-from strokekit.ensembling.seg_classifier import (area_threshold, seg_classifier_oof, seg_classifier_prob, seg_classifier_scores,
-                                      seg_image_features, targets_from_masks, tune_seg_classifier)
+from strokekit.ensembling.seg_classifier import (area_threshold, seg_classifier_oof, seg_classifier_prob,
+                                              seg_classifier_scores, seg_image_features, targets_from_masks,
+                                              tune_seg_classifier)
 from strokekit.ensembling.seg_search import (choose_postprocess, evaluate_postprocess, row_to_spec, search_postprocess,
-                                  seg_fold_scores, seg_score)
+                                             seg_fold_scores, seg_score)
 
 
 def constructed_oof(n=12, size=48, seed=0):
@@ -53,19 +54,6 @@ def test_grid_search_finds_the_constructed_best_setting():
     no_area = table[(table["min_area.ischemic"] == 0) & (table["threshold.ischemic"] == 0.5)]
     assert no_area["score.ischemic"].max() < 0.99
     assert table[table["threshold.ischemic"] == 0.6]["score.ischemic"].max() == 0
-
-
-def random_seg_oof(n=10, low=16, size=40, seed=3):
-    """Smooth random probabilities (both lesion classes, touching) at a reduced size, masks at full size."""
-    rng = np.random.default_rng(seed)
-    logits = ndimage.gaussian_filter(rng.normal(0, 10, (n, 3, low, low)), sigma=(0, 0, 1.5, 1.5))
-    logits[0, 2] = -50                        # image 0 holds no hemorrhage at all: the empty-mask rule
-    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-    masks = {}
-    for i in range(n):
-        truth_logits = resize_probs(logits[i], size) + rng.normal(0, 0.3, (3, size, size))
-        masks[i] = truth_logits.argmax(0).astype(np.uint8)
-    return {"image_id": np.arange(n), "probs": probs.astype(np.float16), "fold": np.arange(n) % 2}, masks
 
 
 @pytest.mark.parametrize("reduction", ["macro-imagewise", "micro"])

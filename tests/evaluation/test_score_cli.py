@@ -12,7 +12,7 @@ from PIL import Image
 
 from strokekit.data.submission import write_phase1, write_phase2_mask
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(*args, cwd: Path) -> subprocess.CompletedProcess:

@@ -13,7 +13,7 @@ from PIL import Image
 from strokekit.data.encodings import decode_overlay, rgb_to_class_map
 from strokekit.data.readers import read_dicom_hu, window
 from strokekit.phantom.dataset import (ANSWER_KEY, LAYOUTS, STROKE_SHARE, TRUTH_CSV, draw_slice, make_phantom,
-                               plan_dataset)
+                                       plan_dataset)
 
 SMALL = dict(n=80, n_test1=12, n_test2=8, size=128, seed=0, workers=1)
 KEY_LINE = re.compile(rb"(\d+)\t([01])\r\n")

@@ -25,7 +25,7 @@ from strokekit.evaluation.metrics import roc_auc
 from strokekit.models.registry import load_checkpoint
 from strokekit.training.tasks import get_task
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RUN_FILES = {"config.yaml", "log.csv", "curves.png", "best.pt", "last.pt", "summary.json", "done"}
 
 

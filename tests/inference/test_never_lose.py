@@ -20,7 +20,7 @@ from strokekit.inference.modelfolder import ModelFolderError
 from strokekit.inference.submit import find_test_rows, prepare_out_dir
 from strokekit.vocabulary import image_type
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def snapshot(folder: Path) -> dict[str, str]:

@@ -194,7 +194,7 @@ def test_missing_weights_file_is_a_clear_error(tmp_path):
         build_model(cfg_for("seg", "Unet", weights=str(tmp_path / "nope.pth")))
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")),
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml")),
                          ids=lambda p: p.stem)
 def test_every_config_builds_its_model(path):
     """Each shipped config is valid and names a model that builds (from scratch here, at 64 px)."""

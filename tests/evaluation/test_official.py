@@ -9,7 +9,7 @@ import openpyxl
 import pytest
 
 from strokekit.evaluation.official import (FN, FP, TN, TP, misclassified_regions, official_scores, outcome_map,
-                                tolerance_bands, tolerant_counts, tolerant_scores)
+                                           tolerance_bands, tolerant_counts, tolerant_scores)
 
 WORKBOOK = "teknofest_official_docs/docs/Bilgi Notu.xlsx"
 SHEET = "Aşama2 Değerlendirme"

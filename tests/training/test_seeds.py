@@ -11,7 +11,7 @@ import yaml
 from conftest import small_phantom
 from strokekit.evaluation.metrics import roc_auc
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def script(name, *args, cwd):

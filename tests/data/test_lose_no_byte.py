@@ -26,7 +26,7 @@ from strokekit.models.checkpoint import build_checkpoint, save_atomic
 from strokekit.models.registry import build_model
 from strokekit.phantom.dataset import make_phantom
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STORED = np.full((16, 16), 1064, np.int16)  # 40 HU with slope 1, intercept -1024
 
 

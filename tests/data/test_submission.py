@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from strokekit.data.submission import (PHASE1_HEADER, SubmissionError, read_labels, read_phase2_mask,
-                                  validate_phase1, validate_phase2, write_phase1, write_phase2,
-                                  write_phase2_mask)
+                                       validate_phase1, validate_phase2, write_phase1, write_phase2,
+                                       write_phase2_mask)
 
 EXAMPLE = "teknofest_official_docs/docs/ASAMA1_örnek.txt"
 ANSWER_KEY = "teknofest_husnaksk/ASAMA1_Cevaplar.txt"

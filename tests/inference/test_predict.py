@@ -14,7 +14,7 @@ from strokekit.ensembling.spec import SpecError, checkpoint_ref, combine, read_s
 from strokekit.models.registry import build_model
 from strokekit.inference.predict import EnsemblePredictor
 from strokekit.ensembling.selection import blend
-from tests.helpers import write_dicom, write_png
+from helpers import write_dicom, write_png
 
 SIZES = [(40, 40), (48, 40), (40, 56), (40, 40), (64, 64)]  # (H, W): odd batch sizes, mixed shapes
 

@@ -16,7 +16,7 @@ from strokekit.data.folds import read_folds
 from strokekit.training.tuning import StudyLock, TuneError, apply_params, check_space, read_space, run_search
 from conftest import small_phantom
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SPACE = {"lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True},
          "loss.focal": {"type": "float", "low": 0.5, "high": 2.0},
          "aug.brightness_contrast": {"type": "float", "low": 0.0, "high": 0.5}}

@@ -10,7 +10,7 @@ import kfold
 from strokekit.data.index import build_index
 from strokekit.data.folds import fold_groups, make_folds, read_folds
 from strokekit.data.grouping import (MIN_HASH_BITS, SimilarityParams, capped_groups, dhash, group_summary,
-                                hamming_pairs, head_pose, link_groups, similarity_groups, slice_grey)
+                                     hamming_pairs, head_pose, link_groups, similarity_groups, slice_grey)
 from strokekit.phantom.dataset import TRUTH_CSV
 
 

@@ -21,7 +21,7 @@ from strokekit.data.folds import make_folds, read_folds, write_folds
 from strokekit.models.registry import build_model
 from strokekit.phantom.dataset import make_phantom
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ["model=tiny_cnn", "img_size=64", "epochs=2", "num_workers=0", "batch_size=16"]
 
 

@@ -5,8 +5,9 @@ import pytest
 import yaml
 
 from strokekit.evaluation import metrics
-from strokekit.ensembling.selection import (align_members, blend, classifier_score, fold_scores, greedy_select, load_oof,
-                                 plateau, recall_at_precision, top_k_folds, tune_classifier_threshold)
+from strokekit.ensembling.selection import (align_members, blend, classifier_score, fold_scores,
+                                         greedy_select, load_oof, plateau, recall_at_precision,
+                                         top_k_folds, tune_classifier_threshold)
 
 
 def noisy_scores(y: np.ndarray, noise: float, rng) -> np.ndarray:

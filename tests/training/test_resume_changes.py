@@ -9,7 +9,7 @@ import yaml
 
 from conftest import small_phantom
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def train(cwd, config, *extra, expect=0):

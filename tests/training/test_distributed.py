@@ -21,7 +21,7 @@ from strokekit.data.folds import read_folds
 from strokekit.evaluation.metrics import roc_auc
 from strokekit.training.tasks import get_task
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "tiny_stroke.yaml"
 # The balanced sampler draws one global sequence that both runs cut into the same global batches (shards of
 # them under torchrun), and without augmentation the two runs differ only in BatchNorm statistics, taken per

@@ -20,7 +20,7 @@ import train
 from strokekit.evaluation import metrics, score as scoring
 from strokekit.report.submission import write_submission_report
 from strokekit.data.submission import mask_files, read_labels, read_phase2_mask, write_phase1, write_phase2
-from tests.conftest import small_phantom
+from conftest import small_phantom
 
 TINY = {"num_workers": 0, "img_size": 32, "epochs": 2, "batch_size": 16, "aug": {"shift_scale_rotate": 0.0}}
 CONFIGS = {"cls": {"task": "stroke", "model": "tiny_cnn"},

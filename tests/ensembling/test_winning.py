@@ -26,10 +26,10 @@ from strokekit.postprocess.steps import resize_probs
 from strokekit.ensembling.selection import tune_classifier_threshold
 from strokekit.data.submission import read_phase2_mask
 from strokekit.ensembling.seg_search import choose_postprocess, evaluate_objectives, row_to_spec, run_search
-from tests.conftest import small_phantom
-from tests.test_seg_search import random_seg_oof
+from conftest import small_phantom
+from helpers import random_seg_oof
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 GRID = {"threshold": [None, 0.3, 0.6, 0.95], "overlap": ["argmax", "hemorrhagic"], "closing": [0, 1],
         "min_area": [0, 8], "keep_largest": [False, True], "gate": [None, 0.5],

@@ -13,14 +13,15 @@ from PIL import Image
 
 from strokekit.data.index import build_index
 from strokekit.data.readers import load_class_map, read_png
-from strokekit.inference.nnunet import case_name, image_id_of, predictions_to_submission, read_predictions, write_label_pngs
+from strokekit.inference.nnunet import (case_name, image_id_of, predictions_to_submission, read_predictions,
+                                        write_label_pngs)
 from strokekit.data.submission import mask_files, read_phase2_mask
-from tests.conftest import small_phantom
+from conftest import small_phantom
 
 import export_nnunet
 import score
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(script: str, *args, cwd: Path, expect: int = 0) -> subprocess.CompletedProcess:

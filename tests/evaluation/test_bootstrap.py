@@ -8,7 +8,7 @@ from strokekit.evaluation import bootstrap, metrics
 from strokekit.ensembling import robust
 from strokekit.evaluation.ratios import combine
 from strokekit.ensembling.seg_search import run_search
-from tests.test_seg_search import random_seg_oof
+from helpers import random_seg_oof
 
 
 def test_interval_covers_the_estimate_and_narrows_with_more_images():

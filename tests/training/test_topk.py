@@ -21,7 +21,7 @@ from strokekit.evaluation.metrics import dice_score, seg_stats
 from strokekit.training.tasks import get_task
 from strokekit.training.topk import TopK, average_weights
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PP = {"threshold": 0.35, "min_area": 12}
 SEG = ["img_size=64", "oof_size=64", "epochs=5", "batch_size=8", "topk_average=2",
        "select_postprocess={threshold: 0.35, min_area: 12}"]

@@ -32,7 +32,7 @@ from strokekit.data.folds import make_folds, write_folds
 from strokekit.models.registry import build_model
 from strokekit.phantom.dataset import make_phantom
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GREY = np.random.default_rng(0).integers(0, 256, (24, 24), dtype=np.uint8)
 
 
