@@ -159,3 +159,21 @@ def test_damaged_oof_files_are_user_errors_naming_the_file(tmp_path):
     for run, name in (("csv", "oof.csv"), ("npz", "oof.npz")):
         with pytest.raises(UserError, match=f"{name}: not a readable"):
             load_oof(tmp_path / run)
+
+
+@pytest.mark.parametrize("text", ["task: seg\nmembers: [\n", "task: !!python/object/apply:os.system ['touch {mark}']\n",
+                                  "\xff\xfe not text"])
+def test_a_malformed_or_tagged_spec_is_one_error_line_and_runs_nothing(tmp_path, text):
+    mark = tmp_path / "ran"
+    spec = tmp_path / "spec.yaml"
+    spec.write_bytes(text.format(mark=mark).encode("latin-1"))
+    write_png(tmp_path / "test" / "PNG" / "1.png", np.zeros((32, 32), np.uint8))
+    done = run_script("infer.py", "--phase", "2", "--ensemble", spec, "--data", tmp_path / "test",
+                      "--out", tmp_path / "out")
+    assert done.returncode == 2 and done.stderr.startswith(f"error: {spec}: not a readable ensemble spec")
+    assert "Traceback" not in done.stderr and not mark.exists() and not (tmp_path / "out").exists()
+    space = tmp_path / "space.yaml"
+    space.write_bytes(text.format(mark=mark).encode("latin-1"))
+    tuned = run_script("tune.py", "--config", ROOT / "configs" / "tiny_stroke.yaml", "--space", space,
+                       "--data", tmp_path, "--trials", 1)
+    assert tuned.returncode == 2 and "Traceback" not in tuned.stderr and not mark.exists(), tuned.stderr

@@ -101,8 +101,10 @@ def read_spec(path: str | os.PathLike, allow_outside: bool = False) -> dict:
     if not path.is_file():
         raise SpecError(f"ensemble spec {path} does not exist (write one with ensemble.py, or give a model "
                         "folder from export.py)")
-    with open(path, encoding="utf-8") as f:
-        spec = yaml.safe_load(f)
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError) as err:  # a python/* tag is a YAMLError too: nothing runs
+        raise SpecError(f"{path}: not a readable ensemble spec YAML ({err})".replace("\n", " ")) from None
     validate_spec(spec, path)
     for member in spec["members"]:
         member["checkpoint_paths"] = [str(resolve_checkpoint(c, path, allow_outside)) for c in member["checkpoints"]]

@@ -45,7 +45,10 @@ def read_space(path: str | os.PathLike) -> dict[str, dict]:
     path = Path(path)
     if not path.is_file():
         raise TuneError(f"search space {path} does not exist")
-    space = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    try:
+        space = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (UnicodeDecodeError, yaml.YAMLError) as err:
+        raise TuneError(f"{path}: not readable YAML ({err})".replace("\n", " ")) from None
     if not isinstance(space, dict) or not space:
         raise TuneError(f"{path}: a search space maps config keys to ranges, e.g. lr: {{type: float, low: 1.0e-4, "
                         "high: 1.0e-2, log: true}")
