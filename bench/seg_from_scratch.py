@@ -37,6 +37,10 @@ ROWS = {  # name -> (config, --set values); each row adds to the one before unle
     "instance_norm": ("unet_r34_seg", [*BASE, *LEARNS, "deep_supervision=3", "norm=instance"]),
     "nnunet_aug": ("unet_r34_seg", [*BASE, *LEARNS, "deep_supervision=3", "aug.gamma=0.3", "aug.low_res=0.25",
                                     "aug.rotate_limit=30", "aug.scale_limit=0.3"]),
+    "weighted_ce": ("unet_r34_seg", [*BASE, "loss=ce", "class_weights=[1,30,30]"]),   # tiny_seg's loss
+    "weighted_ce_bdice": ("unet_r34_seg", [*BASE, "loss=batch_dice+ce", "class_weights=[1,30,30]"]),
+    "weighted_ce_crops_ds": ("unet_r34_seg", [*BASE, "loss=ce", "class_weights=[1,30,30]", "crop_size={crop}",
+                                              "fg_crop_share=0.33", "deep_supervision=3"]),
     "tiny_seg": ("tiny_seg", []),
 }
 
@@ -102,13 +106,14 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=128, help="phantom and training side in px (default 128)")
     parser.add_argument("--epochs", type=int, default=8, help="unet_r34_seg epochs (default 8)")
     parser.add_argument("--fold", default="0")
+    parser.add_argument("--data", type=Path, help="an existing phantom with folds.csv (default: made under --work)")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in ROWS]
     if unknown:
         parser.error(f"unknown rows {unknown}; valid: {', '.join(ROWS)}")
     args.work.mkdir(parents=True, exist_ok=True)
-    data = phantom(args.work, args.n, args.size)
+    data = args.data or phantom(args.work, args.n, args.size)
     rows = []
     for name in names:
         rows.append(measure(name, data, args.work, args))
