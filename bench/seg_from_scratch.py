@@ -1,12 +1,14 @@
 """Segmentation from scratch at a fixed budget: which of nnU-Net's ingredients make the kit's U-Nets learn.
 
-    python bench/seg_from_scratch.py                      # every row below, fold 0 (CPU: ~1-2 h on 2 busy cores)
-    python bench/seg_from_scratch.py --only base,nnunet_like --epochs 8 --size 128
-    python bench/seg_from_scratch.py --nnunet             # adds nnU-Net v2 2d through export_nnunet.py when installed
+    python bench/seg_from_scratch.py --epochs 5                       # every row, fold 0 (~20 min a row on 2 cores)
+    python bench/seg_from_scratch.py --epochs 5 --only base,weighted_ce
 
 Every row trains `configs/unet_r34_seg.yaml` with `pretrained=false` (as offline users and the DPN-U-Net
 paper train) on the same phantom, the same fold, the same slices and the same number of training samples
-(epochs x training slices), adding one ingredient at a time; `tiny_seg` is the reference that learns. Each row
+(epochs x training slices), changing one ingredient at a time: the old loss (smp Dice + plain CE), batch Dice,
+lesion-centred crops, deep supervision, SGD + poly, instance norm, the lesion-weighted CE, the config as
+shipped (batch Dice + weighted CE) with crops / deep supervision / nnU-Net's augmentation; `tiny_seg` is the
+CPU smoke reference. Each row
 then runs the kit's own loop on the fold's model: ensemble.py (OOF post-processing search), infer.py --phase 2
 on the phantom's phase-2 test set and score.py (strict Dice per class, the organisers' official IoU with its
 95 % bootstrap interval). CPU seconds are the children's user + system time. Writes
@@ -26,21 +28,22 @@ from common import DEFAULT_WORK, ROOT, machine, table, write_result  # also puts
 
 PY = sys.executable
 BASE = ["pretrained=false"]
-LEARNS = ["loss=batch_dice+ce", "crop_size={crop}", "fg_crop_share=0.33"]
-ROWS = {  # name -> (config, --set values); each row adds to the one before unless it says otherwise
-    "base": ("unet_r34_seg", BASE),
-    "batch_dice": ("unet_r34_seg", [*BASE, "loss=batch_dice+ce"]),
-    "fg_crops": ("unet_r34_seg", [*BASE, *LEARNS]),
-    "deep_supervision": ("unet_r34_seg", [*BASE, *LEARNS, "deep_supervision=3"]),
-    "sgd_poly": ("unet_r34_seg", [*BASE, *LEARNS, "deep_supervision=3", "optimizer=sgd", "momentum=0.99",
-                                  "lr=0.01", "scheduler=poly", "warmup_epochs=0", "ema=false"]),
-    "instance_norm": ("unet_r34_seg", [*BASE, *LEARNS, "deep_supervision=3", "norm=instance"]),
-    "nnunet_aug": ("unet_r34_seg", [*BASE, *LEARNS, "deep_supervision=3", "aug.gamma=0.3", "aug.low_res=0.25",
-                                    "aug.rotate_limit=30", "aug.scale_limit=0.3"]),
-    "weighted_ce": ("unet_r34_seg", [*BASE, "loss=ce", "class_weights=[1,30,30]"]),   # tiny_seg's loss
-    "weighted_ce_bdice": ("unet_r34_seg", [*BASE, "loss=batch_dice+ce", "class_weights=[1,30,30]"]),
-    "weighted_ce_crops_ds": ("unet_r34_seg", [*BASE, "loss=ce", "class_weights=[1,30,30]", "crop_size={crop}",
-                                              "fg_crop_share=0.33", "deep_supervision=3"]),
+OLD = [*BASE, "loss=dice+ce", "class_weights=null"]                 # unet_r34_seg's loss before this bench
+DICE = [*BASE, "loss=batch_dice+ce", "class_weights=null"]
+CROPS = ["crop_size={crop}", "fg_crop_share=0.33"]
+ROWS = {  # name -> (config, --set values): one ingredient at a time, same slices, folds and samples
+    "old_default": ("unet_r34_seg", OLD),
+    "batch_dice": ("unet_r34_seg", DICE),
+    "fg_crops": ("unet_r34_seg", [*DICE, *CROPS]),
+    "deep_supervision": ("unet_r34_seg", [*DICE, *CROPS, "deep_supervision=3"]),
+    "sgd_poly": ("unet_r34_seg", [*DICE, *CROPS, "deep_supervision=3", "optimizer=sgd", "momentum=0.99", "lr=0.01",
+                                  "scheduler=poly", "warmup_epochs=0", "ema=false"]),
+    "instance_norm": ("unet_r34_seg", [*DICE, *CROPS, "deep_supervision=3", "norm=instance"]),
+    "weighted_ce": ("unet_r34_seg", [*BASE, "loss=ce", "class_weights=[1,30,30]"]),     # tiny_seg's loss
+    "default": ("unet_r34_seg", BASE),               # as shipped: batch Dice + CE weighing lesion pixels 30x
+    "default_crops_ds": ("unet_r34_seg", [*BASE, *CROPS, "deep_supervision=3"]),
+    "default_nnunet_aug": ("unet_r34_seg", [*BASE, "aug.gamma=0.3", "aug.low_res=0.25", "aug.rotate_limit=30",
+                                            "aug.scale_limit=0.3"]),
     "tiny_seg": ("tiny_seg", []),
 }
 
@@ -60,6 +63,7 @@ def cpu_seconds() -> float:
 
 
 def phantom(work: Path, n: int, size: int) -> Path:
+    """n training slices at `size` px (seed 7, 40 phase-2 test slices) and 5 folds, made once under work/."""
     root = work / f"phantom_{n}_{size}"
     if not (root / "folds.csv").is_file():
         run([PY, "make_phantom.py", "--out", str(root), "--n", str(n), "--size", str(size), "--seed", "7",
@@ -103,7 +107,8 @@ def main(argv=None) -> int:
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK / "seg_from_scratch")
     parser.add_argument("--only", default=",".join(ROWS), help=f"rows to run (default all: {', '.join(ROWS)})")
     parser.add_argument("--n", type=int, default=800, help="phantom training slices (default 800)")
-    parser.add_argument("--size", type=int, default=128, help="phantom and training side in px (default 128)")
+    parser.add_argument("--size", type=int, default=128, help="training side in px (default 128)")
+    parser.add_argument("--phantom-size", type=int, default=256, help="the phantom's side in px (default 256)")
     parser.add_argument("--epochs", type=int, default=8, help="unet_r34_seg epochs (default 8)")
     parser.add_argument("--fold", default="0")
     parser.add_argument("--data", type=Path, help="an existing phantom with folds.csv (default: made under --work)")
@@ -113,7 +118,7 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown rows {unknown}; valid: {', '.join(ROWS)}")
     args.work.mkdir(parents=True, exist_ok=True)
-    data = args.data or phantom(args.work, args.n, args.size)
+    data = args.data or phantom(args.work, args.n, args.phantom_size)
     rows = []
     for name in names:
         rows.append(measure(name, data, args.work, args))
@@ -122,7 +127,8 @@ def main(argv=None) -> int:
                   "[{:.3f}, {:.3f}]".format(*r["official_iou_95"]) if None not in r["official_iou_95"] else "-",
                   r["oof_best_dice"], r["cpu_s"]] for r in rows],
                 ["row", "hem Dice", "isc Dice", "official IoU", "95 %", "OOF Dice", "CPU s"]))
-    write_result("seg_from_scratch", {"machine": machine(), "phantom": {"n": args.n, "size": args.size},
+    write_result("seg_from_scratch", {"machine": machine(), "phantom": {"n": args.n, "size": args.phantom_size,
+                                                                        "data": str(data)}, "img_size": args.size,
                                       "epochs": args.epochs, "fold": args.fold, "rows": rows})
     return 0
 
