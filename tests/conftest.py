@@ -72,14 +72,15 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def small_phantom(folder: Path, n: int, seed: int, size: int, n_test1: int, n_test2: int, n_folds: int = 2) -> Path:
-    """A tiny phantom with its folds.csv, for module-scoped fixtures."""
+def small_phantom(folder: Path, n: int, seed: int, size: int, n_test1: int, n_test2: int, n_folds: int = 2,
+                  cache: bool = True) -> Path:
+    """A tiny phantom with its folds.csv, for module-scoped fixtures (cache=False: no index cache written)."""
     from strokekit.data.index import build_index
     from strokekit.data.folds import make_folds, write_folds
     from strokekit.phantom.dataset import make_phantom
 
     root = make_phantom(folder / "data", n=n, seed=seed, size=size, n_test1=n_test1, n_test2=n_test2)
-    index, _ = build_index(root)
+    index, _ = build_index(root, cache=cache)
     write_folds(make_folds(index, n_folds=n_folds, seed=0), Path(root) / "folds.csv")
     return Path(root)
 

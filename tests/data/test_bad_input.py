@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+from conftest import small_phantom
 import torch
 from PIL import Image
 
@@ -28,9 +29,7 @@ from strokekit.data.index import build_index
 from strokekit.data.readers import (BadInputError, check_dicom, check_png, read_dicom_hu, read_mask,
                                     read_overlay_mask, read_png)
 from strokekit.ensembling.spec import write_spec
-from strokekit.data.folds import make_folds, write_folds
 from strokekit.models.registry import build_model
-from strokekit.phantom.dataset import make_phantom
 
 ROOT = Path(__file__).resolve().parents[2]
 GREY = np.random.default_rng(0).integers(0, 256, (24, 24), dtype=np.uint8)
@@ -156,10 +155,7 @@ def test_a_bad_file_read_in_a_dataloader_worker_stays_a_bad_input_error(tmp_path
 
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory) -> Path:
-    root = make_phantom(tmp_path_factory.mktemp("bad") / "data", n=60, seed=5, size=64, n_test1=3, n_test2=2)
-    index, _ = build_index(root, cache=False)
-    write_folds(make_folds(index, n_folds=2, seed=0), root / "folds.csv")
-    return root
+    return small_phantom(tmp_path_factory.mktemp("bad"), n=60, seed=5, size=64, n_test1=3, n_test2=2, cache=False)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+from conftest import small_phantom
 
 import infer
 import kfold
@@ -16,7 +17,6 @@ import train
 from helpers import write_dicom, write_png
 from strokekit.config import load_config
 from strokekit.data.check import apply_policy, check_files
-from strokekit.data.folds import make_folds, write_folds
 from strokekit.data.index import build_index
 from strokekit.data.readers import HU_RANGE, BadInputError, check_dicom, check_png, read_dicom_hu, read_png
 from strokekit.data.submission import write_phase2_mask
@@ -24,7 +24,6 @@ from strokekit.ensembling.spec import write_spec
 from strokekit.inference.submit import scan_test_folder
 from strokekit.models.checkpoint import build_checkpoint, save_atomic
 from strokekit.models.registry import build_model
-from strokekit.phantom.dataset import make_phantom
 
 ROOT = Path(__file__).resolve().parents[2]
 STORED = np.full((16, 16), 1064, np.int16)  # 40 HU with slope 1, intercept -1024
@@ -157,10 +156,7 @@ def test_the_up_front_check_lists_bad_dicoms_so_skip_leaves_them_out(tmp_path):
 
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory) -> Path:
-    root = make_phantom(tmp_path_factory.mktemp("bytes") / "data", n=40, seed=3, size=48, n_test1=3, n_test2=3)
-    index, _ = build_index(root, cache=False)
-    write_folds(make_folds(index, n_folds=2, seed=0), root / "folds.csv")
-    return root
+    return small_phantom(tmp_path_factory.mktemp("bytes"), n=40, seed=3, size=48, n_test1=3, n_test2=3, cache=False)
 
 
 @pytest.fixture
