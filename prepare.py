@@ -20,7 +20,7 @@ import time
 from strokekit.config import ConfigError, add_config_args, load_config
 from strokekit.data.cache import cache_folder, fill_row, open_cache
 from strokekit.data.index import build_index
-from strokekit.data.readers import BadInputError
+from strokekit.data.badinput import BadInputError
 from strokekit.errors import script_main
 
 _worker = {}

@@ -19,7 +19,9 @@ import pandas as pd
 
 from strokekit.atomic import write_atomic
 from strokekit.data.layout import CLASS_NAMES
-from strokekit.data.readers import PNG_MODES_16BIT, BadInputError, check_dicom, check_png
+from strokekit.data.badinput import BadInputError
+from strokekit.data.dicom import check_dicom
+from strokekit.data.readers import PNG_MODES_16BIT, check_png
 
 POLICIES = ("fail", "skip")
 SKIPPED_COLUMNS = ["image_id", "file", "problem"]
@@ -74,7 +76,7 @@ def check_files(rows: pd.DataFrame, image_source: str = "png", masks: bool = Fal
     """Check what a run reads of `rows` (index rows): each row's image of `image_source` (png | dicom),
     and with masks=True the MASK / OVERLAY of every stroke row. `report` (from build_index) supplies the
     label problems found while indexing and the empty folders; hu_range (the config's) the Hounsfield units
-    a DICOM slice may hold (default readers.HU_RANGE)."""
+    a DICOM slice may hold (default dicom.HU_RANGE)."""
     started, out = time.time(), InputCheck(n_images=len(rows))
     label_problems = dict(report.skipped) if report is not None else {}
     sizes: dict[str, tuple[int, int]] = {}

@@ -20,7 +20,8 @@ from torch.utils.data import Dataset, Sampler, get_worker_info
 
 from strokekit.data.cache import open_cache, resize_step
 from strokekit.vocabulary import HEMORRHAGIC, ISCHEMIC
-from strokekit.data.readers import BadInputError, load_class_map, load_image
+from strokekit.data.badinput import BadInputError
+from strokekit.data.readers import load_class_map, load_image
 
 LABELS = {0, 1, 2}
 

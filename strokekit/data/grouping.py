@@ -34,7 +34,9 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from strokekit.data.readers import BRAIN_WINDOW, read_dicom_hu, read_png, window
+from strokekit.data.dicom import read_dicom_hu, window
+
+from strokekit.data.readers import BRAIN_WINDOW, read_png
 from strokekit.errors import UserError
 
 POSE_COLUMNS = ["centre_x", "centre_y", "tilt", "aspect"]

@@ -17,7 +17,9 @@ import pandas as pd
 
 from strokekit.atomic import write_atomic, write_text_atomic
 from strokekit.data import layout
-from strokekit.data.readers import BadInputError, load_class_map, read_dicom_header, unreadable
+from strokekit.data.badinput import BadInputError, unreadable
+from strokekit.data.dicom import read_dicom_header
+from strokekit.data.readers import load_class_map
 from strokekit.errors import UserError
 
 COLUMNS = ["image_id", "split", "class_name", "png", "dicom", "mask", "overlay", "stroke",

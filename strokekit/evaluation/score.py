@@ -52,7 +52,8 @@ def _image_files(folder: os.PathLike | str) -> dict[int, Path]:
 def image_sizes_from_folder(folder: os.PathLike | str) -> dict[int, tuple[int, int] | None]:
     """{id: (width, height)} of a test folder's images from their headers (PNG, else DICOM Rows / Columns): the
     size each phase-2 mask must have. None where the header cannot be read (that mask's size is not checked)."""
-    from strokekit.data.readers import BadInputError, image_size
+    from strokekit.data.badinput import BadInputError
+    from strokekit.data.readers import image_size
 
     sizes = {}
     for id_, path in _image_files(folder).items():

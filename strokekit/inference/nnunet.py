@@ -21,7 +21,8 @@ from PIL import Image
 from strokekit.atomic import write_atomic, write_json, write_text_atomic
 from strokekit.data.encodings import MASK_COLOURS
 from strokekit.data.index import build_index
-from strokekit.data.readers import load_class_map, read_dicom_hu, read_png, window
+from strokekit.data.dicom import read_dicom_hu, window
+from strokekit.data.readers import load_class_map, read_png
 from strokekit.data.folds import read_folds
 from strokekit.errors import UserError
 

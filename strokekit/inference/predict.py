@@ -28,7 +28,9 @@ import torch
 import torch.nn.functional as F
 
 from strokekit.data.dataset import preprocess
-from strokekit.data.readers import BadInputError, load_image, read_dicom_hu, window, windows_to_channels
+from strokekit.data.badinput import BadInputError
+from strokekit.data.dicom import read_dicom_hu, window, windows_to_channels
+from strokekit.data.readers import load_image
 from strokekit.ensembling.spec import SpecError, combine, member_thresholds, member_weights, read_spec
 from strokekit.errors import SettingError
 from strokekit.models.precision import autocast

@@ -31,7 +31,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from strokekit.data.readers import BRAIN_WINDOW, BadInputError
+from strokekit.data.badinput import BadInputError
+
+from strokekit.data.readers import BRAIN_WINDOW
 from strokekit.ensembling.spec import SpecError, read_spec
 from strokekit.inference.modelfolder import ROLES, is_model_folder, read_model_folder, spec_role
 from strokekit.inference.pipeline import Pipeline

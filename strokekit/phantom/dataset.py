@@ -24,7 +24,8 @@ from strokekit.data.encodings import class_map_to_rgb, encode_overlay
 
 from strokekit.errors import OutputExistsError, SettingError
 from strokekit.vocabulary import HEMORRHAGIC, ISCHEMIC
-from strokekit.data.readers import BRAIN_WINDOW, window
+from strokekit.data.dicom import window
+from strokekit.data.readers import BRAIN_WINDOW
 from strokekit.phantom.anatomy import Head, Slice, random_head, render_slice
 from strokekit.phantom.lesions import random_lesion
 

@@ -26,8 +26,9 @@ from strokekit.data.dataset import SliceDataset
 from strokekit.training.loader import make_loader
 from strokekit.data.encodings import class_map_to_rgb, encode_overlay
 from strokekit.data.index import build_index
-from strokekit.data.readers import (BadInputError, check_dicom, check_png, read_dicom_hu, read_mask,
-                                    read_overlay_mask, read_png)
+from strokekit.data.badinput import BadInputError
+from strokekit.data.dicom import check_dicom, read_dicom_hu
+from strokekit.data.readers import check_png, read_mask, read_overlay_mask, read_png
 from strokekit.ensembling.spec import write_spec
 from strokekit.models.registry import build_model
 

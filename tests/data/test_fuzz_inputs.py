@@ -9,7 +9,7 @@ Every variant must end one of three ways:
               see because the format has no checksum over it:
                 - `dicom pixel bit flip`: a bit flipped inside a DICOM's pixel data;
                 - `dicom plausible rescale`: a bit flipped in a RescaleSlope / RescaleIntercept digit that leaves
-                  a plausible value (-1024 -> -1025), the slice's HU still inside readers.HU_RANGE.
+                  a plausible value (-1024 -> -1025), the slice's HU still inside dicom.HU_RANGE.
 A reader that fails on a file the check passed (what used to kill epoch 1), any exception other than
 BadInputError / DataLayoutError, or a file that takes longer than PER_FILE_S, fails the test.
 Rows without a MASK / OVERLAY partner are left out of the size-change kinds: a slice of another size is a valid
@@ -32,8 +32,9 @@ from PIL import Image
 
 from strokekit.data.check import check_files
 from strokekit.data.index import build_index
-from strokekit.data.readers import (BadInputError, check_dicom, check_png, image_size, load_class_map,
-                                    load_image, read_dicom_header, read_dicom_hu, read_mask, read_overlay_mask,
+from strokekit.data.badinput import BadInputError
+from strokekit.data.dicom import check_dicom, read_dicom_header, read_dicom_hu
+from strokekit.data.readers import (check_png, image_size, load_class_map, load_image, read_mask, read_overlay_mask,
                                     read_png)
 from strokekit.phantom.dataset import make_phantom
 

@@ -18,7 +18,9 @@ from helpers import write_dicom, write_png
 from strokekit.config import load_config
 from strokekit.data.check import apply_policy, check_files
 from strokekit.data.index import build_index
-from strokekit.data.readers import HU_RANGE, BadInputError, check_dicom, check_png, read_dicom_hu, read_png
+from strokekit.data.badinput import BadInputError
+from strokekit.data.dicom import HU_RANGE, check_dicom, read_dicom_hu
+from strokekit.data.readers import check_png, read_png
 from strokekit.data.submission import write_phase2_mask
 from strokekit.ensembling.spec import write_spec
 from strokekit.inference.submit import scan_test_folder

@@ -7,8 +7,9 @@ from PIL import Image
 
 from helpers import write_dicom, write_png
 from strokekit.data.encodings import class_map_to_rgb, decode_overlay, encode_overlay, rgb_to_class_map
-from strokekit.data.readers import (BadInputError, load_image, read_dicom_hu, read_mask, read_overlay_mask,
-                                    read_png, window, windows_to_channels)
+from strokekit.data.badinput import BadInputError
+from strokekit.data.dicom import read_dicom_hu, window, windows_to_channels
+from strokekit.data.readers import load_image, read_mask, read_overlay_mask, read_png
 
 REAL_OVERLAYS = [("Hemorrhagic", "10029", 2, 1443), ("Hemorrhagic", "14343", 2, 7287),
                  ("Ischemic", "11114", 1, 4976), ("Ischemic", "13239", 1, 2290)]

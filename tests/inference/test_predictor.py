@@ -9,7 +9,8 @@ import torch
 from strokekit import Prediction, Predictor
 from strokekit.models.checkpoint import build_checkpoint, save_atomic
 from strokekit.config import load_config
-from strokekit.data.readers import BadInputError, read_dicom_hu
+from strokekit.data.badinput import BadInputError
+from strokekit.data.dicom import read_dicom_hu
 from strokekit.ensembling.spec import write_spec
 from strokekit.models.registry import build_model
 from strokekit.data.submission import read_labels, read_phase2_mask

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from strokekit.data.encodings import decode_overlay, rgb_to_class_map
-from strokekit.data.readers import read_dicom_hu, window
+from strokekit.data.dicom import read_dicom_hu, window
 from strokekit.phantom.dataset import (ANSWER_KEY, LAYOUTS, STROKE_SHARE, TRUTH_CSV, draw_slice, make_phantom,
                                        plan_dataset)
 
