@@ -38,7 +38,7 @@ from strokekit.data.check import apply_policy, check_files
 from strokekit.data.index import build_index
 from strokekit.data.folds import FoldsError, read_folds
 from strokekit.errors import main_rank as speaks, script_main
-from strokekit.training.runlog import exit_process
+from strokekit.training.runlog import exit_process, watch_interrupts
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -209,6 +209,7 @@ def configs_to_train(args) -> list[str | None]:
 @script_main(interrupted="interrupted", speaks=speaks)  # torchrun's other ranks print no error
 def main(argv=None) -> int:
     args = parse_args(argv)
+    watch_interrupts()
     for config in configs_to_train(args):
         args.config = config
         code = train_configured(args)

@@ -31,7 +31,7 @@ from strokekit.models.precision import autocast
 from strokekit.models.tta import predict_with_tta
 from strokekit.models.registry import build_model
 from strokekit.training.optim import LrSchedule, build_optimizer
-from strokekit.training.runlog import EpochLog
+from strokekit.training.runlog import EpochLog, check_interrupt
 from strokekit.training.tasks import get_task, selection_metric
 from strokekit.training.topk import TopK, write_averaged
 from strokekit.models.weights import WeightsError, strip_prefixes
@@ -172,6 +172,7 @@ def train_one_epoch(tr: Trainer, progress: bool = True) -> dict:
     tr.optimizer.zero_grad(set_to_none=True)
     started = ready = time.perf_counter()
     for i, batch in enumerate(bar):
+        check_interrupt()
         wait += time.perf_counter() - ready
         images = batch["image"].to(tr.device, non_blocking=True)
         if tr.device.type == "cuda" and cfg["channels_last"]:
@@ -299,6 +300,7 @@ def train_fold(cfg: dict, index, folds, fold: int, run_dir, resume_run: bool = F
         f"{cfg['model']} on {tr.device}, selecting on {tr.metric} ({tr.mode})")
     try:
         while tr.epoch < cfg["epochs"]:
+            check_interrupt()
             epoch_start = time.time()
             reseed_epoch(tr)
             row = {"epoch": tr.epoch + 1, "lr": tr.schedule.lr(), **train_one_epoch(tr, progress)}

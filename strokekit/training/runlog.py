@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -49,12 +50,34 @@ def _number(text: str):
     return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
 
 
+_INTERRUPT_SEEN = False  # set by watch_interrupts' handler
+
+
+def watch_interrupts() -> None:
+    """Ctrl-C still raises KeyboardInterrupt at once, and is also remembered: Python swallows an exception
+    raised while a finalizer runs (a DataLoader iterator's at an epoch's end), so `check_interrupt` raises it
+    again at the training loop's next step. Left alone where SIGINT is ignored (a background job)."""
+    def handler(signum, frame):
+        global _INTERRUPT_SEEN
+        _INTERRUPT_SEEN = True
+        raise KeyboardInterrupt
+
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, handler)
+
+
+def check_interrupt() -> None:
+    """Raise KeyboardInterrupt if Ctrl-C came (even one a finalizer swallowed)."""
+    if _INTERRUPT_SEEN:
+        raise KeyboardInterrupt
+
+
 def exit_process(code: int, skip_teardown: bool = False) -> None:
     """End a script with `code`. After Ctrl-C, skip the interpreter's teardown: every checkpoint is on disk
     already, and torch objects freed during teardown after an interrupt can abort the process (exit -6).
     `skip_teardown` does the same always (train.py under torchrun, whose process-group threads can abort
     the teardown with "terminate called without an active exception" after the work is done)."""
-    if code == INTERRUPTED or skip_teardown:
+    if code == INTERRUPTED or skip_teardown or _INTERRUPT_SEEN:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
