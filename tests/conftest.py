@@ -85,5 +85,13 @@ def small_phantom(folder: Path, n: int, seed: int, size: int, n_test1: int, n_te
     return Path(root)
 
 
+@pytest.fixture
+def data(phantom, tmp_path) -> Path:
+    """A fresh copy of the requesting module's `phantom` fixture, for a test that damages files in it."""
+    import shutil
+
+    return Path(shutil.copytree(phantom, tmp_path / "data"))
+
+
 # The trained phantom loop (tests/phantom_loop.py), shared by every end-to-end test file in one session.
 from phantom_loop import loop, seg_spec, shipped, stroke_spec, type_spec  # noqa: E402,F401

@@ -56,3 +56,8 @@ def random_seg_oof(n=10, low=16, size=40, seed=3):
         truth_logits = resize_probs(logits[i], size) + rng.normal(0, 0.3, (3, size, size))
         masks[i] = truth_logits.argmax(0).astype(np.uint8)
     return {"image_id": np.arange(n), "probs": probs.astype(np.float16), "fold": np.arange(n) % 2}, masks
+
+
+def training_files(data: Path, folder: str) -> list[Path]:
+    """The files of one TRAINING class folder of a phantom (`INMEYOK`, `KANAMA/MASK` ...), sorted."""
+    return sorted((data / "TRAINING" / folder).iterdir())

@@ -45,13 +45,9 @@ def pick_device() -> torch.device:
 @torch.no_grad()
 def predict_loader(model, loader, task, cfg: dict, device, loss_fn=None, keep_oof=False, progress=False,
                    flips=("none",)):
-    """Run a model over a loader: (metrics dict incl. val_loss, task state holding the OOF predictions).
-
-    `flips`: the TTA flip set the probabilities are averaged over (models.tta.predict_with_tta, as infer.py
-    predicts); val_loss always comes from the plain forward pass. Under torchrun each rank runs its shard of
-    the loader; the states are joined on rank 0 (the other ranks get None as state) and every rank gets rank
-    0's metrics.
-    """
+    """(metrics incl. val_loss, task state with the OOF predictions) of a model over a loader; probabilities
+    averaged over `flips` as infer.py predicts, val_loss from the plain pass. Under torchrun each rank runs its
+    shard; rank 0 gets the joined state (the others None) and every rank rank 0's metrics."""
     model.eval()
     flips = resolve_flips(flips)
     state, losses = task.new_state(cfg, keep_oof=keep_oof), []

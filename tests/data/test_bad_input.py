@@ -12,6 +12,7 @@ import pandas as pd
 import pydicom
 import pytest
 from conftest import small_phantom
+from helpers import training_files
 import torch
 from PIL import Image
 
@@ -159,19 +160,11 @@ def phantom(tmp_path_factory) -> Path:
     return small_phantom(tmp_path_factory.mktemp("bad"), n=60, seed=5, size=64, n_test1=3, n_test2=2, cache=False)
 
 
-@pytest.fixture
-def data(phantom, tmp_path) -> Path:
-    return Path(shutil.copytree(phantom, tmp_path / "data"))
-
-
-def files(data: Path, folder: str) -> list[Path]:
-    return sorted((data / "TRAINING" / folder).iterdir())
-
 
 def test_the_index_reports_empty_folders_and_bad_masks_even_from_its_cache(data):
     shutil.rmtree(data / "TRAINING" / "KANAMA" / "OVERLAY")
     (data / "TRAINING" / "KANAMA" / "OVERLAY").mkdir()
-    mask = files(data, "ISKEMI/MASK")[0]
+    mask = training_files(data, "ISKEMI/MASK")[0]
     rgb = np.asarray(Image.open(mask).convert("RGB")).copy()
     rgb[0, 0] = (7, 7, 7)
     write_png(mask, rgb)
@@ -189,24 +182,24 @@ def test_the_index_reports_empty_folders_and_bad_masks_even_from_its_cache(data)
 
 
 def test_the_check_pairs_images_masks_and_sizes(data):
-    png = files(data, "KANAMA/PNG")
+    png = training_files(data, "KANAMA/PNG")
     png[0].unlink()  # its MASK / OVERLAY stay: a mask without its image
-    files(data, "ISKEMI/MASK")[0].unlink()
-    files(data, "ISKEMI/OVERLAY")[0].unlink()  # an image without its mask
+    training_files(data, "ISKEMI/MASK")[0].unlink()
+    training_files(data, "ISKEMI/OVERLAY")[0].unlink()  # an image without its mask
     write_png(png[1], np.zeros((32, 32), np.uint8))  # one image of another size than the rest
-    write_png(files(data, "KANAMA/MASK")[2], np.zeros((32, 32, 3), np.uint8))  # a mask of another size
+    write_png(training_files(data, "KANAMA/MASK")[2], np.zeros((32, 32, 3), np.uint8))  # a mask of another size
     make_bad(png[3].parent, "truncated").replace(png[3])
     index, report = build_index(data)
     check = check_files(index[index.split == "train"], masks=True, report=report)
     bad = {image_id: problem for image_id, _, problem in check.bad}
     assert bad[int(png[0].stem)].startswith(f"no PNG file for image {png[0].stem} (found only ")
     assert bad[int(png[1].stem)] == "MASK is 64x64 but its image is 32x32"
-    assert bad[int(files(data, 'KANAMA/MASK')[2].stem)] == "MASK is 32x32 but its image is 64x64"
+    assert bad[int(training_files(data, 'KANAMA/MASK')[2].stem)] == "MASK is 32x32 but its image is 64x64"
     assert bad[int(png[3].stem)].startswith("damaged PNG: truncated")
     assert len(bad) == 4
     notes = dict(check.warnings)
     assert "unlike the usual 64x64: resized to img_size" in notes[str(png[1])]
-    assert "without MASK or OVERLAY" in notes[str(files(data, "ISKEMI/PNG")[0])]
+    assert "without MASK or OVERLAY" in notes[str(training_files(data, "ISKEMI/PNG")[0])]
     assert check_files(index[index.split == "train"], image_source="dicom").bad == []  # every DICOM is whole
 
 
@@ -217,7 +210,7 @@ def run_train(data: Path, out: Path, *extra: str) -> int:
 
 
 def test_train_fails_before_training_or_skips_and_lists_the_bad_files(data, tmp_path, capsys):
-    victim = files(data, "INMEYOK/PNG")[4]
+    victim = training_files(data, "INMEYOK/PNG")[4]
     make_bad(tmp_path, "truncated").replace(victim)
     assert run_train(data, tmp_path / "runs") == 2
     err = capsys.readouterr().err

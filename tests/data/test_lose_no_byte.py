@@ -9,6 +9,7 @@ import pandas as pd
 import pydicom
 import pytest
 from conftest import small_phantom
+from helpers import training_files
 
 import infer
 import kfold
@@ -161,20 +162,12 @@ def phantom(tmp_path_factory) -> Path:
     return small_phantom(tmp_path_factory.mktemp("bytes"), n=40, seed=3, size=48, n_test1=3, n_test2=3, cache=False)
 
 
-@pytest.fixture
-def data(phantom, tmp_path) -> Path:
-    return Path(shutil.copytree(phantom, tmp_path / "data"))
-
-
-def train_files(data: Path, folder: str) -> list[Path]:
-    return sorted((data / "TRAINING" / folder).iterdir())
-
 
 # ------------------------------------------------------------------ 5: a truncated DICOM header
 
 
 def test_a_truncated_dicom_header_is_listed_and_kfold_says_why_its_grouping_changed(data, capsys):
-    victim = train_files(data, "INMEYOK/DICOM")[0]
+    victim = training_files(data, "INMEYOK/DICOM")[0]
     victim.write_bytes(victim.read_bytes()[:300])
     _, report = build_index(data, cache=False)
     assert str(victim) in dict(report.skipped) and "cut short" in dict(report.skipped)[str(victim)]
@@ -213,7 +206,7 @@ def run_train(data: Path, out: Path, *extra: str) -> int:
 
 
 def test_train_names_a_png_without_idat_or_skips_it(data, tmp_path, capsys, one_thread):
-    victim = png_without_idat(train_files(data, "INMEYOK/PNG")[2])
+    victim = png_without_idat(training_files(data, "INMEYOK/PNG")[2])
     assert run_train(data, tmp_path / "runs") == 2
     assert capsys.readouterr().err.startswith(f"error: {victim}: damaged PNG: no IDAT chunk")
     assert run_train(data, tmp_path / "runs", "--on-bad-input", "skip") == 0
