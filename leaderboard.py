@@ -1,39 +1,10 @@
 """Rank every config's out-of-fold figures per task, with the chosen ensembles beside them.
 
-    python leaderboard.py runs/*
-    python leaderboard.py runs --ensembles ensembles/*.yaml --out leaderboard
-
-Per task (stroke, type, seg): each config's OOF metrics per fold and mean ± std over folds (from
-runs/<config>/fold<k>/summary.json; classifiers also the AUC of all folds' oof.csv together), then each
-ensemble spec's OOF figures (metric, threshold, recall / precision / F1 ..., seg post-processed Dice or IoU; a seg
-spec's segmentation-based classifier is listed under its task). Prints the Markdown and writes
-<out>/leaderboard.md, leaderboard.png (bar chart) and leaderboard.csv (one row per config and fold).
-Unfinished and pruned folds are left out and listed.
+The command lives in strokekit/cli/leaderboard.py; `pip install -e .` also installs it as `strokekit-leaderboard`.
 """
-from __future__ import annotations
+from strokekit.cli.leaderboard import entry_point, main
 
-import argparse
-import sys
-
-from strokekit.errors import script_main
-from strokekit.report.leaderboard import build
-
-
-@script_main
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="*", help="run folders runs/<config> (or a folder of them, e.g. runs)")
-    parser.add_argument("--ensembles", nargs="*", default=[], help="ensemble spec YAMLs from ensemble.py")
-    parser.add_argument("--out", default="leaderboard", help="output folder (default leaderboard)")
-    args = parser.parse_args(argv)
-    if not args.runs and not args.ensembles:
-        parser.error("give run folders and/or --ensembles spec files")
-    result = build(args.runs, args.ensembles, args.out)
-    print(result["markdown"])
-    print(f"\nwrote {args.out}/leaderboard.md, leaderboard.png, leaderboard.csv")
-    return 0
-
+__all__ = ["main"]  # tests and users call main(argv)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry_point()

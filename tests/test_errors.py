@@ -75,7 +75,7 @@ def test_the_wrapper_returns_2_for_a_user_error_and_lets_a_bug_raise(capsys):
 
 def test_every_script_uses_the_wrapper_and_lists_no_error_classes():
     for name in SCRIPTS:
-        tree = ast.parse((ROOT / name).read_text(encoding="utf-8"))
+        tree = ast.parse((ROOT / "strokekit" / "cli" / name).read_text(encoding="utf-8"))
         main = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "main")
         decorators = [ast.unparse(d) for d in main.decorator_list]
         assert any(d.startswith("script_main") for d in decorators), f"{name}: main is not @script_main"

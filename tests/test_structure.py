@@ -14,7 +14,8 @@ vocabulary, and config/*):
     training    -> root, data, models, evaluation, postprocess
     ensembling  -> root, data, evaluation, postprocess
     inference   -> root, data, models, evaluation, postprocess, ensembling
-    report      -> anything
+    report      -> anything but cli
+    cli         -> anything (the commands; nothing imports them)
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ PACKAGE = ROOT / "strokekit"
 
 ROOT_STAGE = "root"
 STAGES = ("data", "phantom", "models", "training", "evaluation", "postprocess", "ensembling", "inference",
-          "report")
+          "report", "cli")
 MAY_IMPORT = {  # besides its own stage
     ROOT_STAGE: {ROOT_STAGE},
     "data": {ROOT_STAGE},
@@ -41,7 +42,8 @@ MAY_IMPORT = {  # besides its own stage
     "training": {ROOT_STAGE, "data", "models", "evaluation", "postprocess"},
     "ensembling": {ROOT_STAGE, "data", "evaluation", "postprocess"},
     "inference": {ROOT_STAGE, "data", "models", "evaluation", "postprocess", "ensembling"},
-    "report": {ROOT_STAGE, *STAGES},
+    "report": {ROOT_STAGE, *(s for s in STAGES if s != "cli")},
+    "cli": {ROOT_STAGE, *STAGES},
 }
 # (importer, imported): allowed across the layers. strokekit.Predictor is imported on first use only.
 EXCEPTIONS = {("strokekit", "strokekit.inference.predictor"), ("strokekit", "strokekit.inference")}

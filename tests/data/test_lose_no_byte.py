@@ -16,6 +16,7 @@ import kfold
 import score
 import train
 from helpers import write_dicom, write_png
+from strokekit.cli import train as strokekit_train
 from strokekit.config import load_config
 from strokekit.data.check import apply_policy, check_files
 from strokekit.data.index import build_index
@@ -337,4 +338,4 @@ def test_ids_in_text_and_on_the_command_line_are_ascii_digits_only(tmp_path, cap
     assert score.main(["--check", str(pred), "--expected-ids", "10011", "²"]) == 2  # used to be a ValueError
     assert "are not image ids" in capsys.readouterr().err
     with pytest.raises(FoldsError, match="--fold ²"):
-        train.fold_list("²", pd.DataFrame({"fold": [0, 1, 2]}))
+        strokekit_train.fold_list("²", pd.DataFrame({"fold": [0, 1, 2]}))
