@@ -64,6 +64,9 @@ DEFAULTS: dict[str, Any] = {
     "lesion_share": 0.5,
     "crop_size": None,         # seg: train on crops of this side (multiple of 32, <= img_size); validate on slices
     "fg_crop_share": 0.0,      # seg, with crop_size: share of crops centred on a random lesion pixel (nnU-Net: 0.33)
+    "mixup": 0.0,              # Beta(a, a) of mixup (classifiers; blends images and labels); 0 = off
+    "cutmix": 0.0,             # Beta(a, a) of CutMix (classifiers and seg: a pasted box, its mask with it); 0 = off
+    "mix_prob": 1.0,           # with mixup / cutmix: share of training batches mixed (training/mixing.py)
     "seg_negatives": 0.0,      # seg: share of no-stroke slices added to training as negatives
     "seg_val_negatives": False,  # seg: also validate (and write OOF for) the fold's no-stroke slices
     "seg_lesion_type": None,   # seg: ischemic | hemorrhagic = a type-specific segmenter (trains on that type's

@@ -239,6 +239,9 @@ SCHEMA: dict[str, Rule] = {
     "lesion_share": Prob(),
     "crop_size": Int(32, 4096, nullable=True),
     "fg_crop_share": Prob(),
+    "mixup": Float(0.0),
+    "cutmix": Float(0.0),
+    "mix_prob": Prob(),
     "seg_negatives": Prob(),
     "seg_val_negatives": Bool(),
     "seg_lesion_type": Choice(*LESION_NAMES, nullable=True),
@@ -306,6 +309,9 @@ def cross_checks(cfg: dict) -> list[tuple[str, str]]:
     crop = cfg["crop_size"]
     if crop is not None and (task != "seg" or crop % 32 or crop > cfg["img_size"]):
         problems.append(("crop_size", f"{crop}: seg only, a multiple of 32, at most img_size={cfg['img_size']}"))
+    if task == "seg" and cfg["mixup"] > 0 and cfg["mix_prob"] > 0:
+        problems.append(("mixup", "blends labels, and a seg mask has no blended form; use cutmix for seg (the "
+                                  "pasted box carries its mask)"))
     if cfg["deep_supervision"] and task != "seg":
         problems.append(("deep_supervision", f"is for seg U-Nets, not task {task}"))
     if cfg["metric"] is not None and cfg["metric"] not in metric_names(cfg):

@@ -28,6 +28,7 @@ from strokekit.models.checkpoint import (build_checkpoint, model_state, read_che
                                          seed_everything, set_rng_state, versions)
 from strokekit.training.loader import make_loader
 from strokekit.models.precision import autocast
+from strokekit.training.mixing import draw_mix
 from strokekit.models.tta import predict_with_tta
 from strokekit.models.registry import build_model
 from strokekit.training.optim import LrSchedule, build_optimizer
@@ -174,10 +175,15 @@ def train_one_epoch(tr: Trainer, progress: bool = True) -> dict:
         if tr.device.type == "cuda" and cfg["channels_last"]:
             images = images.contiguous(memory_format=torch.channels_last)
         target = tr.task.loss_target(batch, tr.device)
+        mix = draw_mix(cfg, images, tr.epoch, i)  # mixup / cutmix (training/mixing.py); None when off
+        if mix is not None:
+            images = mix.images(images)
         stepping = (i + 1) % accum == 0 or i + 1 == len(tr.train_loader)
         with distributed.no_sync(model, stepping):  # DDP: all-reduce gradients on stepping batches only
             with autocast(tr.device, cfg["amp"]):
-                loss = tr.loss_fn(model(images), target)
+                outputs = model(images)
+                loss = (tr.loss_fn(outputs, target) if mix is None
+                        else mix.loss(tr.loss_fn, outputs, target, tr.task.name))
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"epoch {tr.epoch + 1}, batch {i}: loss is {float(loss)}; "
                                          "lower lr, set clip_grad, or use amp: bf16 instead of fp16")

@@ -202,7 +202,9 @@ class LesionAuxLoss(nn.Module):
         cells = lesion_cells(mask, lesion.shape[-2:])
         bce = F.binary_cross_entropy_with_logits(lesion.float(), cells, reduction="none")
         # lesion cells are a few in a hundred: each side gets half the weight, or the head learns "never"
-        balanced = 0.5 * (bce[cells == 0].mean() + bce[cells > 0].mean()) if (cells > 0).any() else bce.mean()
+        lesion_cell, clear = cells > 0, cells == 0
+        balanced = (0.5 * (bce[clear].mean() + bce[lesion_cell].mean()) if lesion_cell.any() and clear.any()
+                    else bce.mean())  # (a batch whose every cell holds lesion, e.g. after cutmix, is no NaN)
         return self.base(logits, label) + self.weight * balanced
 
 
