@@ -25,6 +25,8 @@ DEFAULTS: dict[str, Any] = {
     "folds": None,             # folds CSV written by kfold.py; None = <data>/folds.csv
     "runs_dir": "runs",        # runs/<name>/fold<k>/
     "on_bad_input": "fail",    # fail: a bad data file stops the run before training | skip: leave it out (skipped.csv)
+    "log": [],                 # experiment trackers, e.g. [tensorboard]: tensorboard | wandb | mlflow, offline
+                               # (train.py --log; training/tracking.py)
     # input
     "image_source": "png",     # png | dicom
     "windows": [[40, 80]],     # DICOM HU windows [center, width], one channel each (brain 40/80, subdural 80/200, stroke 32/8)

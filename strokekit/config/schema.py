@@ -28,6 +28,7 @@ SEG_SCORES = tuple(f"{metric}_{reduction}_{part}" for metric in ("iou", "dice")
                    for reduction in ("micro", "macro_imagewise")
                    for part in (*LESION_NAMES, "lesion_mean", "any_lesion"))
 AMP = ("bf16", "fp16", "none")
+TRACKERS = ("tensorboard", "wandb", "mlflow")                      # training/tracking.TRACKERS
 DECODER_ATTENTION = ("scse",)   # smp Unet / UnetPlusPlus
 
 
@@ -188,6 +189,14 @@ def _hu_range(value):
     return [low, high]
 
 
+def _trackers(value):
+    names = value.split(",") if isinstance(value, str) else [] if value is None else value
+    if not isinstance(names, (list, tuple)) or any(not isinstance(v, str) or v.strip() not in TRACKERS
+                                                   for v in names):
+        raise ValueError
+    return list(dict.fromkeys(v.strip() for v in names))
+
+
 def _flips(value):
     names = value.split(",") if isinstance(value, str) else value
     if not isinstance(names, (list, tuple)) or not names or any(v not in FLIPS for v in names):
@@ -202,6 +211,7 @@ SCHEMA: dict[str, Rule] = {
     "folds": Text(nullable=True),
     "runs_dir": Text(),
     "on_bad_input": Choice("fail", "skip"),
+    "log": Rule(f"a list of experiment trackers from {', '.join(TRACKERS)} (or [])", _trackers),
     "image_source": Choice("png", "dicom"),
     "windows": Rule("a list of [center, width] pairs with width > 0", _windows),
     "hu_range": Rule("[low, high] Hounsfield units, finite, low < high", _hu_range),
