@@ -9,6 +9,7 @@ import numpy as np
 from strokekit.errors import SettingError, UnknownNameError
 
 BACKGROUND, ISCHEMIC, HEMORRHAGIC = 0, 1, 2                       # the values of a class map
+IGNORE_LABEL = 255   # a training target's "no label here" (pseudo-labels' uncertain pixels): every seg loss skips it
 CLASS_NAMES = {BACKGROUND: "background", ISCHEMIC: "ischemic", HEMORRHAGIC: "hemorrhagic"}
 LESION_CLASSES = (ISCHEMIC, HEMORRHAGIC)
 LESION_NAMES = {CLASS_NAMES[c]: c for c in LESION_CLASSES}        # per-class config blocks are keyed by name

@@ -125,9 +125,13 @@ def test_hypercolumn_unet_sees_every_decoder_stage():
 
 
 def test_hypercolumn_unet_pretrained_offline_fails_fast(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))  # read at import by huggingface_hub
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.delenv("STROKEKIT_ALLOW_DOWNLOAD", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     cfg = load_config(ROOT / "configs/recipes/dpn_unet/seg_dpn68_hypercolumn.yaml")
     with pytest.raises(WeightsError, match="dpn68"):
         build_model(cfg)

@@ -7,6 +7,8 @@ Two modes, chosen by the task:
 `class_weights` (one weight per class) apply to ce, bce (as pos_weight = w1 / w0, or per channel) and focal.
 `dice` and `lovasz` come from smp.losses (smp's Dice counts the background class too); `batch_dice` /
 `image_dice` are foreground-only soft Dice over the batch (nnU-Net) / per image.
+In multiclass mode every loss skips the pixels whose target is vocabulary.IGNORE_LABEL (255: the uncertain
+pixels of a pseudo-label, data/pseudo.py): they add nothing to the loss and get no gradient.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from strokekit.errors import UserError
+from strokekit.vocabulary import IGNORE_LABEL
 
 MODES = ("binary", "multiclass")
 
@@ -35,7 +38,12 @@ class CrossEntropy(nn.Module):
         self.register_buffer("weight", _as_tensor(class_weights), persistent=False)
 
     def forward(self, logits, target):
-        return F.cross_entropy(logits.float(), target, weight=self.weight)
+        # torch's weighted mean, written out so that a target with every pixel ignored gives 0, not 0 / 0
+        total = F.cross_entropy(logits.float(), target, weight=self.weight, ignore_index=IGNORE_LABEL,
+                                reduction="sum")
+        valid = target != IGNORE_LABEL
+        count = valid.sum() if self.weight is None else self.weight[target.where(valid, 0)][valid].sum()
+        return total / count.clamp_min(1e-12)
 
 
 class BinaryCrossEntropy(nn.Module):
@@ -51,20 +59,21 @@ class BinaryCrossEntropy(nn.Module):
         logits = logits.float()
         if self.mode == "binary":
             return F.binary_cross_entropy_with_logits(_log_odds(logits), target.float(), pos_weight=self.weight)
-        onehot = F.one_hot(target, logits.shape[1]).movedim(-1, 1).float()
+        valid = (target != IGNORE_LABEL).unsqueeze(1)
+        onehot = F.one_hot(target.where(valid[:, 0], 0), logits.shape[1]).movedim(-1, 1).float()
         loss = F.binary_cross_entropy_with_logits(logits, onehot, reduction="none")
         if self.weight is not None:
             loss = loss * self.weight.view(1, -1, *([1] * (loss.ndim - 2)))
-        return loss.mean()
+        return (loss * valid).sum() / (valid.sum() * logits.shape[1]).clamp_min(1)
 
 
 class _SmpLoss(nn.Module):
     """An smp loss in multiclass mode, or in binary mode on the log-odds for classifiers."""
 
-    def __init__(self, mode: str, make: Callable[[str], nn.Module]):
+    def __init__(self, mode: str, make: Callable[..., nn.Module]):
         super().__init__()
         self.mode = mode
-        self.loss = make("binary" if mode == "binary" else "multiclass")
+        self.loss = make("binary") if mode == "binary" else make("multiclass", ignore_index=IGNORE_LABEL)
 
     def forward(self, logits, target):
         logits = logits.float()
@@ -80,12 +89,12 @@ def focal(mode: str, class_weights=None) -> nn.Module:
     if mode == "binary":  # one output: the class weights become alpha, the positive class's share
         alpha = None if weights is None else weights[1] / (weights[0] + weights[1])
         return _SmpLoss(mode, lambda m: FocalLoss(m, alpha=alpha))
-    return _SmpLoss(mode, lambda m: FocalLoss(m, class_weights=weights))
+    return _SmpLoss(mode, lambda m, **kw: FocalLoss(m, class_weights=weights, **kw))
 
 
 def dice(mode: str, class_weights=None) -> nn.Module:
     from segmentation_models_pytorch.losses import DiceLoss
-    return _SmpLoss(mode, lambda m: DiceLoss(m, from_logits=True))
+    return _SmpLoss(mode, lambda m, **kw: DiceLoss(m, from_logits=True, **kw))
 
 
 class ForegroundDice(nn.Module):
@@ -108,8 +117,9 @@ class ForegroundDice(nn.Module):
             probs, onehot = torch.sigmoid(_log_odds(logits))[:, None], target.float()[:, None]
             dims = (0,)
         else:
-            probs = logits.softmax(1)[:, 1:]
-            onehot = F.one_hot(target, logits.shape[1]).movedim(-1, 1)[:, 1:].float()
+            valid = (target != IGNORE_LABEL).unsqueeze(1)
+            probs = logits.softmax(1)[:, 1:] * valid
+            onehot = F.one_hot(target.where(valid[:, 0], 0), logits.shape[1]).movedim(-1, 1)[:, 1:].float()
             dims = (0, *range(2, logits.ndim)) if self.batch else tuple(range(2, logits.ndim))
         inter = (probs * onehot).sum(dims)
         total = probs.sum(dims) + onehot.sum(dims)
@@ -126,7 +136,7 @@ def image_dice(mode: str, class_weights=None) -> nn.Module:
 
 def lovasz(mode: str, class_weights=None) -> nn.Module:
     from segmentation_models_pytorch.losses import LovaszLoss
-    return _SmpLoss(mode, lambda m: LovaszLoss(m, per_image=False))
+    return _SmpLoss(mode, lambda m, **kw: LovaszLoss(m, per_image=False, **kw))
 
 
 LOSSES: dict[str, Callable[..., nn.Module]] = {
