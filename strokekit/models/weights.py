@@ -1,8 +1,12 @@
 """Offline-first weight files: the download policy, the local-cache look-up, and fitting a state dict.
 
-The kit never waits on the network by surprise: `HF_HUB_OFFLINE=1` is set unless the user sets
-`STROKEKIT_ALLOW_DOWNLOAD=1`, and `pretrained: true` is checked against the local caches before any model
-is built, so a missing file fails in milliseconds with a message saying how to provide it.
+The kit never waits on the network by surprise. It follows the ecosystem's switch, `HF_HUB_OFFLINE`:
+`HF_HUB_OFFLINE=0` (or false / no / off) allows downloads, any true value forbids them, and when it is unset
+the kit stays offline (it sets `HF_HUB_OFFLINE=1` itself). `STROKEKIT_ALLOW_DOWNLOAD=1` is a deprecated
+alias of `HF_HUB_OFFLINE=0`, heeded only while HF_HUB_OFFLINE is unset. `pretrained: true` is checked
+against the local caches (the hub cache huggingface_hub itself uses, `constants.HF_HUB_CACHE`, and torch
+hub's) before any model is built, so a missing file fails in milliseconds with a message saying how to
+provide it.
 """
 from __future__ import annotations
 
@@ -22,28 +26,39 @@ class WeightsError(UserError, RuntimeError):
     """Weights that cannot be found offline or do not fit the model."""
 
 
+TRUE_VALUES, FALSE_VALUES = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+ALLOW_HINT = "HF_HUB_OFFLINE=0"  # what a user sets to allow downloads
+
+
 def downloads_allowed() -> bool:
+    """HF_HUB_OFFLINE=0 allows downloads, a true value forbids them; unset: the deprecated
+    STROKEKIT_ALLOW_DOWNLOAD=1 allows them, else the kit stays offline."""
+    value = os.environ.get("HF_HUB_OFFLINE", "").strip().lower()
+    if value in FALSE_VALUES:
+        return True
+    if value:  # 1 / true / anything else the hub would read as offline
+        return False
     return os.environ.get("STROKEKIT_ALLOW_DOWNLOAD", "") == "1"
 
 
 def apply_offline_policy() -> None:
-    """Switch the Hugging Face hub offline unless downloads are allowed (also after it was imported)."""
-    if downloads_allowed():
-        return
-    os.environ["HF_HUB_OFFLINE"] = "1"
+    """Put huggingface_hub in the mode downloads_allowed() says, also after it was imported (it reads
+    HF_HUB_OFFLINE once, at import): offline unless the user allowed downloads."""
+    allowed = downloads_allowed()
+    if not allowed:
+        os.environ["HF_HUB_OFFLINE"] = "1"
     try:
         from huggingface_hub import constants
-        constants.HF_HUB_OFFLINE = True
+        constants.HF_HUB_OFFLINE = not allowed
     except ImportError:  # pragma: no cover - huggingface_hub ships with timm
         pass
 
 
 def hf_cache_dir() -> Path:
-    """The hub cache, read from the environment at call time (HF_HUB_CACHE, else HF_HOME/hub)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"])
-    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
-    return Path(home) / "hub"
+    """The hub cache huggingface_hub uses (constants.HF_HUB_CACHE: $HF_HUB_CACHE, else $HF_HOME/hub, ...)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
 
 
 def cached_hf_file(repo_id: str, filenames=HF_WEIGHT_FILES, revision: str | None = None) -> str | None:
@@ -106,7 +121,7 @@ def missing_weights_message(what: str, source: str) -> str:
             f"({hf_cache_dir()} or {Path(torch.hub.get_dir()) / 'checkpoints'}) and downloads are off.\n"
             f"  They would come from: {source}\n"
             "  Fix one of:\n"
-            "  - run once with STROKEKIT_ALLOW_DOWNLOAD=1 on a machine with internet (fills the cache), or copy\n"
+            f"  - run once with {ALLOW_HINT} on a machine with internet (fills the cache), or copy\n"
             "    that cache folder here (set HF_HOME / HF_HUB_CACHE if it lives elsewhere);\n"
             "  - download the weight file yourself and set `weights: /path/to/file` (.safetensors, .pth, or a\n"
             "    strokekit checkpoint) in the config or with --set weights=PATH;\n"

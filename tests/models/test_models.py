@@ -129,10 +129,41 @@ def test_broken_checkpoint_is_a_clear_error(tmp_path):
 
 @pytest.fixture
 def empty_caches(tmp_path, monkeypatch):
+    """Empty hub and torch caches, HF_HUB_OFFLINE unset (the kit's default: offline). huggingface_hub reads
+    HF_HUB_CACHE at import, so its constant is pointed at the empty cache too."""
+    from huggingface_hub import constants
+
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.delenv("STROKEKIT_ALLOW_DOWNLOAD", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", constants.HF_HUB_OFFLINE)  # restored after the test
     return tmp_path / "hf"
+
+
+@pytest.mark.parametrize("offline,alias,allowed", [(None, None, False), ("1", None, False), ("0", None, True),
+                                                    ("false", None, True), ("1", "1", False), (None, "1", True)])
+def test_hf_hub_offline_is_the_switch(empty_caches, monkeypatch, offline, alias, allowed):
+    """HF_HUB_OFFLINE=0 allows downloads, 1 forbids them, unset is offline; the deprecated
+    STROKEKIT_ALLOW_DOWNLOAD=1 counts only while HF_HUB_OFFLINE is unset; huggingface_hub follows."""
+    from huggingface_hub import constants
+
+    from strokekit.models.weights import apply_offline_policy, downloads_allowed
+
+    for name, value in (("HF_HUB_OFFLINE", offline), ("STROKEKIT_ALLOW_DOWNLOAD", alias)):
+        if value is not None:
+            monkeypatch.setenv(name, value)
+    assert downloads_allowed() is allowed
+    apply_offline_policy()
+    assert constants.HF_HUB_OFFLINE is (not allowed)
+    assert downloads_allowed() is allowed  # the policy, once applied, reads the same
+
+
+def test_hub_cache_is_huggingface_hubs_own(empty_caches):
+    from strokekit.models.weights import hf_cache_dir
+
+    assert hf_cache_dir() == empty_caches
 
 
 @pytest.mark.parametrize("task,model,encoder", [("stroke", "resnet18", "-"), ("seg", "Unet", "resnet34"),
@@ -143,7 +174,7 @@ def test_pretrained_offline_without_cache_fails_fast(empty_caches, task, model, 
         build_model(cfg_for(task, model, encoder, pretrained=True))
     assert time.perf_counter() - start < 5.0
     message = str(err.value)
-    for hint in ("not in the local cache", "STROKEKIT_ALLOW_DOWNLOAD=1", "weights: /path/to/file", "pretrained=false"):
+    for hint in ("not in the local cache", "HF_HUB_OFFLINE=0", "weights: /path/to/file", "pretrained=false"):
         assert hint in message
 
 
