@@ -73,6 +73,8 @@ DEFAULTS: dict[str, Any] = {
     "seg_val_negatives": False,  # seg: also validate (and write OOF for) the fold's no-stroke slices
     "seg_lesion_type": None,   # seg: ischemic | hemorrhagic = a type-specific segmenter (trains on that type's
                                # slices, its masks keep that class only; validates on every lesion slice)
+    "pseudo": None,            # seg: a pseudo-label folder from pseudo.py; its kept test images join every fold's
+                               # training (their uncertain pixels ignored), never a validation set or an OOF file
     "amp": "bf16",             # bf16 | fp16 | none (CUDA only; CPU runs fp32)
     "channels_last": True,
     "ema": False,

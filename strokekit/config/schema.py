@@ -255,6 +255,7 @@ SCHEMA: dict[str, Rule] = {
     "seg_negatives": Prob(),
     "seg_val_negatives": Bool(),
     "seg_lesion_type": Choice(*LESION_NAMES, nullable=True),
+    "pseudo": Text(nullable=True),
     "amp": Choice(*AMP, nullable=True),  # null: as none (training/engine autocast)
     "channels_last": Bool(),
     "ema": Bool(),
@@ -324,6 +325,8 @@ def cross_checks(cfg: dict) -> list[tuple[str, str]]:
                                   "pasted box carries its mask)"))
     if cfg["deep_supervision"] and task != "seg":
         problems.append(("deep_supervision", f"is for seg U-Nets, not task {task}"))
+    if cfg["pseudo"] and task != "seg":
+        problems.append(("pseudo", f"pseudo-labels are masks (pseudo.py): seg only, not task {task}"))
     if cfg["metric"] is not None and cfg["metric"] not in metric_names(cfg):
         problems.append(("metric", f"{cfg['metric']!r} is not logged for task {task} with this config; allowed: "
                                    f"{', '.join(metric_names(cfg))} (or null for the task's default)"))

@@ -96,7 +96,7 @@ class PreprocessCache:
         (no-stroke zeros) are not stored.
         """
         if row.get("mask"):
-            sources = [row["mask"]]
+            sources = [row["mask"], *([row["ignore"]] if row.get("ignore") else [])]  # a pseudo-label's IGNORE too
         elif row.get("overlay"):
             sources = [row["overlay"], row.get("png")]
         else:

@@ -5,6 +5,8 @@ label), mask (S, S) class map at the training size, and mask_full (H, W) uint8 a
 (for metrics computed where the organisers compute them). Masks are resized and augmented with
 nearest-neighbour interpolation only, and their label set is checked after augmentation. With `cache: true`
 images and class maps are read from the preprocessing cache (cache.py), equal to decoding the files.
+A pseudo-labelled row (data/pseudo.py) carries an `ignore` file: its training mask holds IGNORE_LABEL there,
+which the losses skip (augmentation moves it with the mask; padding and rotation fill background).
 """
 from __future__ import annotations
 
@@ -19,8 +21,9 @@ import torch
 from torch.utils.data import Dataset, Sampler, get_worker_info
 
 from strokekit.data.cache import open_cache, resize_step
-from strokekit.vocabulary import HEMORRHAGIC, ISCHEMIC
+from strokekit.vocabulary import HEMORRHAGIC, IGNORE_LABEL, ISCHEMIC
 from strokekit.data.badinput import BadInputError
+from strokekit.data.pseudo import with_ignore
 from strokekit.data.readers import load_class_map, load_image
 
 LABELS = {0, 1, 2}
@@ -132,7 +135,7 @@ class SliceDataset(Dataset):
             if row.get("class_name") != "no_stroke":
                 raise BadInputError(row.get("png") or row.get("dicom"), "a stroke slice without MASK or OVERLAY")
             class_map = np.zeros(shape[:2], dtype=np.uint8)
-        return class_map
+        return with_ignore(class_map, row.get("ignore"))
 
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """(image, mask for the transform, class map at the file's resolution; masks None unless asked).
@@ -168,7 +171,7 @@ class SliceDataset(Dataset):
             if self.train and self.cfg.get("crop_size"):
                 image, mask = foreground_crop(image, mask, self.cfg["crop_size"], self.cfg["fg_crop_share"], self.rng)
             labels = set(np.unique(mask).tolist())
-            if not labels <= LABELS:
+            if not labels <= (LABELS | {IGNORE_LABEL} if row.get("ignore") else LABELS):
                 raise ValueError(f"image {row['image_id']}: augmentation made mask labels {sorted(labels - LABELS)}")
             if self.masks:
                 item["mask"] = torch.from_numpy(mask.astype(np.int64))
@@ -188,7 +191,9 @@ def foreground_crop(image: np.ndarray, mask: np.ndarray, size: int, fg_share: fl
     `fg_share` centred on a random lesion pixel (when the mask has one), else at a random place. The crop
     may reach past the border: what lies outside is zero-padded (image) and background (mask)."""
     h, w = mask.shape[:2]
-    lesion = np.flatnonzero(mask.reshape(-1)) if fg_share > 0 and rng.random() < fg_share else np.empty(0)
+    flat = mask.reshape(-1)
+    lesion = np.flatnonzero((flat > 0) & (flat != IGNORE_LABEL)) if fg_share > 0 and rng.random() < fg_share \
+        else np.empty(0)
     if lesion.size:
         cy, cx = divmod(int(lesion[rng.integers(lesion.size)]), w)
         top, left = cy - size // 2, cx - size // 2

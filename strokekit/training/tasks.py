@@ -6,7 +6,8 @@ loss and selection metric, how logits become probabilities, the validation metri
 - type:   stroke images only; target 1 = the hemorrhagic folder; OOF prob = P(hemorrhagic).
 - seg:    stroke images with a MASK or OVERLAY, plus a seeded `seg_negatives` share of the no-stroke images
           (training only; `seg_val_negatives: true` also validates the fold's no-stroke images, whose
-          false-positive rate is reported while the Dice/IoU stay on lesion slices).
+          false-positive rate is reported while the Dice/IoU stay on lesion slices); with `pseudo: <folder>`
+          (pseudo.py) the pseudo-labelled test images join every fold's training rows, never a validation set.
 With `select_postprocess` (a post-processing spec), seg validation also draws each image's phase-2 mask
 (decide.phase2_class_map: postprocess.py's steps and the never-empty fill, as infer.py does) at the mask's
 own resolution and logs `pp_`-prefixed strict scores of it, plus `pp_official_{iou,dice}` (the organisers'
@@ -28,6 +29,7 @@ from strokekit.training import distributed
 from strokekit.evaluation import metrics, official
 from strokekit.atomic import write_atomic
 from strokekit.data.dataset import BalancedSampler, LesionBatchSampler, SliceDataset
+from strokekit.data.pseudo import PseudoLabelError, pseudo_rows
 from strokekit.training.losses import DeepSupervisionLoss, LesionAuxLoss, build_loss
 from strokekit.vocabulary import TASK_OUTPUTS
 
@@ -53,7 +55,21 @@ class Task:
         if train.empty or val.empty:
             raise ValueError(f"task {self.name}, fold {fold}: {len(train)} training and {len(val)} validation "
                              "images; every fold needs both")
+        if cfg.get("pseudo"):  # pseudo-labelled test images: training rows of every fold, never validated
+            train = self.with_pseudo(train, index, cfg)
         return train.reset_index(drop=True), val.reset_index(drop=True)
+
+    def with_pseudo(self, train: pd.DataFrame, index: pd.DataFrame, cfg: dict) -> pd.DataFrame:
+        """The training rows plus the kept images of the `pseudo` folder (data/pseudo.py) with fold -1, so no
+        fold validates them and no OOF file holds them; refused for classifiers (pseudo-labels are masks)."""
+        if self.name != "seg":
+            raise PseudoLabelError(f"pseudo: pseudo-labels are masks; a {self.name} config cannot train on them")
+        rows = pseudo_rows(cfg["pseudo"], index).assign(fold=-1)
+        if cfg.get("seg_lesion_type"):
+            rows = rows[rows[f"has_{cfg['seg_lesion_type']}"] == 1]
+        out = pd.concat([train, rows], ignore_index=True)
+        out["ignore"] = out["ignore"].fillna("")
+        return out
 
     def metric_mode(self, metric: str) -> str:
         return "min" if metric.endswith("loss") else "max"
