@@ -82,10 +82,10 @@ def measure(system: str, data: Path, work: Path) -> list[dict]:
         rows.append({"recipe": "deep_ensemble (5-CNN vote)", "figure": "sensitivity of the majority vote (OOF)",
                      "value": s["threshold"]["oof"]["recall"]})
     if system == "dpn_unet":
-        s = spec_of([runs["seg_dpn68_hypercolumn"]], specs / "dpn.yaml", "--top-k", 1, "--metric", "dice",
+        s = spec_of([runs["seg_dpn92_hypercolumn"]], specs / "dpn.yaml", "--top-k", 1, "--metric", "dice",
                     "--tta", "none,hflip,vflip,hvflip", "--grid", ROOT / "configs/grids/dpn_unet_closing.yaml",
                     "--data", data)
-        rows.append({"recipe": "dpn_unet/seg_dpn68_hypercolumn", "figure": "3-class DSC after TTA + closing (OOF)",
+        rows.append({"recipe": "dpn_unet/seg_dpn92_hypercolumn", "figure": "3-class DSC after TTA + closing (OOF)",
                      "value": s["oof"]["postprocessed"]})
     return rows
 
