@@ -183,7 +183,8 @@ def read_model_folder(folder: str | os.PathLike, expect_sha256: str | None = Non
     check export.py --verify makes: model.json's weights hashes, manifest.json's hash of every file, model.json
     included, so a folder without its manifest.json is refused) and, given `expect_sha256`, manifest.json's own
     sha256; ModelFolderError if not. The hashes are integrity checks, not signatures: whoever can rewrite the
-    folder can rewrite them, so pin the manifest (expect_sha256) with a hash you got from elsewhere."""
+    folder can rewrite them, so pin the manifest (expect_sha256) with a hash you got from elsewhere.
+    A hub cache snapshot (inference/hub.py) may also hold the repository's model card: nothing reads it."""
     folder = Path(folder)
     if folder.name == MODEL_JSON and folder.is_file():
         folder = folder.parent
@@ -197,7 +198,8 @@ def read_model_folder(folder: str | os.PathLike, expect_sha256: str | None = Non
         raise ModelFolderError(f"{path}: not readable JSON ({err})") from None
     if not isinstance(model, dict) or model.get("format") != FORMAT or not isinstance(model.get("files"), dict):
         raise ModelFolderError(f"{path}: not a strokekit model folder (format {FORMAT!r} with a files table)")
-    problems = _hash_problems(folder, model)
+    unused = hub_card_files(folder)
+    problems = [p for p in _hash_problems(folder, model) if p.split(":", 1)[0] not in unused]
     if problems:
         raise ModelFolderError(f"{folder}: refused, its files do not match their recorded sha256 — "
                                + "; ".join(problems) + ". Export the folder again (export.py) or copy it whole")
@@ -210,6 +212,14 @@ def read_model_folder(folder: str | os.PathLike, expect_sha256: str | None = Non
     if not ensembles or set(ensembles) - set(ROLES):
         raise ModelFolderError(f"{path}: ensembles must be a non-empty mapping with roles among {list(ROLES)}")
     return {role: _as_spec(entry, folder, path, role) for role, entry in ensembles.items()}
+
+
+def hub_card_files(folder: Path) -> set[str]:
+    """In a hub cache snapshot (<cache>/models--org--name/snapshots/<commit>/), the top-level files beside
+    model.json and manifest.json (README.md, the model card, ...): nothing reads them. Elsewhere none."""
+    if folder.parent.name != "snapshots" or not folder.parent.parent.name.startswith("models--"):
+        return set()
+    return {p.name for p in folder.iterdir() if p.is_file() and p.name not in (MODEL_JSON, MANIFEST)}
 
 
 def _hash_problems(folder: Path, model: dict) -> list[str]:
@@ -255,10 +265,13 @@ def _as_spec(entry: dict, folder: Path, path: Path, role: str) -> dict:
 
 
 def _inside(folder: Path, name, path: Path) -> Path:
-    target = (folder / str(name)).resolve()
-    if not isinstance(name, str) or not target.is_relative_to(folder.resolve()) or not target.is_file():
+    """The file `name` names, which must lie inside the folder as named (no `..` or absolute path out of it);
+    the file itself may be a link, as a hub cache's snapshot files are (links to its blobs)."""
+    base = folder.absolute()
+    named = Path(os.path.normpath(base / str(name)))
+    if not isinstance(name, str) or not named.is_relative_to(base) or not named.is_file():
         raise ModelFolderError(f"{path}: weights file {name!r} is not a file inside the model folder")
-    return target
+    return named.resolve()
 
 
 def load_weights(path: str | os.PathLike, cfg: dict, num_outputs: int, device) -> torch.nn.Module:

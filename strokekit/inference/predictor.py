@@ -2,6 +2,7 @@
 
     from strokekit import Predictor
     p = Predictor("models/dpn")                      # a model folder (export.py) or ensemble spec YAML(s)
+    p = Predictor.from_pretrained("org/stroke-dpn")  # ... or a hub repository holding a model folder (hub.py)
     r = p.predict("YARISMA_2/DICOM/123.dcm")         # a PNG / DICOM path, a 2-D HU array, or a list / batch
     r.stroke_prob, r.stroke, r.type_probs, r.type, r.class_map      # r.probs with predict(..., probs=True)
 
@@ -71,6 +72,32 @@ class Predictor:
         self.pipeline = Pipeline(self.ensembles, fallback, fallback_fraction, fallback_max_area)
         self.fallback, self.fallback_fraction, self.fallback_max_area = fallback, fallback_fraction, fallback_max_area
         self.png_window = None if png_window is None else tuple(float(v) for v in png_window)
+        self.source = ", ".join(str(m) for m in (model if isinstance(model, (list, tuple)) else [model]))
+
+    @classmethod
+    def from_pretrained(cls, repo_or_path: str | os.PathLike, revision: str | None = None, **kwargs) -> "Predictor":
+        """A Predictor from a model folder: a local path, or a hub repository id (org/name) fetched with
+        huggingface_hub.snapshot_download, from the hub cache when it holds it (no network) and downloaded only
+        when HF_HUB_OFFLINE=0 (inference/hub.py). Checked as a local folder is (every sha256; expect_sha256
+        pins manifest.json). kwargs: the constructor's (device, tta, expect_sha256, ...)."""
+        from strokekit.inference.hub import resolve_model_source
+
+        folder, source = resolve_model_source(repo_or_path, revision)
+        if not is_model_folder(folder) or folder.suffix in (".yaml", ".yml"):
+            raise SpecError(f"{source}: not a model folder (export.py writes one); Predictor(...) takes spec YAMLs")
+        predictor = cls(folder, **kwargs)
+        predictor.source = source
+        return predictor
+
+    def __repr__(self) -> str:
+        parts = []
+        for role, ens in self.ensembles.items():
+            sizes = sorted({m.cfg.get("img_size") for m in ens.members})
+            members = ", ".join(f"{m.name} ({m.cfg.get('model')}, {len(m.models)} ckpt)" for m in ens.members)
+            parts.append(f"  {role}: {ens.task} ensemble of {members}; tta {','.join(ens.flips) or 'none'}; "
+                         f"img_size {'/'.join(str(v) for v in sizes)}")
+        return (f"Predictor(source={self.source!r}, tasks={list(self.ensembles)}, device={self.device})\n"
+                + "\n".join(parts))
 
     @staticmethod
     def _specs(model, allow_outside: bool, expect_sha256: str | None = None) -> dict[str, dict]:
