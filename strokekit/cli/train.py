@@ -16,7 +16,7 @@ The task (stroke | type | seg) comes from the config. Each fold writes runs/<nam
 A sweep (`--fold all`) skips folds whose `done` exists (pass --overwrite to retrain them).
 Before training, every training image (and, for seg, every MASK / OVERLAY) is checked from its header:
 --on-bad-input fail (default) stops at a bad file, skip leaves it out and lists it in fold<k>/skipped.csv.
-Pretrained weights are never downloaded unless STROKEKIT_ALLOW_DOWNLOAD=1; see docs/training.md.
+Pretrained weights are never downloaded unless HF_HUB_OFFLINE=0; see docs/training.md.
 
 Several GPUs or machines: start the same command through torchrun (DistributedDataParallel; `batch_size` is
 the global batch, split over the processes; rank 0 alone writes the run folder; `sync_bn: true` optional):
