@@ -32,6 +32,8 @@ DEFAULTS: dict[str, Any] = {
     "windows": [[40, 80]],     # DICOM HU windows [center, width], one channel each (brain 40/80, subdural 80/200, stroke 32/8)
     "hu_range": [-3100, 5000],  # DICOM: a slice with a pixel outside [low, high] HU is bad input (damaged rescale tags)
     "in_chans": 3,             # channels fed to the model; grey PNG / a single window is repeated to fill them
+    "neighbours": 0,           # 2.5D: also feed the k slices either side in the DICOM series (data/neighbours.py);
+                               # in_chans = channels per slice (windows, or 1 for PNG) x (2k + 1)
     "img_size": 256,
     "mean": 0.5,               # normalisation of the [0,1] image: (x - mean) / std
     "std": 0.25,

@@ -216,6 +216,7 @@ SCHEMA: dict[str, Rule] = {
     "windows": Rule("a list of [center, width] pairs with width > 0", _windows),
     "hu_range": Rule("[low, high] Hounsfield units, finite, low < high", _hu_range),
     "in_chans": Int(1, 16),
+    "neighbours": Int(0, 3),
     "img_size": Int(32, 4096),
     "mean": Float(),
     "std": Float(0.0, lo_open=True),
@@ -302,7 +303,11 @@ def cross_checks(cfg: dict) -> list[tuple[str, str]]:
     problems = []
     task = cfg["task"]
     n_windows = len(cfg["windows"]) if cfg["image_source"] == "dicom" else 1
-    if n_windows not in (1, cfg["in_chans"]):
+    slices = 2 * cfg["neighbours"] + 1
+    if slices > 1 and cfg["in_chans"] != n_windows * slices:
+        problems.append(("in_chans", f"{cfg['in_chans']}: neighbours={cfg['neighbours']} feeds {slices} slices of "
+                                     f"{n_windows} channel(s) each, so in_chans must be {n_windows * slices}"))
+    elif slices == 1 and n_windows not in (1, cfg["in_chans"]):
         problems.append(("windows", f"{n_windows} windows cannot fill in_chans={cfg['in_chans']}: give one window "
                                     "(repeated) or exactly in_chans windows"))
     if task == "seg" and cfg["img_size"] % 32:

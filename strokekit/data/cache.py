@@ -3,8 +3,9 @@
 One `.npz` per image (`image` at img_size, `hw` = the file's own size) and one per class map (`mask` at
 img_size, `full` at the file's own resolution, which validation metrics use). Only `full` is compressed
 (mostly zeros: 256 KiB -> ~1 KiB at 512 px); training reads the uncompressed members alone. An entry's name is
-a hash of what made it: the source files' paths, sizes and mtimes, the image source and HU windows, and
-img_size. A changed source file therefore gives a new name and its stale entry is never read; delete the
+a hash of what made it: the source files' paths, sizes and mtimes (with `neighbours`, each neighbouring
+slice's file too), the image source and HU windows, the neighbour setting, and img_size. A changed source
+file (or another neighbour setting) therefore gives a new name and its stale entry is never read; delete the
 folder to reclaim space. Entries are written atomically (temp file + os.replace), so DataLoader workers
 filling the same entry at once only waste work.
 
@@ -26,7 +27,8 @@ import albumentations as A
 import cv2
 import numpy as np
 
-from strokekit.data.readers import load_class_map, load_image
+from strokekit.data.neighbours import load_input, neighbour_count, source_files
+from strokekit.data.readers import load_class_map
 
 CACHE_VERSION = 1
 OVERLAY_METHOD = "exact"  # what SliceDataset decodes OVERLAYs with
@@ -57,7 +59,9 @@ def open_cache(cfg: dict) -> PreprocessCache | None:
 
 
 def _distinct_channels(cfg: dict) -> int:
-    """Channels load_image computes before repeating the first to fill in_chans."""
+    """Channels load_input computes before repeating the first to fill in_chans (with neighbours: all)."""
+    if neighbour_count(cfg):
+        return cfg["in_chans"]
     return len(cfg["windows"]) if cfg["image_source"] == "dicom" else 1
 
 
@@ -71,16 +75,17 @@ class PreprocessCache:
         self.writable, self.written = True, 0
         windows = cfg["windows"] if cfg["image_source"] == "dicom" else None
         self.image_params = (cfg["image_source"], repr(windows))
+        if neighbour_count(cfg):  # without neighbours the key is as before, so older entries stay valid
+            self.image_params += ("neighbours", neighbour_count(cfg))
 
     # ---- what the dataset calls
 
     def image(self, row: dict) -> tuple[np.ndarray, tuple[int, int]]:
-        """(load_image(row) resized to img_size: S x S x in_chans uint8, the file's own (H, W))."""
-        source = row.get("dicom") if self.cfg["image_source"] == "dicom" else row.get("png")
-        key = self.key("image", [source], self.image_params)
+        """(load_input(row) resized to img_size: S x S x in_chans uint8, the file's own (H, W))."""
+        key = self.key("image", source_files(row, self.cfg), self.image_params)
         entry = self._read(key, ("image", "hw"))
         if entry is None:
-            image = load_image(row, self.cfg)  # raises BadInputError naming the file when it is bad
+            image = load_input(row, self.cfg)  # raises BadInputError naming the file when it is bad
             small = self.resize(image=image)["image"]
             entry = {"image": small[..., :_distinct_channels(self.cfg)], "hw": np.asarray(image.shape[:2])}
             self._write(key, entry)

@@ -24,7 +24,8 @@ from strokekit.data.cache import open_cache, resize_step
 from strokekit.vocabulary import HEMORRHAGIC, IGNORE_LABEL, ISCHEMIC
 from strokekit.data.badinput import BadInputError
 from strokekit.data.pseudo import with_ignore
-from strokekit.data.readers import load_class_map, load_image
+from strokekit.data.neighbours import attach_neighbours, load_input, neighbour_count
+from strokekit.data.readers import load_class_map
 
 LABELS = {0, 1, 2}
 
@@ -93,6 +94,8 @@ class SliceDataset(Dataset):
 
     def __init__(self, rows: pd.DataFrame, cfg: dict, train: bool, targets=None, masks: bool = False,
                  full_masks: bool = False):
+        if neighbour_count(cfg) and "neighbours" not in rows.columns:  # training attaches them from the whole index
+            rows = attach_neighbours(rows, neighbour_count(cfg))
         self.rows = rows.reset_index(drop=True).to_dict("records")
         self.cfg, self.train = cfg, train
         self.targets = None if targets is None else np.asarray(targets, dtype=np.int64)
@@ -145,7 +148,7 @@ class SliceDataset(Dataset):
         """
         row, want_masks = self.rows[i], self.masks or self.full_masks
         if self.cache is None:
-            image = load_image(row, self.cfg)
+            image = load_input(row, self.cfg)
             hw = image.shape[:2]
             mask = full = self.class_map(i, hw) if want_masks else None
             mask_hw = None if full is None else full.shape

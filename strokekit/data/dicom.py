@@ -196,8 +196,10 @@ def read_dicom_hu(path, hu_range=None) -> np.ndarray:
 
 
 def read_dicom_header(path) -> dict:
-    """Patient / study / series ids of a DICOM file without reading its pixels ('' when absent); a file
-    whose header holds no pixel data element (cut short inside its header) is BadInputError."""
+    """Patient / study / series ids of a DICOM file without reading its pixels ('' when absent), and its place
+    in the series (`slice_position`, `instance_number`, `slice_location`: floats, NaN when absent or
+    unreadable; see slice_order_tags); a file whose header holds no pixel data element (cut short inside its
+    header) is BadInputError."""
     ds = _dcmread(path, pixels=False)
     try:
         ids = {key: str(getattr(ds, key, "") or "") for key in
@@ -208,7 +210,40 @@ def read_dicom_header(path) -> dict:
     if not complete:
         raise BadInputError(path, f"no pixel data element: the file ({os.path.getsize(path)} bytes) is cut short "
                                   "or is not an image")
+    try:
+        ids.update(slice_order_tags(ds))
+    except Exception:  # noqa: BLE001 - a damaged order tag only leaves the slice unordered
+        ids.update(dict.fromkeys(("slice_position", "instance_number", "slice_location"), math.nan))
     return ids
+
+
+def slice_order_tags(ds) -> dict:
+    """Where a slice sits in its series, from the three tags that can say it (NaN where a tag is absent or not
+    a number): `slice_position` = ImagePositionPatient along the slice normal (the cross product of
+    ImageOrientationPatient's two directions; without a usable orientation, the position's z),
+    `instance_number` = InstanceNumber, `slice_location` = SliceLocation."""
+    def number(value) -> float:
+        try:
+            out = float(value)
+        except (TypeError, ValueError):
+            return math.nan
+        return out if math.isfinite(out) else math.nan
+
+    def numbers(keyword: str, n: int) -> list[float] | None:
+        try:
+            values = [number(v) for v in (ds.get(keyword) or [])]
+        except TypeError:  # a single value where a list belongs
+            return None
+        return values if len(values) == n and all(math.isfinite(v) for v in values) else None
+
+    position, orientation = numbers("ImagePositionPatient", 3), numbers("ImageOrientationPatient", 6)
+    along = math.nan
+    if position is not None:
+        normal = None if orientation is None else np.cross(orientation[:3], orientation[3:])
+        usable = normal is not None and float(np.linalg.norm(normal)) > 1e-6
+        along = float(np.dot(position, normal / np.linalg.norm(normal))) if usable else position[2]
+    return {"slice_position": along, "instance_number": number(ds.get("InstanceNumber")),
+            "slice_location": number(ds.get("SliceLocation"))}
 
 
 def window(hu: np.ndarray, center: float, width: float) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 `build_index(root)` walks any supported layout (see layout.py), pairs PNG / DICOM / MASK / OVERLAY files by
 image id, reads labels (folder class, the phase-1 answer key, lesion classes from masks or decoded
-overlays, patient ids from DICOM headers) and reports which folders it mapped and which files it skipped.
+overlays, patient ids and slice order tags from DICOM headers) and reports which folders it mapped and
+which files it skipped.
 """
 from __future__ import annotations
 
@@ -23,8 +24,11 @@ from strokekit.data.readers import load_class_map
 from strokekit.errors import UserError
 
 COLUMNS = ["image_id", "split", "class_name", "png", "dicom", "mask", "overlay", "stroke",
-           "has_ischemic", "has_hemorrhagic", "patient_id", "study_uid", "series_uid"]
-INDEX_VERSION = 2  # 2: the cache also keeps the files whose labels could not be read
+           "has_ischemic", "has_hemorrhagic", "patient_id", "study_uid", "series_uid",
+           "slice_position", "instance_number", "slice_location"]
+ORDER_COLUMNS = ["slice_position", "instance_number", "slice_location"]  # NaN when unknown (data/neighbours.py)
+# 2: the cache also keeps the files whose labels could not be read; 3: the slice order tags
+INDEX_VERSION = 3
 
 
 class DataLayoutError(UserError, ValueError):
@@ -196,6 +200,8 @@ def _add_labels(index: pd.DataFrame, answer_keys: dict, lesion_labels: bool, hea
         _add_lesion_labels(index, report)
     for col in ("patient_id", "study_uid", "series_uid"):
         index[col] = ""
+    for col in ORDER_COLUMNS:
+        index[col] = np.nan
     if headers:
         _add_headers(index, report)
     return index[COLUMNS]
@@ -225,6 +231,7 @@ def _add_headers(index: pd.DataFrame, report: IndexReport) -> None:
             continue
         index.loc[i, ["patient_id", "study_uid", "series_uid"]] = [
             header["PatientID"], header["StudyInstanceUID"], header["SeriesInstanceUID"]]
+        index.loc[i, ORDER_COLUMNS] = [header[col] for col in ORDER_COLUMNS]
 
 
 def group_ids(index: pd.DataFrame) -> pd.Series:
@@ -279,6 +286,8 @@ def _read_cache(root: Path, signature: str) -> tuple[pd.DataFrame, list[tuple[st
             return None
         index = pd.read_csv(table, keep_default_na=False, dtype={"patient_id": str, "study_uid": str,
                                                                  "series_uid": str, "class_name": str})[COLUMNS]
+        for col in ORDER_COLUMNS:  # written as '' when unknown; keep_default_na reads that back as ''
+            index[col] = pd.to_numeric(index[col], errors="coerce")
         return index, [(str(path), str(why)) for path, why in info.get("skipped", [])]
     except (OSError, ValueError, KeyError, TypeError):
         return None

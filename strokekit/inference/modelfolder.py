@@ -40,7 +40,7 @@ from strokekit.models.weights import WeightsError, strip_prefixes
 FORMAT = "strokekit-model-v1"
 MODEL_JSON = "model.json"
 ROLES = ("stroke", "seg", "type")
-INPUT_KEYS = ("image_source", "windows", "in_chans", "img_size", "mean", "std")
+INPUT_KEYS = ("image_source", "windows", "in_chans", "img_size", "mean", "std", "neighbours")  # neighbours: 2.5D
 # config keys naming files of the training machine: not needed to run, so not carried into model.json
 MACHINE_PATH_KEYS = ("data", "folds", "runs_dir", "cache_dir", "weights")
 SPEC_DROP = ("path", "format", "created", "kit_version", "members")
@@ -146,7 +146,8 @@ def _export_ensemble(role: str, spec: dict, out: Path, exported: dict, provenanc
                                "epoch": ckpt.get("epoch"), "best_metric": ckpt.get("best_metric"),
                                "seed": ckpt.get("seed"), "versions": ckpt.get("versions"),
                                "config": ckpt["config"]})
-        item["input"] = {k: item["checkpoints"][0]["config"][k] for k in INPUT_KEYS}
+        item["input"] = {k: item["checkpoints"][0]["config"].get(k, 0 if k == "neighbours" else None)
+                         for k in INPUT_KEYS}
         item["architecture"] = {"task": spec["task"], "model": item["checkpoints"][0]["config"]["model"],
                                 "encoder": item["checkpoints"][0]["config"].get("encoder")
                                 if spec["task"] == "seg" else None,

@@ -15,6 +15,9 @@ for in-memory input (strokekit.Predictor), rows carrying `hu`, a 2-D array in Ho
 members window it with their config's windows, as they window a DICOM; PNG members see it through the
 brain window the slice PNGs were exported with (the row's `png_window`, Predictor's default
 readers.BRAIN_WINDOW; a DICOM file given for a PNG member too), or refuse it (`png_window=None`).
+Members trained with `neighbours` (2.5D, data/neighbours.py) read each image with its neighbouring slices,
+looked up among the rows given together (once per call, before batching); an `hu` array has no series, so
+they refuse it.
 """
 from __future__ import annotations
 
@@ -30,6 +33,8 @@ import torch.nn.functional as F
 from strokekit.data.dataset import preprocess
 from strokekit.data.badinput import BadInputError
 from strokekit.data.dicom import read_dicom_hu, window, windows_to_channels
+from strokekit.data.index import ORDER_COLUMNS
+from strokekit.data.neighbours import NeighbourError, attach_neighbours, neighbour_count, stack_slices
 from strokekit.data.readers import load_image
 from strokekit.ensembling.spec import SpecError, combine, member_thresholds, member_weights, read_spec
 from strokekit.errors import SettingError
@@ -37,10 +42,11 @@ from strokekit.models.precision import autocast
 from strokekit.models.registry import load_checkpoint
 from strokekit.models.tta import forward_passes, predict_with_tta, resolve_flips
 
-PREPROCESS_KEYS = ("image_source", "windows", "in_chans", "img_size", "mean", "std")
+PREPROCESS_KEYS = ("image_source", "windows", "in_chans", "img_size", "mean", "std", "neighbours")
 # Images per forward pass on the CPU: bigger passes thrash the caches. resnet18 @224 / Unet-r34 @256 on 2
 # cores, channels_last: 112 / 19 images/s at 4, 117 / 20 at 8, 96 / 17 at 16, 75 / 16 at 64.
 CPU_FORWARD_IMAGES = 8
+ORDER_KEYS = ("series_uid", *ORDER_COLUMNS)  # an index row's slice order (else read from its DICOM header)
 
 
 def resolve_device(name: str | None = None) -> torch.device:
@@ -59,7 +65,7 @@ def default_batch_size(device: torch.device, n_flips: int) -> int:
 
 def preprocess_key(cfg: dict) -> tuple:
     """Members whose configs share this key read and preprocess an image identically."""
-    return tuple(repr(cfg[k]) for k in PREPROCESS_KEYS)
+    return tuple(repr(cfg.get(k, 0) if k == "neighbours" else cfg[k]) for k in PREPROCESS_KEYS)
 
 
 @dataclass
@@ -118,7 +124,18 @@ def open_spec(source: dict | str, role: str | None = None, allow_outside: bool =
 
 
 def read_input(row: dict, cfg: dict) -> np.ndarray:
-    """One row's model input as HxWxC uint8: from its files (load_image), or from an in-memory HU array."""
+    """One row's model input as HxWxC uint8: from its files (load_image), or from an in-memory HU array; with
+    the config's `neighbours`, the neighbouring slices' channels too (an HU array is refused)."""
+    if neighbour_count(cfg):
+        if row.get("hu") is not None:
+            raise NeighbourError(f"{row.get('source', 'array')}: this model reads neighbouring slices (neighbours: "
+                                 f"{neighbour_count(cfg)}), which a single HU array does not have; give the "
+                                 "series' DICOM files (paths or index rows) together")
+        return stack_slices(row, cfg, _read_slice)
+    return _read_slice(row, cfg)
+
+
+def _read_slice(row: dict, cfg: dict) -> np.ndarray:
     hu = row.get("hu")
     if hu is None and cfg["image_source"] == "png" and not row.get("png") and row.get("dicom") \
             and row.get("png_window") is not None:
@@ -204,6 +221,13 @@ class EnsemblePredictor:
     def _chunks(self, rows: pd.DataFrame | list[dict]) -> Iterator[tuple[list[dict], dict]]:
         """(rows, read images) per batch; batch k+1 is read on a thread while batch k runs."""
         records = rows.to_dict("records") if isinstance(rows, pd.DataFrame) else list(rows)
+        k = max(neighbour_count(member.cfg) for member in self.members)
+        if k and records and len(records[0].get("neighbours") or ()) < 2 * k + 1:  # looked up among all rows given
+            keys = [key for key in ("image_id", "png", "dicom", *ORDER_KEYS) if key in records[0]]
+            table = pd.DataFrame.from_records([{key: r.get(key) for key in keys} for r in records])
+            table = attach_neighbours(table, k)
+            records = [{**r, "neighbours": n, "neighbour_fallbacks": f}
+                       for r, n, f in zip(records, table["neighbours"], table["neighbour_fallbacks"])]
         chunks = [records[i:i + self.batch_size] for i in range(0, len(records), self.batch_size)]
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending = pool.submit(self._read, chunks[0]) if chunks else None

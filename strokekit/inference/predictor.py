@@ -20,6 +20,11 @@ trained on PNG slices see them through `png_window` (default the brain window 40
 were exported with, readers.BRAIN_WINDOW), and so do DICOM paths given to them — pass png_window=None to
 refuse HU input for those members. A PNG path given to a DICOM-trained member is refused (no HU in it).
 
+2.5D models (trained with `neighbours`: model.json's input records it) read each slice with its neighbours,
+looked up among the images of one predict call: give a series' DICOM paths (or index rows) together. A
+single HU array (or a batch of them) has no series: such a model refuses it (NeighbourError) rather than
+guess; an image without neighbours in the call repeats itself, as in training (data/neighbours.py).
+
 A model folder is refused when its files do not match their recorded sha256 (export.py --verify's check);
 `expect_sha256` pins its manifest.json's sha256 too. These hashes are integrity checks, not signatures.
 """

@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from strokekit.training import distributed
+from strokekit.data.neighbours import describe_counts, summary_counts
 from strokekit.atomic import write_json, write_text_atomic
 from strokekit.models.checkpoint import (build_checkpoint, model_state, read_checkpoint, rng_state, save_atomic,
                                          seed_everything, set_rng_state, versions)
@@ -144,7 +145,8 @@ def setup(cfg: dict, index, folds, fold: int) -> Trainer:
     schedule = LrSchedule(optimizer, cfg, math.ceil(len(train_loader) / cfg["accum_steps"]))
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and cfg["amp"] == "fp16" else None
     metric, mode = selection_metric(cfg)
-    info = {"n_train": len(train_ds), "n_val": len(val_ds), "class_weights": weights, "device": str(device)}
+    info = {"n_train": len(train_ds), "n_val": len(val_ds), "class_weights": weights, "device": str(device),
+            **summary_counts(cfg, train_ds, val_ds)}
     if distributed.enabled():
         info.update(world_size=distributed.world(), sync_bn=cfg["sync_bn"], backend=torch.distributed.get_backend(),
                     batch_per_process=distributed.per_process_batch(cfg["batch_size"]))
@@ -300,6 +302,9 @@ def train_fold(cfg: dict, index, folds, fold: int, run_dir, resume_run: bool = F
         log(f"fold {fold}: resumed after epoch {tr.epoch} (best {tr.metric}={tr.best} at epoch {tr.best_epoch})")
     log(f"fold {fold}: {tr.info['n_train']} train / {tr.info['n_val']} val images, {tr.task.name} task, "
         f"{cfg['model']} on {tr.device}, selecting on {tr.metric} ({tr.mode})")
+    if "neighbours" in tr.info:
+        log(f"fold {fold}: {describe_counts(tr.info['neighbours'])}")
+    epoch_times = []  # this session's, for the ETA
     try:
         while tr.epoch < cfg["epochs"]:
             check_interrupt()

@@ -30,6 +30,7 @@ from strokekit.evaluation import metrics, official
 from strokekit.atomic import write_atomic
 from strokekit.data.dataset import BalancedSampler, LesionBatchSampler, SliceDataset
 from strokekit.data.pseudo import PseudoLabelError, pseudo_rows
+from strokekit.data.neighbours import attach_neighbours, neighbour_count
 from strokekit.training.losses import DeepSupervisionLoss, LesionAuxLoss, build_loss
 from strokekit.vocabulary import TASK_OUTPUTS
 
@@ -48,7 +49,8 @@ class Task:
         raise NotImplementedError
 
     def split(self, index: pd.DataFrame, folds: pd.DataFrame, fold: int, cfg: dict):
-        """(train rows, validation rows) of one fold, each with a `fold` column."""
+        """(train rows, validation rows) of one fold, each with a `fold` column (and with `neighbours`, each
+        slice's neighbouring slices looked up in the whole index: data/neighbours.py)."""
         table = index.merge(folds[["image_id", "fold"]], on="image_id", how="inner", validate="1:1")
         train = self.rows(table[table["fold"] != fold], cfg, train=True)
         val = self.rows(table[table["fold"] == fold], cfg, train=False)
@@ -57,6 +59,8 @@ class Task:
                              "images; every fold needs both")
         if cfg.get("pseudo"):  # pseudo-labelled test images: training rows of every fold, never validated
             train = self.with_pseudo(train, index, cfg)
+        if neighbour_count(cfg):
+            train, val = (attach_neighbours(rows, neighbour_count(cfg), pool=index) for rows in (train, val))
         return train.reset_index(drop=True), val.reset_index(drop=True)
 
     def with_pseudo(self, train: pd.DataFrame, index: pd.DataFrame, cfg: dict) -> pd.DataFrame:
