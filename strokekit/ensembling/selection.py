@@ -32,13 +32,15 @@ class RunsError(UserError, ValueError):
 
 
 def fold_dirs(run_dir: str | os.PathLike) -> list[Path]:
-    """The fold directories of a run (`fold<k>/`, by k), or the directory itself if it holds an OOF file."""
+    """The fold directories of a run (`fold<k>/` holding an OOF file, by k); else the directory itself if it
+    holds an OOF file (a fold folder, or a run's merged `oof.*` (merged_oof.py) without its fold folders:
+    the per-fold files win, so a stale merged file never hides a re-trained fold)."""
     run_dir = Path(run_dir)
-    if (run_dir / OOF_CSV).exists() or (run_dir / OOF_NPZ).exists():
-        return [run_dir]
     dirs = [d for d in run_dir.glob("fold*") if d.is_dir() and d.name[4:].isdigit()]
     dirs = [d for d in sorted(dirs, key=lambda d: int(d.name[4:]))
             if (d / OOF_CSV).exists() or (d / OOF_NPZ).exists()]
+    if not dirs and ((run_dir / OOF_CSV).exists() or (run_dir / OOF_NPZ).exists()):
+        return [run_dir]
     if not dirs:
         raise InputFileError(f"{run_dir}: no fold<k>/{OOF_CSV} or fold<k>/{OOF_NPZ}; run train.py for it first")
     return dirs
