@@ -35,8 +35,10 @@ DEFAULTS: dict[str, Any] = {
     "neighbours": 0,           # 2.5D: also feed the k slices either side in the DICOM series (data/neighbours.py);
                                # in_chans = channels per slice (windows, or 1 for PNG) x (2k + 1)
     "img_size": 256,
-    "mean": 0.5,               # normalisation of the [0,1] image: (x - mean) / std
-    "std": 0.25,
+    "mean": 0.5,               # normalisation of the [0,1] image: (x - mean) / std; a number or one per channel,
+    "std": 0.25,               # e.g. ImageNet's [0.485, 0.456, 0.406] / [0.229, 0.224, 0.225]
+    "overlay_method": "exact",  # training masks from an OVERLAY (when no MASK): exact (contour colours, lossless)
+                               # | hsv (the multi-task paper's red-hue rule, the class from the image's folder)
     # model
     "model": "resnet18",       # timm name for stroke/type; smp architecture (Unet, UnetPlusPlus, FPN, DeepLabV3Plus ...) for seg
     "encoder": "resnet34",     # smp encoder name (seg only); `tu-<timm name>` for any timm backbone
@@ -58,6 +60,12 @@ DEFAULTS: dict[str, Any] = {
     "momentum": 0.9,
     "scheduler": "cosine",     # cosine | onecycle | plateau | exponential | none
     "warmup_epochs": 0.0,
+    "freeze_epochs": 0.0,      # the encoder (pretrained part) at LR 0 for this many epochs, then trained (fastai /
+                               # Keras transfer learning: train the new head first)
+    "lr_groups": {             # LR multipliers per parameter group (training/param_groups.py): discriminative LRs
+        "encoder": 1.0,        # smp / hypercolumn encoder; a timm classifier's all but its classifier layer
+        "head": 1.0,           # decoder, segmentation head, classifier layer, aux heads
+    },
     "lr_gamma": 0.99,          # per-step decay factor for scheduler=exponential
     "plateau_patience": 2,     # scheduler=plateau: epochs without a better val metric before the LR drops
     "plateau_factor": 0.1,     # scheduler=plateau: LR multiplier on each drop
@@ -66,6 +74,10 @@ DEFAULTS: dict[str, Any] = {
     "class_weights": None,     # per-class weights for CE, e.g. [1.0, 2.0]; "balanced" = inverse frequency
     "sampler": None,           # None | balanced (classifier) | lesion (seg: lesion_share of each batch has lesions)
     "lesion_share": 0.5,
+    "lesion_rest": "clear",    # sampler lesion: the batch's other slots from slices without lesions (clear) or from
+                               # all training slices (all: the DPN-U-Net paper's "50 % from all the available slices")
+    "epoch_steps": None,       # with a sampler (balanced | lesion): batches per epoch, so validation, best.pt and
+                               # the plateau LR come every N steps (the DPN-U-Net paper: every 500); None = one pass
     "crop_size": None,         # seg: train on crops of this side (multiple of 32, <= img_size); validate on slices
     "fg_crop_share": 0.0,      # seg, with crop_size: share of crops centred on a random lesion pixel (nnU-Net: 0.33)
     "mixup": 0.0,              # Beta(a, a) of mixup (classifiers; blends images and labels); 0 = off
@@ -117,6 +129,8 @@ DEFAULTS: dict[str, Any] = {
         "coarse_dropout": 0.0,  # up to 8 holes of 1/16 of the side; masks keep their labels
     },
 }
+        "roi_crop": 0.0,       # crop to the head's bounding box (pixels above air), a random 0-15 % margin kept,
+                               # resized back to img_size (the VGG16 + improved U-Net paper's ROI augmentation)
 
 
 class ConfigError(UserError, ValueError):

@@ -197,6 +197,16 @@ def _trackers(value):
     return list(dict.fromkeys(v.strip() for v in names))
 
 
+def _per_channel(value, positive: bool):
+    """mean / std: a number, or a list of numbers (one per channel); std's must be > 0."""
+    rule = Float(0.0, lo_open=True) if positive else Float()
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise ValueError
+        return [rule.convert(v) for v in value]
+    return rule.convert(value)
+
+
 def _flips(value):
     names = value.split(",") if isinstance(value, str) else value
     if not isinstance(names, (list, tuple)) or not names or any(v not in FLIPS for v in names):
@@ -218,8 +228,9 @@ SCHEMA: dict[str, Rule] = {
     "in_chans": Int(1, 16),
     "neighbours": Int(0, 3),
     "img_size": Int(32, 4096),
-    "mean": Float(),
-    "std": Float(0.0, lo_open=True),
+    "mean": Rule("a finite number or a list of them (one per channel)", lambda v: _per_channel(v, positive=False)),
+    "std": Rule("a finite number > 0 or a list of them (one per channel)", lambda v: _per_channel(v, positive=True)),
+    "overlay_method": Choice("exact", "hsv"),
     "model": Text(),
     "encoder": Text(),
     "pretrained": Bool(),
@@ -238,6 +249,9 @@ SCHEMA: dict[str, Rule] = {
     "momentum": Float(0.0, 1.0, hi_open=True),
     "scheduler": Choice(*SCHEDULES),
     "warmup_epochs": Float(0.0),
+    "freeze_epochs": Float(0.0, keep_int=True),
+    "lr_groups.encoder": Float(0.0),
+    "lr_groups.head": Float(0.0),
     "lr_gamma": Float(0.0, 1.0, lo_open=True),
     "plateau_patience": Int(0),
     "plateau_factor": Float(0.0, 1.0, lo_open=True),
@@ -248,6 +262,8 @@ SCHEMA: dict[str, Rule] = {
                           nullable=True),
     "sampler": Choice("none", *sorted({s for names in SAMPLERS.values() for s in names}), nullable=True),
     "lesion_share": Prob(),
+    "lesion_rest": Choice("clear", "all"),
+    "epoch_steps": Int(1, nullable=True),
     "crop_size": Int(32, 4096, nullable=True),
     "fg_crop_share": Prob(),
     "mixup": Float(0.0),
@@ -292,6 +308,7 @@ SCHEMA: dict[str, Rule] = {
     "aug.coarse_dropout": Prob(),
 }
 
+    "aug.roi_crop": Prob(),
 
 def check_value(key: str, value: Any) -> Any:
     """`value` in canonical form if `key` (dotted) allows it; BadValue naming what is allowed otherwise."""
@@ -330,6 +347,13 @@ def cross_checks(cfg: dict) -> list[tuple[str, str]]:
                                   "pasted box carries its mask)"))
     if cfg["deep_supervision"] and task != "seg":
         problems.append(("deep_supervision", f"is for seg U-Nets, not task {task}"))
+    for key in ("mean", "std"):
+        if isinstance(cfg[key], list) and len(cfg[key]) not in (1, cfg["in_chans"]):
+            problems.append((key, f"{len(cfg[key])} values for in_chans={cfg['in_chans']}: give one number or "
+                                  f"one per channel"))
+    if cfg["epoch_steps"] is not None and cfg["sampler"] in (None, "none"):
+        problems.append(("epoch_steps", "needs a sampler that draws batches with replacement (balanced for "
+                                        "classifiers, lesion for seg)"))
     if cfg["pseudo"] and task != "seg":
         problems.append(("pseudo", f"pseudo-labels are masks (pseudo.py): seg only, not task {task}"))
     if cfg["metric"] is not None and cfg["metric"] not in metric_names(cfg):

@@ -31,7 +31,7 @@ from strokekit.data.neighbours import load_input, neighbour_count, source_files
 from strokekit.data.readers import load_class_map
 
 CACHE_VERSION = 1
-OVERLAY_METHOD = "exact"  # what SliceDataset decodes OVERLAYs with
+OVERLAY_METHOD = "exact"  # what SliceDataset decodes OVERLAYs with unless the config's overlay_method says
 
 
 def resize_step(size: int) -> A.Resize:
@@ -106,7 +106,7 @@ class PreprocessCache:
             sources = [row["overlay"], row.get("png")]
         else:
             sources = []
-        key = self.key("labels", sources, (OVERLAY_METHOD,)) if sources else None
+        key = self.key("labels", sources, (overlay_method(self.cfg),)) if sources else None
         entry = self._read(key, ("mask", "hw", "full") if need_full else ("mask", "hw"))
         if entry is None:
             full = read_full()
@@ -180,10 +180,15 @@ def resize_mask(class_map: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(class_map, (size, size), interpolation=cv2.INTER_NEAREST)
 
 
+def overlay_method(cfg: dict) -> str:
+    """How training masks are decoded from OVERLAYs: config overlay_method (exact | hsv)."""
+    return cfg.get("overlay_method") or OVERLAY_METHOD
+
+
 def fill_row(cache: PreprocessCache, row: dict, labels: bool) -> int:
     """Make the entries a dataset will read for one row; returns how many were written (0: all fresh)."""
     before = cache.written
     cache.image(row)
     if labels and (row.get("mask") or row.get("overlay")):
-        cache.class_maps(row, lambda: load_class_map(row, OVERLAY_METHOD))
+        cache.class_maps(row, lambda: load_class_map(row, overlay_method(cache.cfg)))
     return cache.written - before

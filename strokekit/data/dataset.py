@@ -20,12 +20,13 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, Sampler, get_worker_info
 
-from strokekit.data.cache import open_cache, resize_step
+from strokekit.data.cache import open_cache, overlay_method, resize_step
 from strokekit.vocabulary import HEMORRHAGIC, IGNORE_LABEL, ISCHEMIC
 from strokekit.data.badinput import BadInputError
 from strokekit.data.pseudo import with_ignore
 from strokekit.data.neighbours import attach_neighbours, load_input, neighbour_count
 from strokekit.data.readers import load_class_map
+from strokekit.data.roi import roi_crop
 
 LABELS = {0, 1, 2}
 
@@ -133,7 +134,8 @@ class SliceDataset(Dataset):
 
     def class_map(self, i: int, shape) -> np.ndarray:
         row = self.rows[i]
-        class_map = load_class_map(row) if (row.get("mask") or row.get("overlay")) else None
+        class_map = (load_class_map(row, overlay_method(self.cfg)) if (row.get("mask") or row.get("overlay"))
+                     else None)
         if class_map is None:
             if row.get("class_name") != "no_stroke":
                 raise BadInputError(row.get("png") or row.get("dicom"), "a stroke slice without MASK or OVERLAY")
@@ -167,6 +169,9 @@ class SliceDataset(Dataset):
         row = self.rows[i]
         self.follow_epoch_seed()
         image, mask, full = self.load(i)
+        roi = self.cfg["aug"].get("roi_crop", 0.0) if self.train else 0.0
+        if roi and self.rng.random() < roi:  # aug.roi_crop, before the transform's resize
+            image, mask = roi_crop(image, mask, self.rng)
         item = {"image_id": int(row["image_id"]), "index": i}
         if mask is not None:
             out = self.transform(image=image, mask=mask)
@@ -260,14 +265,16 @@ def shard_of_batches(order: list[int], batch_size: int, rank: int, world: int) -
 
 
 class BalancedSampler(Sampler):
-    """Draws len(labels) indices with replacement, each class equally likely (classifiers).
+    """Draws len(labels) (or `num_samples`) indices with replacement, each class equally likely (classifiers).
 
     Under torchrun (world > 1) every rank draws the same global sequence and keeps its share of each
     global batch of `batch_size` (shard_of_batches); in one process it is the whole sequence.
     """
 
-    def __init__(self, labels, seed: int = 0, batch_size: int = 1, rank: int = 0, world: int = 1):
+    def __init__(self, labels, seed: int = 0, batch_size: int = 1, rank: int = 0, world: int = 1,
+                 num_samples: int | None = None):
         self.labels = np.asarray(labels)
+        self.n = int(num_samples or len(self.labels))  # an epoch's draws (config epoch_steps x batch_size)
         _, inverse, counts = np.unique(self.labels, return_inverse=True, return_counts=True)
         self.weights = torch.as_tensor(1.0 / counts[inverse], dtype=torch.double)
         self.seed, self.epoch = seed, 0
@@ -278,27 +285,31 @@ class BalancedSampler(Sampler):
 
     def __len__(self) -> int:
         if self.world == 1:
-            return len(self.labels)
-        return max(1, len(self.labels) // self.batch_size) * (self.batch_size // self.world)
+            return self.n
+        return max(1, self.n // self.batch_size) * (self.batch_size // self.world)
 
     def __iter__(self):
         gen = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
-        order = torch.multinomial(self.weights, len(self.labels), replacement=True, generator=gen).tolist()
+        order = torch.multinomial(self.weights, self.n, replacement=True, generator=gen).tolist()
         return iter(shard_of_batches(order, self.batch_size, self.rank, self.world))
 
 
 class LesionBatchSampler(Sampler):
-    """Batches with round(lesion_share * batch_size) slices holding a lesion, the rest without (seg).
+    """Batches with round(lesion_share * batch_size) slices holding a lesion, the rest without (seg); with
+    rest="all" the rest from every slice, lesion or not (the DPN-U-Net paper's sampling).
 
     Each pool is walked in a fresh shuffled order and restarted when used up; an epoch has
-    len(dataset) // batch_size batches (at least one). Under torchrun (world > 1) every rank builds the same
-    global batches and keeps batch_size / world of each, lesion and clear slices dealt out alike.
+    len(dataset) // batch_size batches (at least one), or `num_batches`. Under torchrun (world > 1) every
+    rank builds the same global batches and keeps batch_size / world of each, lesion and clear slices dealt
+    out alike.
     """
 
     def __init__(self, has_lesion, batch_size: int, lesion_share: float, seed: int = 0, rank: int = 0,
-                 world: int = 1):
+                 world: int = 1, rest: str = "clear", num_batches: int | None = None):
         has_lesion = np.asarray(has_lesion, dtype=bool)
         self.lesion, self.clear = np.flatnonzero(has_lesion), np.flatnonzero(~has_lesion)
+        if rest == "all":
+            self.clear = np.arange(len(has_lesion))
         self.batch_size, self.seed, self.epoch = batch_size, seed, 0
         self.n_lesion = int(round(lesion_share * batch_size))
         if self.n_lesion and not len(self.lesion):
@@ -306,7 +317,7 @@ class LesionBatchSampler(Sampler):
         if self.n_lesion < batch_size and not len(self.clear):
             raise ValueError(f"lesion sampler with lesion_share={lesion_share} needs slices without lesions: "
                              "set seg_negatives > 0 (a share of no-stroke slices) or lesion_share: 1.0")
-        self.num_batches = max(1, len(has_lesion) // batch_size)
+        self.num_batches = int(num_batches or max(1, len(has_lesion) // batch_size))
         self.rank, self.world = rank, world
 
     def set_epoch(self, epoch: int) -> None:

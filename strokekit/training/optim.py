@@ -5,7 +5,8 @@
 shape: cosine (to 1 % of base) | poly ((1 - t)^0.9 to zero, nnU-Net's schedule) | onecycle (from 1/25 up to
 base, cosine down to 1e-4 of base; the rise is the warm-up, 30 % of training when warmup_epochs is 0) |
 exponential (lr_gamma per step) | plateau (x plateau_factor after plateau_patience epochs without a better
-validation metric) | none.
+validation metric) | none. Each group's LR is then times its `lr_mult` (config lr_groups), and the encoder's is
+0 for the first freeze_epochs (param_groups.py).
 Its state is a few plain numbers, saved in every checkpoint, so a resumed run follows the same curve.
 """
 from __future__ import annotations
@@ -14,17 +15,16 @@ import math
 
 import torch
 
+from strokekit.training.param_groups import param_groups
+
 OPTIMIZERS = ("adamw", "sgd", "rmsprop")
 SCHEDULES = ("cosine", "poly", "onecycle", "plateau", "exponential", "none")
 
 
 def build_optimizer(model: torch.nn.Module, cfg: dict) -> torch.optim.Optimizer:
-    """AdamW / SGD (Nesterov) / RMSprop; no weight decay on biases and norm layers."""
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim <= 1 else decay).append(param)
-    groups = [{"params": decay, "weight_decay": cfg["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
+    """AdamW / SGD (Nesterov) / RMSprop; no weight decay on biases and norm layers; encoder and head groups
+    (param_groups.py) for `lr_groups` and `freeze_epochs`."""
+    groups = param_groups(model, cfg)
     name, lr = cfg["optimizer"], cfg["lr"]
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr)
@@ -49,6 +49,7 @@ class LrSchedule:
             warmup = 0.3 * cfg["epochs"]
         self.warmup = min(self.total - 1, int(round(warmup * steps_per_epoch)))
         self.patience, self.factor = cfg["plateau_patience"], cfg["plateau_factor"]
+        self.freeze_steps = int(round(cfg.get("freeze_epochs", 0) * steps_per_epoch))  # encoder at LR 0 until then
         self.mode = "max"
         self.step_count, self.scale, self.best, self.bad_epochs = 0, 1.0, None, 0
         self._apply()
@@ -72,8 +73,10 @@ class LrSchedule:
         return self.base_lr * self.factor_at(self.step_count) * self.scale
 
     def _apply(self) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.lr()
+        lr = self.lr()
+        for group in self.optimizer.param_groups:  # lr_groups multipliers; the encoder frozen at first
+            frozen = group.get("group") == "encoder" and self.step_count < self.freeze_steps
+            group["lr"] = 0.0 if frozen else lr * group.get("lr_mult", 1.0)
 
     def step(self) -> None:
         self.step_count += 1

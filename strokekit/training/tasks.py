@@ -113,7 +113,9 @@ class ClassifierTask(Task):
         if cfg["sampler"] in (None, "none"):
             return {}
         if cfg["sampler"] == "balanced":
-            return {"sampler": BalancedSampler(dataset.targets, seed=cfg["seed"], **shard(cfg))}
+            steps = cfg.get("epoch_steps")
+            return {"sampler": BalancedSampler(dataset.targets, seed=cfg["seed"], **shard(cfg),
+                                               num_samples=steps * cfg["batch_size"] if steps else None)}
         raise ValueError(f"sampler {cfg['sampler']!r} does not fit task {self.name}; use balanced or none")
 
     def class_counts(self, dataset: SliceDataset) -> np.ndarray:
@@ -204,7 +206,9 @@ class SegTask(Task):
             rows = pd.DataFrame(dataset.rows)
             has_lesion = (rows["has_ischemic"] == 1) | (rows["has_hemorrhagic"] == 1)
             return {"batch_sampler": LesionBatchSampler(has_lesion, cfg["batch_size"], cfg["lesion_share"],
-                                                        seed=cfg["seed"], **shard(cfg, batch=False))}
+                                                        seed=cfg["seed"], **shard(cfg, batch=False),
+                                                        rest=cfg.get("lesion_rest", "clear"),
+                                                        num_batches=cfg.get("epoch_steps"))}
         raise ValueError(f"sampler {cfg['sampler']!r} does not fit task seg; use lesion or none")
 
     def class_counts(self, dataset: SliceDataset) -> np.ndarray:
