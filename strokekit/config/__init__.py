@@ -127,10 +127,10 @@ DEFAULTS: dict[str, Any] = {
         "noise": 0.0,          # Gaussian noise
         "blur": 0.0,           # Gaussian blur
         "coarse_dropout": 0.0,  # up to 8 holes of 1/16 of the side; masks keep their labels
-    },
-}
         "roi_crop": 0.0,       # crop to the head's bounding box (pixels above air), a random 0-15 % margin kept,
                                # resized back to img_size (the VGG16 + improved U-Net paper's ROI augmentation)
+    },
+}
 
 
 class ConfigError(UserError, ValueError):

@@ -306,9 +306,9 @@ SCHEMA: dict[str, Rule] = {
     "aug.noise": Prob(),
     "aug.blur": Prob(),
     "aug.coarse_dropout": Prob(),
+    "aug.roi_crop": Prob(),
 }
 
-    "aug.roi_crop": Prob(),
 
 def check_value(key: str, value: Any) -> Any:
     """`value` in canonical form if `key` (dotted) allows it; BadValue naming what is allowed otherwise."""
@@ -345,8 +345,6 @@ def cross_checks(cfg: dict) -> list[tuple[str, str]]:
     if task == "seg" and cfg["mixup"] > 0 and cfg["mix_prob"] > 0:
         problems.append(("mixup", "blends labels, and a seg mask has no blended form; use cutmix for seg (the "
                                   "pasted box carries its mask)"))
-    if cfg["deep_supervision"] and task != "seg":
-        problems.append(("deep_supervision", f"is for seg U-Nets, not task {task}"))
     for key in ("mean", "std"):
         if isinstance(cfg[key], list) and len(cfg[key]) not in (1, cfg["in_chans"]):
             problems.append((key, f"{len(cfg[key])} values for in_chans={cfg['in_chans']}: give one number or "
@@ -354,6 +352,8 @@ def cross_checks(cfg: dict) -> list[tuple[str, str]]:
     if cfg["epoch_steps"] is not None and cfg["sampler"] in (None, "none"):
         problems.append(("epoch_steps", "needs a sampler that draws batches with replacement (balanced for "
                                         "classifiers, lesion for seg)"))
+    if cfg["deep_supervision"] and task != "seg":
+        problems.append(("deep_supervision", f"is for seg U-Nets, not task {task}"))
     if cfg["pseudo"] and task != "seg":
         problems.append(("pseudo", f"pseudo-labels are masks (pseudo.py): seg only, not task {task}"))
     if cfg["metric"] is not None and cfg["metric"] not in metric_names(cfg):
