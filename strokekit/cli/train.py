@@ -5,6 +5,7 @@
     python train.py --config configs/tiny_seg.yaml --fold 0 --set epochs=5 lr=3e-4
     python train.py --config configs/tiny_seg.yaml --fold 0 --resume           # continue from last.pt
     python train.py --config configs/tiny_seg.yaml --fold all --seeds 0,1,2    # 3 runs: runs/tiny_seg_s0/ ...
+    python train.py --config configs/tiny_seg.yaml --fold 0 --log tensorboard  # + runs/tiny_seg/fold0/tb/
     python train.py --fold 0            # the configs (and data) strokekit.yaml names; demo.py writes one
 
 The task (stroke | type | seg) comes from the config. Each fold writes runs/<name>/fold<k>/:
@@ -13,6 +14,9 @@ The task (stroke | type | seg) comes from the config. Each fold writes runs/<nam
     last.pt       for --resume                 oof.csv      classifiers: image_id, fold, target, prob
     oof.npz       seg: image_id, probs (N,3,S,S) float16, fold, orig_hw
     summary.json  best epoch / metric, final metrics, seed, time     done   written last
+    train.log     the fold's console output, each line timed (--resume appends to it)
+--log tensorboard|wandb|mlflow (repeatable, or comma-separated; config key `log`) also sends each epoch's row
+and the final OOF figures to those trackers, offline (fold<k>/tb/, fold<k>/wandb/, fold<k>/mlruns/).
 A sweep (`--fold all`) skips folds whose `done` exists (pass --overwrite to retrain them).
 Before training, every training image (and, for seg, every MASK / OVERLAY) is checked from its header:
 --on-bad-input fail (default) stops at a bad file, skip leaves it out and lists it in fold<k>/skipped.csv.
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from strokekit.config import ConfigError, add_config_args, folds_path, load_config, save_config, set_key
@@ -38,7 +43,9 @@ from strokekit.data.check import apply_policy, check_files
 from strokekit.data.index import build_index
 from strokekit.data.folds import FoldsError, read_folds
 from strokekit.errors import main_rank as speaks, script_main
-from strokekit.training.runlog import exit_process, watch_interrupts
+from strokekit import progress
+from strokekit.training.runlog import ConsoleLog, exit_process, watch_interrupts
+from strokekit.training.tracking import check_available
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,7 +59,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--on-bad-input", choices=("fail", "skip"),
                         help="a bad data file stops the run (fail, the config default) or is left out (skip)")
     parser.add_argument("--overwrite", action="store_true", help="retrain folds that are already done")
-    parser.add_argument("--no-progress", action="store_true", help="no tqdm bars (logs stay)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (they are drawn only on a terminal anyway; logs stay)")
+    parser.add_argument("--log", action="append", metavar="TRACKER",
+                        help="experiment tracker(s): tensorboard, wandb, mlflow (repeat or comma-separate; "
+                             "offline, see docs/training.md; default: the config's `log`)")
     parser.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2: the config trained once per seed, each "
                                         "a run of its own (runs/<name>_s<seed>/) for ensemble.py to rank (top-k "
                                         "of N runs by OOF, as the DPN-U-Net system kept 6 of ~40)")
@@ -63,7 +74,7 @@ def resolve_config(args) -> dict:
     """The validated config (every key checked against config/schema.py) before any data is read."""
     cfg = load_config(args.config, args.set)
     for key, value in (("data", args.data), ("folds", args.folds_csv), ("runs_dir", args.out),
-                       ("on_bad_input", args.on_bad_input)):
+                       ("on_bad_input", args.on_bad_input), ("log", ",".join(args.log or []))):
         if value:
             set_key(cfg, key, value, source="command line")
     return cfg
@@ -97,7 +108,7 @@ def fold_list(spec: str, folds) -> list[int]:
 
 
 RUN_FILES = ("done", "summary.json", "log.csv", "curves.png", "best.pt", "last.pt", "oof.csv", "oof.npz",
-             "skipped.csv", "resume_changes.log")
+             "skipped.csv", "resume_changes.log", "train.log")
 
 
 def lock_folds(run_root: Path, todo: list[int], held: list) -> None:
@@ -108,7 +119,7 @@ def lock_folds(run_root: Path, todo: list[int], held: list) -> None:
 
 
 # keys that do not change what a resumed fold learns (where files are, how fast they load, the final OOF pass)
-RESUME_NEUTRAL = {"name", "data", "folds", "runs_dir", "on_bad_input", "num_workers", "cache", "cache_dir",
+RESUME_NEUTRAL = {"name", "data", "folds", "runs_dir", "on_bad_input", "log", "num_workers", "cache", "cache_dir",
                   "ddp_backend", "oof_tta"}
 
 
@@ -209,6 +220,8 @@ def configs_to_train(args) -> list[str | None]:
 @script_main(interrupted="interrupted", speaks=speaks)  # torchrun's other ranks print no error
 def main(argv=None) -> int:
     args = parse_args(argv)
+    args.command = ["train.py", *(sys.argv[1:] if argv is None else map(str, argv))]
+    progress.set_enabled(not args.no_progress)
     watch_interrupts()
     for config in configs_to_train(args):
         args.config = config
@@ -220,13 +233,11 @@ def main(argv=None) -> int:
 
 def train_configured(args) -> int:
     """Train the folds of one config (args.config; None = the defaults), every seed of --seeds."""
-    from strokekit.report.figures import fold_curves
-    from strokekit.training.engine import train_fold  # torch / timm import after argument errors are out of the way
-
     main_rank = os.environ.get("RANK", "0") == "0"  # torchrun's other ranks print nothing
     try:
         # config, data index and folds: every mismatch is reported before any training starts
         cfg = resolve_config(args)
+        check_available(cfg["log"])  # a missing tracker package: one line, before anything trains
         runs = seed_configs(cfg, args.seeds)
         distributed.init(cfg)
         main_rank = distributed.is_main()  # under torchrun: join the process group (rank 0 alone writes the run folder)
@@ -250,8 +261,7 @@ def train_configured(args) -> int:
                 if len(runs) > 1 and main_rank:
                     print(f"run {run['name']} (seed {run['seed']}), fold {fold}")
                 if distributed.on_main(prepare_fold, fold, run_dir, run, check, args):
-                    summaries.append(train_fold(run, index, folds, fold, run_dir, resume_run=args.resume,
-                                                progress=not args.no_progress, draw_curves=fold_curves))
+                    summaries.append(train_logged(run, index, folds, fold, run_dir, args, main_rank))
     finally:
         distributed.shutdown()
     if not main_rank:
@@ -261,6 +271,23 @@ def train_configured(args) -> int:
         print(f"{seed}fold {s['fold']}: best {s['metric']} {s['best_metric']:.4f} at epoch {s['best_epoch']} "
               f"({s['time_s']:.0f}s)")
     return 0
+
+
+def train_logged(run: dict, index, folds, fold: int, run_dir: Path, args, main_rank: bool) -> dict:
+    """train_fold with, on rank 0, the console copied to fold<k>/train.log and each epoch's row (then the
+    final OOF figures) sent to the config's `log` trackers (training/tracking.py)."""
+    from contextlib import nullcontext
+
+    from strokekit.report.figures import fold_curves
+    from strokekit.training.engine import train_fold  # torch / timm import after argument errors are out of the way
+    from strokekit.training.tracking import Trackers
+
+    console = ConsoleLog(run_dir / "train.log", header=" ".join(args.command)) if main_rank else nullcontext()
+    with console, Trackers(run["log"] if main_rank else [], run_dir, run, fold) as trackers:
+        summary = train_fold(run, index, folds, fold, run_dir, resume_run=args.resume,
+                             progress=not args.no_progress, on_epoch_end=trackers.epoch, draw_curves=fold_curves)
+        trackers.final(summary)
+    return summary
 
 
 def entry_point() -> None:

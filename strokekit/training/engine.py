@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from strokekit.training import distributed
 from strokekit.data.neighbours import describe_counts, summary_counts
 from strokekit.atomic import write_json, write_text_atomic
+from strokekit.progress import bar
 from strokekit.models.checkpoint import (build_checkpoint, model_state, read_checkpoint, rng_state, save_atomic,
                                          seed_everything, set_rng_state, versions)
 from strokekit.training.loader import make_loader
@@ -33,7 +33,7 @@ from strokekit.training.mixing import draw_mix
 from strokekit.models.tta import predict_with_tta
 from strokekit.models.registry import build_model
 from strokekit.training.optim import LrSchedule, build_optimizer
-from strokekit.training.runlog import EpochLog, check_interrupt
+from strokekit.training.runlog import EpochLog, check_interrupt, eta
 from strokekit.training.tasks import get_task, selection_metric
 from strokekit.training.topk import TopK, write_averaged
 from strokekit.models.weights import WeightsError, strip_prefixes
@@ -53,7 +53,7 @@ def predict_loader(model, loader, task, cfg: dict, device, loss_fn=None, keep_oo
     model.eval()
     flips = resolve_flips(flips)
     state, losses = task.new_state(cfg, keep_oof=keep_oof), []
-    for batch in tqdm(loader, desc="validate", leave=False, disable=not progress):
+    for batch in bar(loader, desc="validate", unit="batch", show=progress and distributed.is_main()):
         images = batch["image"].to(device, non_blocking=True)
         if device.type == "cuda" and cfg["channels_last"]:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -160,17 +160,18 @@ def setup(cfg: dict, index, folds, fold: int) -> Trainer:
 def train_one_epoch(tr: Trainer, progress: bool = True) -> dict:
     """One pass over the training loader with accumulation, clipping, AMP and EMA.
 
-    Returns the mean loss and `data_wait`: the share of the pass spent waiting for the loader's next batch
-    (worker start-up and the first batch included). Near 0, the model sets the pace, not the input pipeline.
+    Returns the mean loss, `images_per_s` (training images through the pass per second, all ranks) and
+    `data_wait`: the share of the pass spent waiting for the loader's next batch (worker start-up and the
+    first batch included). Near 0, the model sets the pace, not the input pipeline.
     """
     cfg, model, accum = tr.cfg, tr.model, tr.cfg["accum_steps"]
     model.train()
     total, seen, wait = 0.0, 0, 0.0
-    bar = tqdm(tr.train_loader, desc=f"epoch {tr.epoch + 1}/{cfg['epochs']}", leave=False,
-               disable=not progress or not distributed.is_main())
+    batches = bar(tr.train_loader, desc=f"epoch {tr.epoch + 1}/{cfg['epochs']}", unit="batch",
+                  show=progress and distributed.is_main())  # on a terminal only (strokekit/progress.py)
     tr.optimizer.zero_grad(set_to_none=True)
     started = ready = time.perf_counter()
-    for i, batch in enumerate(bar):
+    for i, batch in enumerate(batches):
         check_interrupt()
         wait += time.perf_counter() - ready
         images = batch["image"].to(tr.device, non_blocking=True)
@@ -193,11 +194,12 @@ def train_one_epoch(tr: Trainer, progress: bool = True) -> dict:
         if stepping:
             optimizer_step(tr)
         total, seen = total + loss.item() * len(images), seen + len(images)
-        bar.set_postfix(loss=f"{total / seen:.4f}", lr=f"{tr.schedule.lr():.2e}")
+        batches.set_postfix(loss=f"{total / seen:.4f}", lr=f"{tr.schedule.lr():.2e}")
         ready = time.perf_counter()  # loss.item() above waited for the step, so the wait starts here
     elapsed = time.perf_counter() - started
     total, seen = distributed.total(total, seen)  # the global batch's mean loss under torchrun
-    return {"train_loss": total / max(seen, 1), "data_wait": round(wait / elapsed, 4) if elapsed > 0 else 0.0}
+    return {"train_loss": total / max(seen, 1), "data_wait": round(wait / elapsed, 4) if elapsed > 0 else 0.0,
+            "images_per_s": round(seen / elapsed, 2) if elapsed > 0 else 0.0}
 
 
 def optimizer_step(tr: Trainer) -> None:
@@ -305,6 +307,7 @@ def train_fold(cfg: dict, index, folds, fold: int, run_dir, resume_run: bool = F
     if "neighbours" in tr.info:
         log(f"fold {fold}: {describe_counts(tr.info['neighbours'])}")
     epoch_times = []  # this session's, for the ETA
+    epoch_times = []  # this session's, for the ETA
     try:
         while tr.epoch < cfg["epochs"]:
             check_interrupt()
@@ -313,9 +316,11 @@ def train_fold(cfg: dict, index, folds, fold: int, run_dir, resume_run: bool = F
             row = {"epoch": tr.epoch + 1, "lr": tr.schedule.lr(), **train_one_epoch(tr, progress)}
             distributed.sync_buffers(tr.model, tr.ema.module if tr.ema is not None else None)
             tr.epoch += 1
-            metrics, _ = predict_loader(tr.eval_model, tr.val_loader, tr.task, cfg, tr.device, tr.loss_fn)
+            metrics, _ = predict_loader(tr.eval_model, tr.val_loader, tr.task, cfg, tr.device, tr.loss_fn,
+                                        progress=progress)
             row.update(metrics)
             row["time_s"] = round(time.time() - epoch_start, 2)
+            epoch_times.append(row["time_s"])
             if main:
                 epochs_log.append(row)
             value = metrics.get(tr.metric)
@@ -336,7 +341,8 @@ def train_fold(cfg: dict, index, folds, fold: int, run_dir, resume_run: bool = F
                     draw_curves(epochs_log.rows, tr.metric, run_dir / "curves.png")
             log(f"fold {fold} epoch {tr.epoch}/{cfg['epochs']}: train_loss {row['train_loss']:.4f} "
                 f"val_loss {row.get('val_loss', float('nan')):.4f} {tr.metric} {value:.4f}"
-                f"{' *' if improved else ''} ({row['time_s']:.0f}s)")
+                f"{' *' if improved else ''}, lr {row['lr']:.2e}, {row['images_per_s']:.1f} img/s "
+                f"({row['time_s']:.0f}s, ETA {eta(epoch_times, cfg['epochs'] - tr.epoch)})")
             if on_epoch_end is not None:
                 on_epoch_end(tr.epoch, row)
             if cfg["early_stop"] and tr.epoch - tr.best_epoch >= cfg["early_stop"]:

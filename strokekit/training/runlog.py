@@ -1,7 +1,9 @@
-"""A fold's logs: log.csv (one row per epoch), summary.json (strokekit.atomic.write_json), and the `done`
-marker (curves.png is drawn by strokekit.report.figures.fold_curves, which the scripts hand to the engine).
+"""A fold's logs: log.csv (one row per epoch), train.log (the console, with times), summary.json
+(strokekit.atomic.write_json), and the `done` marker (curves.png is drawn by
+strokekit.report.figures.fold_curves, which the scripts hand to the engine).
 
-log.csv is rewritten whole (atomically) after each epoch, so a resumed run keeps exactly one row per epoch.
+log.csv is rewritten whole (atomically) after each epoch, so a resumed run keeps exactly one row per epoch;
+train.log is appended to (a --resume adds to it; a fresh start or --overwrite begins it anew).
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import io
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 from strokekit.atomic import write_atomic
@@ -50,6 +53,62 @@ def _number(text: str):
     return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
 
 
+class ConsoleLog:
+    """While open, whatever the process prints on stdout and stderr is also appended to `path`, each line
+    after its local time (`2026-05-01T12:00:00 fold 0 epoch 1/10: ...`). Progress bars never reach the file:
+    a carriage return starts the line over, so a bar's redraws (and its erasing) leave nothing behind.
+    train.py opens one per fold folder (train.log), on rank 0 only."""
+
+    def __init__(self, path: Path, header: str | None = None):
+        self.path, self.header = Path(path), header  # header: written to the file only (the command, say)
+
+    def __enter__(self) -> "ConsoleLog":
+        self.file = open(self.path, "a", encoding="utf-8")
+        if self.header:
+            self.file.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} --- {self.header}\n")
+        self.streams = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Tee(sys.stdout, self.file), _Tee(sys.stderr, self.file)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for tee in (sys.stdout, sys.stderr):
+            if isinstance(tee, _Tee):
+                tee.finish()
+        sys.stdout, sys.stderr = self.streams
+        self.file.close()
+
+
+class _Tee:
+    """A stream that writes through to `stream` and copies whole lines, timestamped, to `file`."""
+
+    def __init__(self, stream, file):
+        self._stream, self._file, self._line = stream, file, ""
+
+    def write(self, text: str) -> int:
+        written = self._stream.write(text)
+        *lines, self._line = (self._line + text).split("\n")
+        for line in lines:
+            self._copy(line)
+        self._line = self._line.rsplit("\r", 1)[-1]
+        return written if written is not None else len(text)
+
+    def _copy(self, line: str) -> None:
+        line = line.rsplit("\r", 1)[-1].rstrip()
+        if line:
+            self._file.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}\n")
+            self._file.flush()
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def finish(self) -> None:
+        self._copy(self._line)
+        self._line = ""
+
+    def __getattr__(self, name):  # isatty, fileno, encoding ...: the terminal's own
+        return getattr(self._stream, name)
+
+
 _INTERRUPT_SEEN = False  # set by watch_interrupts' handler
 
 
@@ -82,3 +141,9 @@ def exit_process(code: int, skip_teardown: bool = False) -> None:
         sys.stderr.flush()
         os._exit(code)
     sys.exit(code)
+
+
+def eta(epoch_times: list[float], epochs_left: int) -> str:
+    """h:mm:ss left for `epochs_left` epochs at the mean of `epoch_times` (early stopping may end sooner)."""
+    seconds = round(sum(epoch_times) / max(len(epoch_times), 1) * epochs_left)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
