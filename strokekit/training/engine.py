@@ -307,7 +307,6 @@ def train_fold(cfg: dict, index, folds, fold: int, run_dir, resume_run: bool = F
     if "neighbours" in tr.info:
         log(f"fold {fold}: {describe_counts(tr.info['neighbours'])}")
     epoch_times = []  # this session's, for the ETA
-    epoch_times = []  # this session's, for the ETA
     try:
         while tr.epoch < cfg["epochs"]:
             check_interrupt()
