@@ -28,7 +28,7 @@ from strokekit.vocabulary import resolve_flips
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ["train.py", "infer.py", "ensemble.py", "score.py", "kfold.py", "make_phantom.py", "prepare.py", "tune.py",
-           "leaderboard.py", "export.py", "export_nnunet.py", "report.py"]
+           "leaderboard.py", "export.py", "export_nnunet.py", "report.py", "pseudo.py"]
 
 
 def run_script(script: str, *args, patch: str = "") -> subprocess.CompletedProcess:

@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ("train", "infer", "ensemble", "score", "kfold", "prepare", "tune", "leaderboard", "report", "export",
-            "export-nnunet", "make-phantom", "demo")
+            "export-nnunet", "make-phantom", "demo", "pseudo")
 
 pytestmark = pytest.mark.slow
 
