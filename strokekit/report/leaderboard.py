@@ -4,7 +4,8 @@ A config's figures come from its folds' summary.json (`final_metrics`: the best 
 validation images, i.e. its OOF predictions), shown as mean ± std over folds (std with ddof=1; "–" for one
 fold); classifiers also get `pooled_auc`, the AUC of all folds' oof.csv together, the figure an ensemble spec
 reports. An ensemble's figures are read from its spec file (ensemble.py wrote them on OOF data). Unfinished or
-pruned folds are left out and listed.
+pruned folds are left out and listed. Scored submissions (score.py's JSON) are joined with the spec they were
+made from: CV beside LB (cv_lb.py). Every run read gets its merged `oof.csv` / `oof.npz` (merged_oof.py).
 """
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from strokekit.ensembling import selection
-from strokekit.report import figures
+from strokekit.ensembling import merged_oof, selection
+from strokekit.report import cv_lb, figures
 from strokekit.report.evaluate import ReportError
 from strokekit.vocabulary import TASKS
 
@@ -79,6 +80,7 @@ def read_run(run_dir: Path) -> RunFigures | str:
     if figures is None:
         return "no finished fold (fold<k>/summary.json)" + (f": {', '.join(left_out)}" if left_out else "")
     figures.left_out = left_out
+    merged_oof.refresh(run_dir)
     if figures.task != "seg":
         oof = selection.load_oof(run_dir)
         oof = oof[oof["fold"].isin(list(figures.folds))]
@@ -215,7 +217,8 @@ def task_section(task: str, runs: list[RunFigures], ensembles: list[dict]) -> li
     return lines
 
 
-def render_markdown(runs: list[RunFigures], ensembles: list[dict], skipped: list[str]) -> str:
+def render_markdown(runs: list[RunFigures], ensembles: list[dict], skipped: list[str],
+                    cv_vs_lb: list[dict] = ()) -> str:
     lines = ["# Leaderboard", "",
              "OOF = out-of-fold: each fold's best checkpoint on the images it did not train on. Config figures "
              "are mean ± std (ddof=1) over finished folds of summary.json's final metrics; `pooled_auc` joins all "
@@ -224,6 +227,8 @@ def render_markdown(runs: list[RunFigures], ensembles: list[dict], skipped: list
     for task in TASKS:
         if any(r.task == task for r in runs) or any(e["task"] == task for e in ensembles):
             lines += task_section(task, runs, ensembles)
+    if cv_vs_lb:
+        lines += cv_lb.markdown(cv_vs_lb)
     if skipped:
         lines += ["## Left out", ""] + [f"- {s}" for s in skipped] + [""]
     return "\n".join(lines)
@@ -246,8 +251,23 @@ def _bars(task: str, runs: list[RunFigures], ensembles: list[dict]) -> list[tupl
     return [b for b in bars if not math.isnan(b[1])]
 
 
-def build(run_paths, ensemble_paths=(), out: str | os.PathLike | None = None) -> dict:
-    """Read runs and ensemble specs; write leaderboard.md / .png / .csv into `out`; returns what was read."""
+def member_figures(runs: list[RunFigures]) -> dict[str, str]:
+    """Each config's headline OOF figure, as shown beside a submission's members: 'auc 0.912'."""
+    out = {}
+    for run in runs:
+        column = "pooled_auc" if run.task != "seg" else COLUMNS["seg"][0]
+        value = run.pooled.get(column)
+        if value is None:
+            values = [m.get(column) for m in run.folds.values() if m.get(column) is not None]
+            value = float(np.mean(values)) if values else None
+        if value is not None and not math.isnan(value):
+            out[run.name] = f"{'auc' if run.task != 'seg' else 'dice'} {value:.3f}"
+    return out
+
+
+def build(run_paths, ensemble_paths=(), out: str | os.PathLike | None = None, score_paths=()) -> dict:
+    """Read runs, ensemble specs and score files; write leaderboard.md / .png / .csv (and cv_vs_lb.csv with
+    scores) into `out`; returns what was read."""
     runs, skipped = [], []
     for path in expand_run_dirs(run_paths):
         found = read_run(path)
@@ -263,15 +283,25 @@ def build(run_paths, ensemble_paths=(), out: str | os.PathLike | None = None) ->
             skipped.append(f"{path}: {found}")
         else:
             ensembles += found
-    if not runs and not ensembles:
-        raise ReportError("nothing to rank: no run folder with a finished fold and no ensemble spec; "
-                                + "; ".join(skipped))
-    markdown = render_markdown(runs, ensembles, skipped)
-    result = {"runs": runs, "ensembles": ensembles, "skipped": skipped, "markdown": markdown}
+    submissions = []
+    for path in cv_lb.expand_scores(score_paths):
+        found = cv_lb.read_submission(path)
+        if isinstance(found, str):
+            skipped.append(f"{path}: {found}")
+        else:
+            submissions.append(found)
+    if not runs and not ensembles and not submissions:
+        raise ReportError("nothing to rank: no run folder with a finished fold, no ensemble spec and no score "
+                          "file; " + "; ".join(skipped))
+    joined = cv_lb.rows(submissions, member_figures(runs))
+    markdown = render_markdown(runs, ensembles, skipped, joined)
+    result = {"runs": runs, "ensembles": ensembles, "skipped": skipped, "markdown": markdown, "cv_vs_lb": joined}
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "leaderboard.md").write_text(markdown + "\n", encoding="utf-8")
         fold_table(runs).to_csv(out / "leaderboard.csv", index=False)
-        result["png"] = plot(runs, ensembles, out / "leaderboard.png")
+        if joined:
+            pd.DataFrame(joined, columns=list(cv_lb.COLUMNS)).to_csv(out / "cv_vs_lb.csv", index=False)
+        result["png"] = plot(runs, ensembles, out / "leaderboard.png") if runs or ensembles else None
     return result
