@@ -42,6 +42,7 @@ import sys
 from pathlib import Path
 
 from strokekit.data.submission import SubmissionError
+from strokekit.config.settings import in_project
 from strokekit.errors import script_main
 
 
@@ -126,11 +127,12 @@ def apply_settings(args) -> None:
 
 
 def newest_spec(task: str) -> str | None:
-    """The most recently written ensembles/*.yaml whose task is `task` (not the search tables beside them)."""
+    """The most recently written ensembles/*.yaml (in the project folder) whose task is `task` (not the search
+    tables beside them)."""
     import yaml
 
     found = []
-    for path in Path("ensembles").glob("*.yaml"):
+    for path in in_project("ensembles").glob("*.yaml"):
         try:
             spec = yaml.safe_load(path.read_text(encoding="utf-8"))
         except (OSError, yaml.YAMLError):
@@ -229,7 +231,7 @@ def run(args) -> int:
 
     apply_settings(args)
     rows, split = submit.find_test_rows(args.data, args.split, args.phase)
-    out = Path(args.out or f"submissions/{Path(args.ensemble).stem}_{split}")
+    out = Path(args.out) if args.out else in_project("submissions", f"{Path(args.ensemble).stem}_{split}")
     submit.check_out_dir(out, args.overwrite, submit.input_folders(args.data, rows))  # before loading anything
     pipeline = load_pipeline(args)  # every spec and role checked: nothing is written before this
     role = "stroke" if args.phase == 1 else "seg"

@@ -18,6 +18,7 @@ import sys
 import time
 
 from strokekit.config import ConfigError, add_config_args, load_config
+from strokekit.config.settings import anchor_paths, typed_keys
 from strokekit.data.cache import cache_folder, fill_row, open_cache
 from strokekit.data.index import build_index
 from strokekit.data.badinput import BadInputError
@@ -75,6 +76,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     cfg = load_config(args.config, args.set)
     cfg.update({k: v for k, v in (("data", args.data), ("cache_dir", args.cache_dir)) if v})
+    anchor_paths(cfg, typed_keys(args.set, data=args.data, cache_dir=args.cache_dir))
     cfg["cache"] = True
     folder = cache_folder(cfg)
     if folder is None:

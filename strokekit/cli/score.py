@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from strokekit.atomic import write_json
+from strokekit.config.settings import in_project
 from strokekit.evaluation import score as scoring
 from strokekit.data.submission import SubmissionError, read_labels
 from strokekit.errors import SettingError, script_main
@@ -126,7 +127,7 @@ def check_manifest(target: str) -> int:
 def run_score(args: argparse.Namespace) -> int:
     from strokekit.report import figures  # matplotlib and pandas load only when scoring
 
-    out = Path(args.out) if args.out else Path("scores") / f"{scoring.submission_name(args.pred)}.json"
+    out = Path(args.out) if args.out else in_project("scores", f"{scoring.submission_name(args.pred)}.json")
     stem = out.with_suffix("")
     if args.phase == 1:
         result = scoring.score_phase1(args.pred, args.truth, args.probs, args.n_boot)

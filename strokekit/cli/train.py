@@ -36,7 +36,7 @@ import sys
 from pathlib import Path
 
 from strokekit.config import ConfigError, add_config_args, folds_path, load_config, save_config, set_key
-from strokekit.config.settings import read_settings
+from strokekit.config.settings import anchor_paths, read_settings, typed_keys
 from strokekit.locks import FolderLock
 from strokekit.training import distributed
 from strokekit.data.check import apply_policy, check_files
@@ -77,7 +77,7 @@ def resolve_config(args) -> dict:
                        ("on_bad_input", args.on_bad_input), ("log", ",".join(args.log or []))):
         if value:
             set_key(cfg, key, value, source="command line")
-    return cfg
+    return anchor_paths(cfg, typed_keys(args.set, data=args.data, folds=args.folds_csv, runs_dir=args.out))
 
 
 def seed_configs(cfg: dict, seeds: str | None) -> list[dict]:

@@ -18,6 +18,7 @@ import argparse
 from pathlib import Path
 
 from strokekit.config import add_config_args, folds_path, load_config
+from strokekit.config.settings import anchor_paths, in_project, typed_keys
 from strokekit.data.index import build_index
 from strokekit.data.folds import FoldsError, read_folds
 from strokekit.errors import script_main
@@ -33,7 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--space", required=True, help="search space YAML (see configs/spaces/example_space.yaml)")
     parser.add_argument("--trials", type=int, required=True, help="finished trials the study should hold")
     parser.add_argument("--folds", default="0", help="folds each trial trains: 0 (default), 0,1 or all")
-    parser.add_argument("--study-dir", help="study folder (default tunes/<config name>)")
+    parser.add_argument("--study-dir", help="study folder (default tunes/<config name> in the project folder)")
     parser.add_argument("--seed", type=int, help="sampler seed (default: the config's seed)")
     parser.add_argument("--random-trials", type=int, default=10, help="random trials before TPE (default 10)")
     parser.add_argument("--startup-trials", type=int, default=3,
@@ -68,10 +69,11 @@ def main(argv=None) -> int:
     for key, value in (("data", args.data), ("folds", args.folds_csv), ("runs_dir", args.out)):
         if value:
             cfg[key] = value
+    anchor_paths(cfg, typed_keys(args.set, data=args.data, folds=args.folds_csv, runs_dir=args.out))
     space = read_space(args.space)
     index, _ = build_index(cfg["data"])
     folds = read_folds(folds_path(cfg), index)
-    study_dir = Path(args.study_dir or Path("tunes") / cfg["name"])
+    study_dir = Path(args.study_dir) if args.study_dir else in_project("tunes", cfg["name"])
     study = run_search(cfg, space, args.trials, fold_list(args.folds, folds), study_dir, index, folds,
                        seed=args.seed, random_trials=args.random_trials, startup_trials=args.startup_trials,
                        warmup_epochs=args.warmup_epochs, draw_curves=fold_curves)

@@ -1,5 +1,5 @@
-"""The project settings file (`strokekit.yaml` in the folder the scripts run from, or $STROKEKIT_SETTINGS):
-what `python train.py --fold 0` trains and what `python infer.py --phase 2` submits when nothing else is typed.
+"""The project settings file (`strokekit.yaml`, or $STROKEKIT_SETTINGS): what `python train.py --fold 0` trains
+and what `python infer.py --phase 2` submits when nothing else is typed.
 
     data: data/phantom                 # the data set root
     train: [configs/tiny_stroke_aux.yaml, configs/tiny_seg.yaml]   # configs train.py trains without --config
@@ -10,6 +10,13 @@ what `python train.py --fold 0` trains and what `python infer.py --phase 2` subm
     submissions: submissions           # where infer.py writes submissions/phase<N> without --out
 
 Every script's flags override it; paths in it are relative to the file's folder. demo.py writes one.
+
+The project folder is the folder of that file: $STROKEKIT_SETTINGS, else the nearest strokekit.yaml in the
+working directory or a folder above it (as git finds its repository), else the working directory itself.
+Relative paths a config holds (its own or the built-in defaults: data/phantom, runs, the folds and cache
+folders) resolve against the project folder (`anchor_paths`), so a command typed in a subfolder of a project
+reads and writes the project's data/ and runs/, not new ones beside it; paths typed on the command line
+(--data, --out, --set data=...) stay relative to the working directory, as for any shell command.
 """
 from __future__ import annotations
 
@@ -25,8 +32,52 @@ FILENAME = "strokekit.yaml"
 KEYS = ("data", "train", "ensembles", "submissions")
 
 
+PATH_KEYS = ("data", "folds", "runs_dir", "cache_dir")  # config keys naming project folders
+
+
 def settings_path() -> Path:
-    return Path(os.environ.get("STROKEKIT_SETTINGS") or FILENAME)
+    """$STROKEKIT_SETTINGS, else the nearest strokekit.yaml from the working directory upward, else
+    ./strokekit.yaml (where demo.py writes one)."""
+    if os.environ.get("STROKEKIT_SETTINGS"):
+        return Path(os.environ["STROKEKIT_SETTINGS"])
+    cwd = Path.cwd()
+    for folder in (cwd, *cwd.parents):
+        if (folder / FILENAME).is_file():
+            return folder / FILENAME if folder != cwd else Path(FILENAME)
+    return Path(FILENAME)
+
+
+def project_dir() -> Path:
+    """The folder relative config paths resolve against: the settings file's when there is one, else the working
+    directory."""
+    path = settings_path()
+    return path.resolve().parent if path.is_file() else Path.cwd()
+
+
+def in_project(*parts: str) -> Path:
+    """A path in the project folder: relative (as typed) when that is the working directory, else absolute."""
+    project = project_dir()
+    return Path(*parts) if project == Path.cwd() else project.joinpath(*parts)
+
+
+def anchor_paths(cfg: dict, typed: set[str] | frozenset = frozenset()) -> dict:
+    """Resolve the config's relative project paths (PATH_KEYS) against project_dir(), in place, except the keys
+    in `typed` (given on the command line: those are the working directory's). Unchanged when the project folder
+    is the working directory. Returns cfg."""
+    project = project_dir()
+    if project == Path.cwd():
+        return cfg
+    for key in PATH_KEYS:
+        value = cfg.get(key)
+        if key not in typed and isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            cfg[key] = str(project / value)
+    return cfg
+
+
+def typed_keys(overrides: list[str] | None, **flags) -> set[str]:
+    """The path keys given on the command line: --set key=... items and the flags (key=value) that were set."""
+    keys = {item.partition("=")[0].strip() for item in overrides or []}
+    return keys | {key for key, value in flags.items() if value}
 
 
 def read_settings(path: str | os.PathLike | None = None) -> dict | None:
