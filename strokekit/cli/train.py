@@ -244,6 +244,13 @@ def train_configured(args) -> int:
         index, report = distributed.main_first(build_index, cfg["data"])  # rank 0 fills the index cache
         folds = read_folds(folds_path(cfg), index)
         todo = fold_list(str(args.fold), folds)
+        if cfg.get("pseudo"):  # the pseudo-label folder (ids, files) is checked before any fold folder is touched
+            from strokekit.data.pseudo import pseudo_rows
+
+            n_pseudo = len(pseudo_rows(cfg["pseudo"], index))
+            if main_rank:
+                print(f"pseudo-labels: {n_pseudo} test images from {cfg['pseudo']} join every fold's training "
+                      "rows, never a validation set")
         held = []  # the fold folders' locks, dropped with this frame when main returns
         for run in runs:
             run_root = Path(run["runs_dir"]) / run["name"]
