@@ -32,7 +32,7 @@ FILENAME = "strokekit.yaml"
 KEYS = ("data", "train", "ensembles", "submissions")
 
 
-PATH_KEYS = ("data", "folds", "runs_dir", "cache_dir")  # config keys naming project folders
+PATH_KEYS = ("data", "folds", "runs_dir", "cache_dir", "pseudo")  # config keys naming project folders
 
 
 def settings_path() -> Path:
