@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "configs" / "recipes").glob("*/*.yaml"))
 SYSTEMS = {"multitask", "vgg_unet", "deep_ensemble", "dpn_unet"}
 SMALLEST_INPUT = {"inception_v3": 96, "inception_resnet_v2": 96}  # their stems need > 75 px
-SHRINK = ["batch_size=2", "epochs=1", "num_workers=0", "pretrained=false"]
+SHRINK = ["batch_size=2", "epochs=1", "num_workers=0", "pretrained=false", "epoch_steps=null"]
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "sgd": torch.optim.SGD, "rmsprop": torch.optim.RMSprop}
 
 
@@ -96,7 +96,10 @@ def test_recipe_trains_one_step_shrunken(path, sets, phantom):
     if cfg["sampler"] == "lesion":  # the index's lesion flags of the batch's images
         rows = index.set_index("image_id").loc[batch["image_id"].tolist()]
         with_lesion = int(((rows["has_ischemic"] == 1) | (rows["has_hemorrhagic"] == 1)).sum())
-        assert with_lesion == round(cfg["lesion_share"] * cfg["batch_size"]), rows
+        wanted = round(cfg["lesion_share"] * cfg["batch_size"])  # lesion_rest all: the rest may hold lesions too
+        assert with_lesion == wanted if cfg["lesion_rest"] == "clear" else with_lesion >= wanted, rows
+    frozen = {id(p) for g in tr.optimizer.param_groups if g["lr"] == 0 for p in g["params"]}  # freeze_epochs
+    assert bool(frozen) == bool(cfg["freeze_epochs"])
     before = [p.detach().clone() for p in tr.model.parameters()]
     tr.model.train()
     target = batch["mask" if cfg["task"] == "seg" else "target"]
@@ -105,8 +108,11 @@ def test_recipe_trains_one_step_shrunken(path, sets, phantom):
         assert torch.isfinite(loss), f"{path.stem}: loss {loss}"
         loss.backward()
         optimizer_step(tr)
-    moved = sum(not torch.equal(b, p) for b, p in zip(before, tr.model.parameters()))
-    assert moved > 0.5 * len(before), f"{path.stem}: only {moved}/{len(before)} tensors changed"
+    params = list(tr.model.parameters())
+    moved = sum(not torch.equal(b, p) for b, p in zip(before, params) if id(p) not in frozen)
+    trained = len(params) - len(frozen)
+    assert moved > 0.5 * trained, f"{path.stem}: only {moved}/{trained} trained tensors changed"
+    assert all(torch.equal(b, p) for b, p in zip(before, params) if id(p) in frozen), "a frozen tensor moved"
     if cfg["scheduler"] == "exponential":
         assert tr.optimizer.param_groups[0]["lr"] == pytest.approx(cfg["lr"] * cfg["lr_gamma"] ** 2)
 
@@ -116,7 +122,7 @@ def test_hypercolumn_unet_sees_every_decoder_stage():
     cfg = load_config(None, ["task=seg", "model=hypercolumn_unet", "encoder=resnet18", "drop_rate=0.3"])
     model = build_model(cfg).train()
     assert isinstance(model, HypercolumnUNet)
-    assert model.head[1][0].in_channels == sum(HypercolumnUNet.SLIM_DECODER)  # all stages concatenated
+    assert model.head[1].in_channels == sum(HypercolumnUNet.SLIM_DECODER) == 80  # all 5 stages of 16 concatenated
     x = torch.randn(2, 3, 64, 96, requires_grad=True)
     out = model(x)
     assert out.shape == (2, 3, 64, 96)

@@ -2,8 +2,9 @@
 
 - `simple_cnn` (classifier): the multi-task paper's small type classifier: conv-ReLU-max-pool blocks, a dense
   layer, dropout (`drop_rate`) and two outputs. No batch norm, as in the paper.
-- `hypercolumn_unet` (seg): the DPN-U-Net: any smp encoder (`encoder: dpn68 | dpn92 | ...`), a slim U-Net
-  decoder, and a hypercolumn head that sees every decoder stage upsampled to the input size. `pretrained:
+- `hypercolumn_unet` (seg): the DPN-U-Net: any smp encoder (`encoder: dpn92 | dpn68 | ...`), the paper's slim
+  decoder (16 channels at every stage, 3x3 bottleneck convs fusing the skips) and a hypercolumn head that sees
+  every decoder stage upsampled to the input size. `pretrained:
   true` loads the encoder's ImageNet weights from the local cache (or the hub when downloads are allowed).
 """
 from __future__ import annotations
@@ -35,11 +36,13 @@ def _conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
 
 
 class HypercolumnUNet(nn.Module):
-    """Encoder features at strides 32..2 -> slim decoder blocks (x2 upsampling, skip concat, two convs) ->
-    every block's output upsampled to the input size and concatenated (the hypercolumn) -> spatial dropout
-    -> 3x3 conv -> 1x1 conv to the classes."""
+    """Encoder features at strides 32..2 -> slim decoder stages (x2 upsampling; a 3x3 conv-BN-ReLU bottleneck
+    fusing the upsampled map with the encoder's skip to 16 channels; a 3x3 conv-BN-ReLU 16 -> 16) -> every
+    stage's output upsampled to the input size and concatenated (the hypercolumn, 5 x 16 channels) -> spatial
+    dropout -> 1x1 conv to the classes (the paper: a depthwise conv to 2 sigmoid channels; here the kit's
+    3-class softmax head, docs/recipes.md)."""
 
-    SLIM_DECODER = (64, 48, 32, 24, 16)  # smp's Unet decoder uses (256, 128, 64, 32, 16)
+    SLIM_DECODER = (16, 16, 16, 16, 16)  # the paper's (Sec. 4.1); smp's Unet decoder uses (256, 128, 64, 32, 16)
 
     def __init__(self, encoder: nn.Module, classes: int, drop_rate: float = 0.0,
                  decoder_channels: tuple[int, ...] = SLIM_DECODER):
@@ -52,7 +55,7 @@ class HypercolumnUNet(nn.Module):
             nn.Sequential(_conv_bn_relu(c + s, d), _conv_bn_relu(d, d))
             for c, s, d in zip(c_in, skips, decoder_channels))
         hyper = sum(decoder_channels)
-        self.head = nn.Sequential(nn.Dropout2d(drop_rate), _conv_bn_relu(hyper, 32), nn.Conv2d(32, classes, 1))
+        self.head = nn.Sequential(nn.Dropout2d(drop_rate), nn.Conv2d(hyper, classes, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
