@@ -30,8 +30,9 @@ from strokekit.ensembling.classifiers import build_classifier_spec, format_repor
 from strokekit.ensembling.spec import CLASSIFIER_BLENDS, write_spec
 from strokekit.ensembling.seg_objectives import OBJECTIVES
 from strokekit.ensembling.selection import CLASSIFIER_METRICS
+from strokekit import progress
 from strokekit.errors import SettingError, missing_file, script_main
-from strokekit.vocabulary import resolve_flips
+from strokekit.vocabulary import resolve_flips, resolve_scales
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -66,6 +67,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tta", help="flips infer.py applies, comma-separated: none,hflip,vflip,hvflip (default: "
                                        "the flips the runs' OOF was made with, config oof_tta, so what is tuned on OOF "
                                        "is applied the same way; none,hflip for runs without it)")
+    parser.add_argument("--tta-scales", help="TTA scales infer.py applies, factors of img_size, comma-separated, "
+                                              "e.g. 0.75,1,1.25 (default: those the runs' OOF was made with, "
+                                              "config oof_tta_scales)")
     parser.add_argument("--data", help="seg: data set the runs were trained on, for the true masks "
                                        "(default: the runs' config `data`)")
     parser.add_argument("--grid", help="seg: YAML file with the post-processing grid (keys threshold, closing, "
@@ -100,6 +104,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "threshold is tuned for it (OOF reweighted), besides --objective / --target-recall")
     parser.add_argument("--checkpoint", default="best", choices=("best", "last"), help="which checkpoint per fold")
     parser.add_argument("--absolute-paths", action="store_true", help="store absolute checkpoint paths")
+    parser.add_argument("--soup", metavar="RUN_DIR",
+                        help="model soup: average the given runs' weights fold by fold into the run folder RUN_DIR "
+                             "(runs of one config fine-tuned from the same `weights:` under several seeds; other "
+                             "architectures, inputs, folds or initialisations are refused), predict its OOF, and "
+                             "ensemble that one run")
+    progress.add_argument(parser)
     args = parser.parse_args(argv)
     if args.task == "seg" and args.blend in ("vote", "rank"):
         parser.error("--blend vote/rank are for classifiers; seg blends probabilities (mean | weighted | auto)")
@@ -119,10 +129,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 def build(args) -> tuple[dict, dict, Path]:
     out = Path(args.out or f"ensembles/{args.task}.yaml")
     wanted = resolve_flips(args.tta.split(",")) if args.tta else None
+    wanted_scales = resolve_scales(args.tta_scales) if args.tta_scales else None
     grid = read_grid(args.grid) if args.grid else None  # the flags before the runs
+    if args.soup:  # torch loads only here: ensemble.py stays light otherwise
+        from strokekit.training.soup import soup_runs
+
+        args.runs, args.checkpoint = [str(soup_runs(args.runs, args.soup, args.checkpoint))], "best"  # its best.pt
     runs = read_runs(args.runs, args.task, args.checkpoint)
     tta = submission_flips(runs, wanted)
     common = dict(top_k=args.top_k, top_runs=args.top_runs, greedy=args.greedy, tolerance=args.tolerance, tta=tta,
+                  tta_scales=submission_scales(runs, wanted_scales),
                   absolute=args.absolute_paths, test_size=args.test_size, n_boot=args.n_boot,
                   test_prior=args.test_prior)
     if args.task != "seg":
@@ -158,6 +174,21 @@ def submission_flips(runs, wanted: list[str] | None) -> list[str]:
     return wanted
 
 
+def submission_scales(runs, wanted: list[float] | None) -> list[float]:
+    """The TTA scales infer.py will apply: --tta-scales, else those the runs' OOF was made with (config
+    oof_tta_scales; [1.0] for runs from before it); a mismatch is said, as for the flips."""
+    made = {tuple(resolve_scales(run.cfg.get("oof_tta_scales"))) for run in runs}
+    if wanted is None:
+        wanted = list(next(iter(made))) if len(made) == 1 else [1.0]
+    show = lambda scales: ",".join(f"{s:g}" for s in scales)
+    for scales in sorted(made):
+        if list(scales) != wanted:
+            print(f"warning: OOF made with TTA scales {show(scales)} (config oof_tta_scales), submissions will "
+                  f"use {show(wanted)}: what is tuned on OOF may not transfer; retrain with --set "
+                  f"oof_tta_scales={show(wanted)} or pass --tta-scales {show(scales)}")
+    return wanted
+
+
 def read_grid(path: str) -> dict:
     """The --grid YAML: a mapping of post-processing keys to candidate lists (checked by the search)."""
     if not Path(path).is_file():
@@ -184,6 +215,7 @@ def save_tables(spec: dict, report: dict, out: Path) -> None:
 @script_main
 def main(argv=None) -> int:
     args = parse_args(argv)
+    progress.set_enabled(not args.no_progress)
     spec, report, out = build(args)
     if args.task == "seg":
         from strokekit.ensembling.segmenters import format_seg_report

@@ -66,6 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", help="submission folder (default submissions/<spec name>_<split>; "
                                       "submissions/phase<N> when the spec comes from strokekit.yaml)")
     parser.add_argument("--tta", help="override the spec's flips, comma-separated: none,hflip,vflip,hvflip")
+    parser.add_argument("--tta-scales", help="override the spec's TTA scales (factors of img_size, 0.5-2), "
+                                              "comma-separated, e.g. 0.75,1,1.25: one forward pass per scale")
     parser.add_argument("--batch-size", type=int, help="images per forward pass (x flips); default 16 on CUDA, "
                                                        "8 // flips on CPU (where ~8-image passes run fastest)")
     parser.add_argument("--device", default=None, help="cpu | cuda (default: CUDA when available)")
@@ -173,7 +175,7 @@ def load(source: str, args, role: str):
         spec = roles[role]
     flips = args.tta.split(",") if args.tta else None
     return EnsemblePredictor(spec, device=args.device, flips=flips, batch_size=args.batch_size, amp=args.amp,
-                             allow_outside=args.allow_outside, role=role)
+                             allow_outside=args.allow_outside, role=role, scales=args.tta_scales or None)
 
 
 def load_type(args):
@@ -250,7 +252,8 @@ def run(args) -> int:
         if p is not None and (name != "gate ensemble" or p is not type_predictor):
             cost = p.cost(len(rows))
             print(f"{name}: {cost['forward_passes']} forward passes (batch {p.batch_size}, flips "
-                  f"{','.join(cost['flips'])}), {cost['images_through_models']} images through models")
+                  f"{','.join(cost['flips'])}, scales {','.join(f'{s:g}' for s in cost['scales'])}), "
+                  f"{cost['images_through_models']} images through models")
     if args.phase == 1:
         decided, seconds = submit.timed(submit.run_phase1, pipeline, rows, out)
         print(f"phase 1: {decided['n_stroke']} of {len(rows)} images stroke at threshold {decided['threshold']:.4f}")
@@ -262,6 +265,7 @@ def run(args) -> int:
     print(f"{seconds:.1f}s, {speed:.1f} images/s")
     info = {"written_by": "infer.py", "phase": args.phase, "data": str(Path(args.data).resolve()), "split": split,
             "n_images": len(rows), "spec": manifest.ensemble_record(predictor), "tta": predictor.flips,
+            "tta_scales": predictor.scales,
             "batch_size": predictor.batch_size, "device": str(predictor.device), "amp": amp_used(predictor, args.amp),
             "seconds": seconds, "images_per_s": speed, "skipped_images": sorted(check.bad_ids), **decided}
     if type_predictor is not None:

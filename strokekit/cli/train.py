@@ -120,7 +120,7 @@ def lock_folds(run_root: Path, todo: list[int], held: list) -> None:
 
 # keys that do not change what a resumed fold learns (where files are, how fast they load, the final OOF pass)
 RESUME_NEUTRAL = {"name", "data", "folds", "runs_dir", "on_bad_input", "log", "num_workers", "cache", "cache_dir",
-                  "ddp_backend", "oof_tta"}
+                  "ddp_backend", "oof_tta", "oof_tta_scales"}
 
 
 def check_run_dirs(run_root: Path, todo: list[int], cfg: dict, args) -> None:

@@ -108,6 +108,8 @@ DEFAULTS: dict[str, Any] = {
     "cache_dir": None,         # where; None = <data>/.strokekit/cache (no cache when that data folder does not exist)
     "oof_tta": ["none", "hflip"],  # flips of the fold's final OOF pass: those infer.py applies by default
                                # (ensemble.py --tta), so thresholds and post-processing are tuned on what is submitted
+    "oof_tta_scales": [1.0],   # TTA scales (factors of img_size, 0.5-2) of that pass: those infer.py applies by
+                               # default (ensemble.py --tta-scales), e.g. [0.75, 1.0, 1.25]
     "oof_size": 128,           # seg OOF probabilities saved at this resolution (float16)
     "aug": {
         "hflip": 0.5,

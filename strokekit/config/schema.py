@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from strokekit.vocabulary import FLIPS, LESION_NAMES, TASK_OUTPUTS, TASKS
+from strokekit.vocabulary import FLIPS, LESION_NAMES, SCALE_RANGE, TASK_OUTPUTS, TASKS, resolve_scales
 
 # ---- names the training code registers (tests/test_config.py keeps them equal) ----
 LOSSES = ("ce", "bce", "focal", "dice", "lovasz", "batch_dice", "image_dice")  # training/losses.LOSSES
@@ -290,6 +290,8 @@ SCHEMA: dict[str, Rule] = {
     "cache_dir": Text(nullable=True),
     "oof_size": Int(8, 4096),
     "oof_tta": Rule(f"a list of TTA flips from {', '.join(FLIPS)}", _flips),
+    "oof_tta_scales": Rule(f"a list of TTA scales, factors of img_size in {SCALE_RANGE[0]}-{SCALE_RANGE[1]}",
+                           resolve_scales),
     "aug.hflip": Prob(),
     "aug.vflip": Prob(),
     "aug.shift_scale_rotate": Prob(),

@@ -134,7 +134,7 @@ def keep_top_runs(members: dict, singles: dict, k: int | None) -> dict:
 
 def build_classifier_spec(runs: list[Run], task: str, spec_path, metric: str = "auc", top_k: int | None = None,
                           blend: str = "mean", greedy: bool = False, objective: str = "f1",
-                          target_recall: float = 0.97, tolerance: float = 0.005, tta=("none",),
+                          target_recall: float = 0.97, tolerance: float = 0.005, tta=("none",), tta_scales=(1.0,),
                           absolute: bool = False, metric_options: dict | None = None,
                           keep_blend: bool = False, test_prior: float | None = None,
                           test_size: int | None = None, n_boot: int = 1000, seed: int = 0,
@@ -177,7 +177,7 @@ def build_classifier_spec(runs: list[Run], task: str, spec_path, metric: str = "
     intervals = bootstrap.classifier_intervals(y, choice["blended"], tuned["threshold"], size, n_boot, seed,
                                                test_prior=test_prior)
     used = [run for run in runs if choice["weights"].get(run.name, 0) > 0]
-    spec = {"task": task, "blend": choice["blend"], "tta": list(tta),
+    spec = {"task": task, "blend": choice["blend"], "tta": list(tta), "tta_scales": list(tta_scales),
             "members": [member_entry(run, folds[run.name], choice["weights"][run.name], spec_path, absolute,
                                      threshold=float(own_t[run.name]),
                                      oof={metric: singles[run.name], "n_images": int(len(y))})

@@ -96,7 +96,7 @@ def _finite(score_fn):
 
 def build_seg_spec(runs: list[Run], spec_path, data, metric: str = "dice", top_k: int | None = None,
                    blend: str = "mean", greedy: bool = False, grid: dict | None = None, tolerance: float = 0.005,
-                   tta=("none",), absolute: bool = False, seg_classifier: str | None = None,
+                   tta=("none",), tta_scales=(1.0,), absolute: bool = False, seg_classifier: str | None = None,
                    seg_feature: str = "area", objective: str = "f1", target_recall: float = 0.97,
                    phase2: bool = True, lesion_only: bool | None = None, robust: str | None = "p10",
                    test_size: int | None = bootstrap.PHASE_TEST_SIZES[2], n_boot: int = 1000,
@@ -149,7 +149,7 @@ def build_seg_spec(runs: list[Run], spec_path, data, metric: str = "dice", top_k
         post = choose_postprocess(table, tolerance)
         post["interval"] = chosen_interval(search, post["row"], size, n_boot, seed)
     best_by = best_settings(search, size, n_boot, seed)
-    spec = {"task": "seg", "blend": choice["blend"], "tta": list(tta),
+    spec = {"task": "seg", "blend": choice["blend"], "tta": list(tta), "tta_scales": list(tta_scales),
             "members": [member_entry(run, folds[run.name], choice["weights"].get(run.name, 0), spec_path, absolute,
                                      oof={rank_metric: singles[run.name], "n_images": len(ids)})
                         for run in runs if choice["weights"].get(run.name, 0) > 0],

@@ -22,7 +22,7 @@ from strokekit.atomic import to_plain, write_text_atomic
 from strokekit.config.postprocess import normalise_spec
 from strokekit.errors import UserError
 from strokekit.vocabulary import TASKS
-from strokekit.vocabulary import resolve_flips
+from strokekit.vocabulary import resolve_flips, resolve_scales
 
 FORMAT = "strokekit-ensemble-v1"
 CLASSIFIER_BLENDS = ("mean", "weighted", "vote", "rank")
@@ -151,6 +151,10 @@ def validate_spec(spec, path) -> None:
         resolve_flips(spec.get("tta"))
     except (KeyError, ValueError) as err:
         problems.append(f"tta: {err}")
+    try:
+        resolve_scales(spec.get("tta_scales"))  # absent: [1.0] (specs written before multi-scale TTA)
+    except (KeyError, ValueError) as err:
+        problems.append(f"tta_scales: {err}")
     problems += _member_problems(spec.get("members"), spec.get("blend"))
     problems += _decision_problems(spec, task)
     if problems:

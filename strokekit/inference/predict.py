@@ -3,7 +3,8 @@
 Each checkpoint is loaded once. Images are read and preprocessed once per distinct preprocessing
 (image source, windows, channels, size, mean/std) as each member's own config says, in batches; the next
 batch is read, resized, normalised and stacked (numpy: no torch intra-op threads there) on a thread while
-the current one runs. Every flip of a batch goes through a model in one forward pass (tta.py); the models
+the current one runs. Every flip of a batch goes through a model in one forward pass per TTA scale (tta.py:
+the spec's `tta` flips x `tta_scales` scales, both overridable); the models
 run channels_last (faster convolutions on CUDA and on CPU alike: ~1.4x on 2 CPU cores), under bf16/fp16
 autocast on CUDA; everything runs under torch.inference_mode. A member (one config) averages its fold
 checkpoints; members are blended with ensemble_spec.combine. Segmentation probabilities are upsampled to
@@ -40,7 +41,8 @@ from strokekit.ensembling.spec import SpecError, combine, member_thresholds, mem
 from strokekit.errors import SettingError
 from strokekit.models.precision import autocast
 from strokekit.models.registry import load_checkpoint
-from strokekit.models.tta import forward_passes, predict_with_tta, resolve_flips
+from strokekit.progress import bar
+from strokekit.models.tta import forward_passes, predict_with_tta, resolve_flips, resolve_scales
 
 PREPROCESS_KEYS = ("image_source", "windows", "in_chans", "img_size", "mean", "std", "neighbours")
 # Images per forward pass on the CPU: bigger passes thrash the caches. resnet18 @224 / Unet-r34 @256 on 2
@@ -154,7 +156,8 @@ def _read_slice(row: dict, cfg: dict) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def member_probs(member: Member, batch: torch.Tensor, flips, spatial: bool, amp: str | None) -> torch.Tensor:
+def member_probs(member: Member, batch: torch.Tensor, flips, spatial: bool, amp: str | None,
+                 scales=(1.0,)) -> torch.Tensor:
     """Mean over the member's fold models of TTA-averaged softmax: (B,) P(positive) or (B, 3, h, w)."""
     device = batch.device
     if member.cfg.get("channels_last", True):
@@ -162,7 +165,8 @@ def member_probs(member: Member, batch: torch.Tensor, flips, spatial: bool, amp:
     total = None
     for model in member.models:
         with autocast(device, amp):
-            probs = predict_with_tta(model, batch, flips, spatial=spatial, activation="softmax").float()
+            probs = predict_with_tta(model, batch, flips, spatial=spatial, activation="softmax",
+                                     scales=scales).float()
         total = probs if total is None else total + probs
     mean = total / len(member.models)
     return mean if spatial else mean[:, 1]
@@ -183,11 +187,13 @@ class EnsemblePredictor:
     """A loaded ensemble spec. `predict_classifier(rows)` / `iter_seg(rows)` give blended probabilities."""
 
     def __init__(self, spec: dict | str, device: str | None = None, flips=None, batch_size: int | None = None,
-                 amp: str | None = None, workers: int = 2, allow_outside: bool = False, role: str | None = None):
+                 amp: str | None = None, workers: int = 2, allow_outside: bool = False, role: str | None = None,
+                 scales=None):
         self.spec = open_spec(spec, role, allow_outside)
         self.task = self.spec["task"]
         self.device = resolve_device(device)
         self.flips = resolve_flips(flips if flips is not None else self.spec.get("tta"))
+        self.scales = resolve_scales(scales if scales is not None else self.spec.get("tta_scales"))
         batch_size = default_batch_size(self.device, len(self.flips)) if batch_size is None else batch_size
         if batch_size < 1:
             raise SettingError(f"batch size must be >= 1, got {batch_size}")
@@ -200,8 +206,8 @@ class EnsemblePredictor:
         return sum(len(m.models) for m in self.members)
 
     def cost(self, n_images: int) -> dict:
-        """Forward passes this run will make (one per batch and checkpoint: flips share a pass)."""
-        return forward_passes(n_images, self.batch_size, self.flips, self.n_checkpoints)
+        """Forward passes this run will make (one per batch, checkpoint and scale: flips share a pass)."""
+        return forward_passes(n_images, self.batch_size, self.flips, self.n_checkpoints, self.scales)
 
     def _amp(self, member: Member) -> str | None:
         return self.amp if self.amp is not None else member.cfg.get("amp")
@@ -249,7 +255,7 @@ class EnsemblePredictor:
                 key = preprocess_key(member.cfg)
                 if key not in tensors:
                     tensors[key] = read["batches"][key].to(self.device, non_blocking=True)
-                probs = member_probs(member, tensors[key], self.flips, spatial, self._amp(member))
+                probs = member_probs(member, tensors[key], self.flips, spatial, self._amp(member), self.scales)
                 per_member.append(upsample(probs, read["sizes"]) if spatial
                                   else probs.cpu().numpy().astype(np.float64))
             yield [int(r["image_id"]) for r in chunk], per_member, read["sizes"]

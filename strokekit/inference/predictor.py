@@ -68,12 +68,12 @@ class Predictor:
                  amp: str | None = None, tta: list[str] | str | None = None, fallback: bool = True,
                  fallback_fraction: float = 0.5, fallback_max_area: float = 0.02,
                  png_window: tuple[float, float] | None = BRAIN_WINDOW, allow_outside: bool = False,
-                 expect_sha256: str | None = None):
+                 expect_sha256: str | None = None, tta_scales: list[float] | str | None = None):
         flips = tta.split(",") if isinstance(tta, str) else tta
         self.ensembles: dict[str, EnsemblePredictor] = {}
         for role, spec in self._specs(model, allow_outside, expect_sha256).items():
             self.ensembles[role] = EnsemblePredictor(spec, device=device, flips=flips, batch_size=batch_size,
-                                                     amp=amp)
+                                                     amp=amp, scales=tta_scales)
         self.pipeline = Pipeline(self.ensembles, fallback, fallback_fraction, fallback_max_area)
         self.fallback, self.fallback_fraction, self.fallback_max_area = fallback, fallback_fraction, fallback_max_area
         self.png_window = None if png_window is None else tuple(float(v) for v in png_window)

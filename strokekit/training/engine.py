@@ -37,7 +37,7 @@ from strokekit.training.runlog import EpochLog, check_interrupt, eta
 from strokekit.training.tasks import get_task, selection_metric
 from strokekit.training.topk import TopK, write_averaged
 from strokekit.models.weights import WeightsError, strip_prefixes
-from strokekit.vocabulary import resolve_flips
+from strokekit.vocabulary import resolve_flips, resolve_scales
 
 
 def pick_device() -> torch.device:
@@ -46,12 +46,13 @@ def pick_device() -> torch.device:
 
 @torch.no_grad()
 def predict_loader(model, loader, task, cfg: dict, device, loss_fn=None, keep_oof=False, progress=False,
-                   flips=("none",)):
+                   flips=("none",), scales=(1.0,)):
     """(metrics incl. val_loss, task state with the OOF predictions) of a model over a loader; probabilities
-    averaged over `flips` as infer.py predicts, val_loss from the plain pass. Under torchrun each rank runs its
-    shard; rank 0 gets the joined state (the others None) and every rank rank 0's metrics."""
+    averaged over `flips` x `scales` as infer.py predicts, val_loss from the plain pass. Under torchrun each rank
+    runs its shard; rank 0 gets the joined state (the others None) and every rank rank 0's metrics."""
     model.eval()
-    flips = resolve_flips(flips)
+    flips, scales = resolve_flips(flips), resolve_scales(scales)
+    plain = flips == ["none"] and scales == [1.0]
     state, losses = task.new_state(cfg, keep_oof=keep_oof), []
     for batch in bar(loader, desc="validate", unit="batch", show=progress and distributed.is_main()):
         images = batch["image"].to(device, non_blocking=True)
@@ -69,7 +70,7 @@ def predict_loader(model, loader, task, cfg: dict, device, loss_fn=None, keep_oo
         else:
             with autocast(device, cfg["amp"]):
                 probs = predict_with_tta(model, images, flips, spatial=task.name == "seg",
-                                         activation=task.probabilities).float()
+                                         activation=task.probabilities, scales=scales).float()
         task.accumulate(state, batch, probs)
     if distributed.enabled():
         state, losses = distributed.gather_state(state, losses)
@@ -373,7 +374,7 @@ def finish_fold(tr: Trainer, fold: int, run_dir: Path, started: float, log=print
     model = tr.eval_model
     model.load_state_dict(weights)
     metrics, state = predict_loader(model, tr.val_loader, tr.task, tr.cfg, tr.device, tr.loss_fn, keep_oof=True,
-                                    flips=tr.cfg["oof_tta"])
+                                    flips=tr.cfg["oof_tta"], scales=tr.cfg["oof_tta_scales"])
     if tr.topk is not None:  # rank 0 only
         _write_averaged_best(tr, run_dir, weights, metrics, log)
     summary = distributed.on_main(_write_fold, tr, fold, run_dir, started, metrics, state, log)
@@ -406,6 +407,7 @@ def _write_fold(tr: Trainer, fold: int, run_dir: Path, started: float, metrics: 
     summary = {"task": tr.task.name, "model": tr.cfg["model"], "fold": fold, "metric": tr.metric,
                "mode": tr.mode, "best_epoch": tr.best_epoch, "best_metric": tr.best, "epochs_run": tr.epoch,
                "final_metrics": metrics, "oof": Path(oof).name, "oof_tta": resolve_flips(tr.cfg["oof_tta"]),
+               "oof_tta_scales": resolve_scales(tr.cfg["oof_tta_scales"]),
                "seed": tr.cfg["seed"],
                "time_s": round(time.time() - started, 1), **tr.info, "versions": versions()}
     write_json(run_dir / "summary.json", summary)
