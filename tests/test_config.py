@@ -99,7 +99,7 @@ BAD_VALUES = [
     ("img_size=64.5", "img_size: must be a whole number"),
     ("epochs=0", "epochs: must be a whole number >= 1"),
     ("batch_size=true", "batch_size: must be a whole number"),
-    ("optimizer=adam", "optimizer: must be one of adamw, sgd, rmsprop"),
+    ("optimizer=adamm", "optimizer: must be one of adamw, adam, sgd, rmsprop, lion"),
     ("scheduler=step", "scheduler: must be one of cosine, poly, onecycle, plateau, exponential, none"),
     ("amp=fp8", "amp: must be one of bf16, fp16, none"),
     ("loss=dice+bogus", "loss: must be a loss name \\(ce, bce, focal, dice, lovasz"),

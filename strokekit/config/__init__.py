@@ -54,10 +54,12 @@ DEFAULTS: dict[str, Any] = {
     "epochs": 10,
     "batch_size": 16,
     "accum_steps": 1,
-    "optimizer": "adamw",      # adamw | sgd | rmsprop
+    "optimizer": "adamw",      # timm's: adamw | adam | sgd (Nesterov) | rmsprop | lion | lamb | lars | nadamw | radam
+                               # | adan (training/optim.py)
     "lr": 1.0e-3,
     "weight_decay": 1.0e-4,
     "momentum": 0.9,
+    "layer_decay": None,       # timm's layer-wise LR decay, e.g. 0.75: each layer's LR x 0.75 per layer below the top
     "scheduler": "cosine",     # cosine | onecycle | plateau | exponential | none
     "warmup_epochs": 0.0,
     "freeze_epochs": 0.0,      # the encoder (pretrained part) at LR 0 for this many epochs, then trained (fastai /

@@ -20,7 +20,7 @@ from strokekit.vocabulary import FLIPS, LESION_NAMES, SCALE_RANGE, TASK_OUTPUTS,
 
 # ---- names the training code registers (tests/test_config.py keeps them equal) ----
 LOSSES = ("ce", "bce", "focal", "dice", "lovasz", "batch_dice", "image_dice")  # training/losses.LOSSES
-OPTIMIZERS = ("adamw", "sgd", "rmsprop")                              # training/optim.OPTIMIZERS
+OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop", "lion", "lamb", "lars", "nadamw", "radam", "adan")  # training/optim
 SCHEDULES = ("cosine", "poly", "onecycle", "plateau", "exponential", "none")  # training/optim.SCHEDULES
 SAMPLERS = {"stroke": ("balanced",), "type": ("balanced",), "seg": ("lesion",)}  # training/tasks Task.samplers
 CLASSIFIER_METRICS = ("auc", "recall", "precision", "f1", "specificity", "balanced_accuracy", "accuracy")
@@ -247,6 +247,7 @@ SCHEMA: dict[str, Rule] = {
     "lr": Float(0.0, lo_open=True),
     "weight_decay": Float(0.0),
     "momentum": Float(0.0, 1.0, hi_open=True),
+    "layer_decay": Float(0.0, 1.0, lo_open=True, nullable=True),
     "scheduler": Choice(*SCHEDULES),
     "warmup_epochs": Float(0.0),
     "freeze_epochs": Float(0.0, keep_int=True),

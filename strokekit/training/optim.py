@@ -1,12 +1,19 @@
-"""Optimizers by name and one per-step learning-rate schedule with linear warm-up.
+"""Optimizers by name (timm's optimizer factory) and one per-step learning-rate schedule with linear warm-up.
+
+`build_optimizer` hands the kit's parameter groups (param_groups.py) to `timm.optim.create_optimizer_v2`, so
+every name below is timm's optimizer of that name: adamw, adam, radam (torch.optim), sgd (SGD with Nesterov
+momentum; classical SGD when momentum is 0), rmsprop (torch RMSprop, alpha 0.9, eps 1e-3), lion, lamb, lars,
+nadamw, adan (timm's). `layer_decay` (e.g. 0.75) gives each layer of the network its own LR, times
+layer_decay per layer below the top (timm's param_groups_layer_decay: BEiT / ViT fine-tuning), combined with
+lr_groups and freeze_epochs.
 
 `LrSchedule` sets the LR of every parameter group on each optimizer step:
   lr = base_lr * warmup(step) * shape(step) * plateau_scale
 shape: cosine (to 1 % of base) | poly ((1 - t)^0.9 to zero, nnU-Net's schedule) | onecycle (from 1/25 up to
 base, cosine down to 1e-4 of base; the rise is the warm-up, 30 % of training when warmup_epochs is 0) |
 exponential (lr_gamma per step) | plateau (x plateau_factor after plateau_patience epochs without a better
-validation metric) | none. Each group's LR is then times its `lr_mult` (config lr_groups), and the encoder's is
-0 for the first freeze_epochs (param_groups.py).
+validation metric) | none. Each group's LR is then times its `lr_mult` (config lr_groups) and its `lr_scale`
+(layer_decay), and the encoder's is 0 for the first freeze_epochs (param_groups.py).
 Its state is a few plain numbers, saved in every checkpoint, so a resumed run follows the same curve.
 """
 from __future__ import annotations
@@ -15,24 +22,51 @@ import math
 
 import torch
 
-from strokekit.training.param_groups import param_groups
+from strokekit.training.param_groups import GROUPS, core_model, param_groups, split_parameters
 
-OPTIMIZERS = ("adamw", "sgd", "rmsprop")
+OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop", "lion", "lamb", "lars", "nadamw", "radam", "adan")
 SCHEDULES = ("cosine", "poly", "onecycle", "plateau", "exponential", "none")
 
 
 def build_optimizer(model: torch.nn.Module, cfg: dict) -> torch.optim.Optimizer:
-    """AdamW / SGD (Nesterov) / RMSprop; no weight decay on biases and norm layers; encoder and head groups
-    (param_groups.py) for `lr_groups` and `freeze_epochs`."""
-    groups = param_groups(model, cfg)
-    name, lr = cfg["optimizer"], cfg["lr"]
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr)
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=cfg["momentum"], nesterov=cfg["momentum"] > 0)
-    if name == "rmsprop":
-        return torch.optim.RMSprop(groups, lr=lr, momentum=cfg["momentum"], alpha=0.9, eps=1e-3)
-    raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
+    """timm's optimizer `cfg["optimizer"]` over the kit's parameter groups: no weight decay on biases and norm
+    layers; encoder and head groups (param_groups.py) for `lr_groups` and `freeze_epochs`; per-layer LR scales
+    with `layer_decay`."""
+    from timm.optim import create_optimizer_v2
+
+    name = cfg["optimizer"]
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
+    groups = layer_decay_groups(model, cfg) if cfg.get("layer_decay") else param_groups(model, cfg)
+    options = {"eps": 1e-3} if name == "rmsprop" else {}
+    if name == "sgd" and not cfg["momentum"]:
+        name = "momentum"  # timm's sgd is Nesterov, which needs momentum: plain SGD without it
+    return create_optimizer_v2(groups, opt=name, lr=cfg["lr"], weight_decay=cfg["weight_decay"],
+                               momentum=cfg["momentum"], **options)
+
+
+def layer_decay_groups(model: torch.nn.Module, cfg: dict) -> list[dict]:
+    """timm's layer-wise LR decay groups (each with `lr_scale`) of the network under any wrapper, the wrappers'
+    own heads at scale 1, each split again into encoder / head (`group`, `lr_mult`) as param_groups does."""
+    from timm.optim import param_groups_layer_decay
+
+    core, decay = core_model(model), cfg["weight_decay"]
+    skip = core.no_weight_decay() if hasattr(core, "no_weight_decay") else ()
+    groups = param_groups_layer_decay(core, weight_decay=decay, no_weight_decay_list=skip,
+                                      layer_decay=cfg["layer_decay"])
+    seen = {id(p) for group in groups for p in group["params"]}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in seen]
+    groups += [{"params": [p for p in rest if p.ndim > 1], "weight_decay": decay, "lr_scale": 1.0},
+               {"params": [p for p in rest if p.ndim <= 1], "weight_decay": 0.0, "lr_scale": 1.0}]
+    encoder = {id(p) for p in split_parameters(model)["encoder"]}
+    mults = cfg.get("lr_groups") or {}
+    out = []
+    for group in groups:
+        for name in GROUPS:
+            params = [p for p in group["params"] if (id(p) in encoder) == (name == "encoder")]
+            if params:
+                out.append({**group, "params": params, "group": name, "lr_mult": float(mults.get(name, 1.0))})
+    return out
 
 
 class LrSchedule:
@@ -76,7 +110,7 @@ class LrSchedule:
         lr = self.lr()
         for group in self.optimizer.param_groups:  # lr_groups multipliers; the encoder frozen at first
             frozen = group.get("group") == "encoder" and self.step_count < self.freeze_steps
-            group["lr"] = 0.0 if frozen else lr * group.get("lr_mult", 1.0)
+            group["lr"] = 0.0 if frozen else lr * group.get("lr_mult", 1.0) * group.get("lr_scale", 1.0)
 
     def step(self) -> None:
         self.step_count += 1
