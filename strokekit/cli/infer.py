@@ -43,6 +43,7 @@ from pathlib import Path
 
 from strokekit.data.submission import SubmissionError
 from strokekit.config.settings import in_project
+from strokekit import progress
 from strokekit.errors import script_main
 
 
@@ -82,6 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--save-probs", action="store_true", help="phase 2: also write probs.npz (float16)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a submission folder infer.py wrote earlier (its manifest.json says so)")
+    progress.add_argument(parser)
     parser.add_argument("--on-bad-input", choices=("fail", "skip"), default="fail",
                         help="a bad test image stops the run (fail, default) or is left out (skip)")
     parser.add_argument("--allow-outside", action="store_true",
@@ -236,6 +238,8 @@ def run(args) -> int:
     out = Path(args.out) if args.out else in_project("submissions", f"{Path(args.ensemble).stem}_{split}")
     submit.check_out_dir(out, args.overwrite, submit.input_folders(args.data, rows))  # before loading anything
     pipeline = load_pipeline(args)  # every spec and role checked: nothing is written before this
+    for p in pipeline.predictors():
+        p.progress = True  # a bar over the images, on a terminal and without --no-progress
     role = "stroke" if args.phase == 1 else "seg"
     predictor = pipeline.roles[role]
     type_predictor, gate_predictor = pipeline.roles.get("type"), pipeline.gate
@@ -281,6 +285,7 @@ def run(args) -> int:
 @script_main
 def main(argv=None) -> int:
     args = parse_args(argv)
+    progress.set_enabled(not args.no_progress)
     args.command = list(sys.argv) if argv is None else ["infer.py", *map(str, argv)]
     try:
         return run(args)

@@ -23,6 +23,7 @@ from pathlib import Path
 from strokekit.data.index import build_index
 from strokekit.data.folds import GROUP_BY, fold_groups, make_folds, write_folds
 from strokekit.data.grouping import SimilarityParams, default_workers, group_summary
+from strokekit import progress
 from strokekit.errors import SettingError, script_main
 
 
@@ -53,12 +54,14 @@ def parse_args(argv):
     sim.add_argument("--workers", type=int, default=default_workers(),
                      help="processes reading images (default %(default)s)")
     sim.add_argument("--groups-out", help="groups CSV (default <out>.groups.csv, e.g. folds.groups.csv)")
+    progress.add_argument(parser)
     return parser.parse_args(argv)
 
 
 @script_main
 def main(argv=None) -> int:
     args = parse_args(argv)
+    progress.set_enabled(not args.no_progress)
     params = SimilarityParams(centre_tol=args.centre_tol, tilt_tol=args.tilt_tol, aspect_tol=args.aspect_tol,
                               nearest=args.nearest, dup_bits=args.dup_bits, work_size=args.work_size)
     if args.folds < 2:

@@ -11,6 +11,7 @@ import sys
 import time
 from collections import Counter
 
+from strokekit import progress
 from strokekit.errors import script_main
 from strokekit.phantom.dataset import ANSWER_KEY, LAYOUTS, TRUTH_CSV, make_phantom
 
@@ -38,12 +39,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--nfd", action="store_true", help="write folder names in Unicode NFD, as macOS zips do")
     parser.add_argument("--workers", type=int, default=None, help="processes drawing slices (default 2)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier phantom at --out")
+    progress.add_argument(parser)
     return parser.parse_args(argv)
 
 
 @script_main
 def main(argv=None) -> int:
     args = parse_args(argv)
+    progress.set_enabled(not args.no_progress)
     start = time.perf_counter()
     root = make_phantom(args.out, n=args.n, seed=args.seed, layout=args.layout, n_test1=args.n_test1,
                         n_test2=args.n_test2, size=args.size, nfd=args.nfd, workers=args.workers,

@@ -22,6 +22,8 @@ from strokekit.config.settings import anchor_paths, typed_keys
 from strokekit.data.cache import cache_folder, fill_row, open_cache
 from strokekit.data.index import build_index
 from strokekit.data.badinput import BadInputError
+from strokekit import progress
+from strokekit.progress import bar as progress_bar
 from strokekit.errors import script_main
 
 _worker = {}
@@ -34,6 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data", help="data set root (overrides the config's `data`)")
     parser.add_argument("--cache-dir", help="cache folder (overrides the config's `cache_dir`)")
     parser.add_argument("--workers", type=int, default=2, help="processes decoding images (default 2)")
+    progress.add_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -51,18 +54,16 @@ def _fill(row: dict) -> tuple[int, str | None]:
         return 0, str(err)
 
 
-def fill(cfg: dict, rows: list[dict], workers: int = 2, progress: bool = True) -> dict:
+def fill(cfg: dict, rows: list[dict], workers: int = 2, show: bool = True) -> dict:
     """Fill `cfg`'s cache for `rows` over `workers` processes: {rows, written, errors, seconds}."""
-    from tqdm.auto import tqdm
-
     labels, started = cfg["task"] == "seg", time.perf_counter()
     if workers > 1:
         with multiprocessing.Pool(workers, initializer=_init, initargs=(cfg, labels)) as pool:
-            results = list(tqdm(pool.imap_unordered(_fill, rows, chunksize=8), total=len(rows),
-                                desc="prepare", unit="image", disable=not progress))
+            results = list(progress_bar(pool.imap_unordered(_fill, rows, chunksize=8), total=len(rows),
+                                        desc="prepare", unit="image", show=show))
     else:
         _init(cfg, labels)
-        results = [_fill(row) for row in tqdm(rows, desc="prepare", unit="image", disable=not progress)]
+        results = [_fill(row) for row in progress_bar(rows, desc="prepare", unit="image", show=show)]
     return {"rows": len(rows), "written": sum(n for n, _ in results),
             "errors": [err for _, err in results if err], "seconds": time.perf_counter() - started}
 
@@ -74,6 +75,7 @@ def folder_size(folder) -> int:
 @script_main
 def main(argv=None) -> int:
     args = parse_args(argv)
+    progress.set_enabled(not args.no_progress)
     cfg = load_config(args.config, args.set)
     cfg.update({k: v for k, v in (("data", args.data), ("cache_dir", args.cache_dir)) if v})
     anchor_paths(cfg, typed_keys(args.set, data=args.data, cache_dir=args.cache_dir))

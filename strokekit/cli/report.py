@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from strokekit import progress
 from strokekit.errors import script_main
 from strokekit.report.runs import write_report
 from strokekit.report.evaluate import SIZE_BINS
@@ -32,6 +33,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--size-bins", type=float, nargs=2, default=SIZE_BINS, metavar=("SMALL", "LARGE"),
                         help="lesion-size bin edges as a share of the slice (default 0.005 0.02: small < 0.5 %%, "
                              "large >= 2 %%)")
+    progress.add_argument(parser)
     args = parser.parse_args(argv)
     if args.worst < 1:
         parser.error("--worst must be >= 1")
@@ -43,6 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 @script_main
 def main(argv=None) -> int:
     args = parse_args(argv)
+    progress.set_enabled(not args.no_progress)
     path = write_report(args.paths, args.out, args.data, args.worst, tuple(args.size_bins))
     print(f"wrote {path}")
     return 0

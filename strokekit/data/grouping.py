@@ -38,6 +38,7 @@ from strokekit.data.dicom import read_dicom_hu, window
 
 from strokekit.data.readers import BRAIN_WINDOW, read_png
 from strokekit.errors import UserError
+from strokekit.progress import bar
 
 POSE_COLUMNS = ["centre_x", "centre_y", "tilt", "aspect"]
 HASH_SIDE = 16                      # dHash of 16 x 16 gradients = 256 bits = 4 uint64 words
@@ -127,9 +128,10 @@ def signatures(index: pd.DataFrame, work_size: int = 128, workers: int = 1) -> t
         raise GroupingError("no images to group")
     if workers > 1 and len(jobs) > 64:
         with multiprocessing.Pool(workers) as pool:
-            out = pool.map(_signature_job, jobs, chunksize=32)
+            out = list(bar(pool.imap(_signature_job, jobs, chunksize=32), total=len(jobs), desc="grouping",
+                           unit="image"))
     else:
-        out = [_signature_job(job) for job in jobs]
+        out = [_signature_job(job) for job in bar(jobs, desc="grouping", unit="image")]
     return np.stack([p for p, _ in out]), np.stack([h for _, h in out])
 
 

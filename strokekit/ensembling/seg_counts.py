@@ -24,6 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from strokekit.evaluation import official
+from strokekit.progress import bar
 from strokekit.postprocess.decide import fallback_region, fill_region
 from strokekit.postprocess.steps import (bounding_box, close_mask, components, more_likely_class, pass_mask,
                                          resize_probs, resolve_overlap)
@@ -111,7 +112,7 @@ def gather_counts(oof: dict, get_mask, axes: dict, bases: list, highs: dict[int,
     high_counts = {c: np.zeros((n, len(highs[c])), np.int64) for c in CLASSES}
     fill, fill_class = np.zeros((n, n_base, len(FIELDS))), np.zeros(n, np.int64)
     n_true, n_gt3 = np.zeros((n, 2), np.int64), np.zeros(n, np.int64)
-    for i, image_id in enumerate(ids):
+    for i, image_id in enumerate(bar(ids, desc="post-processing search", unit="image")):
         true = np.asarray(get_mask(image_id))
         probs = resize_probs(oof["probs"][i], true.shape)
         truth = image_truth(true, se_size)

@@ -19,6 +19,7 @@ from scipy.stats import rankdata
 
 from strokekit.errors import InputFileError, UnknownNameError, UserError
 from strokekit.evaluation import metrics
+from strokekit.progress import bar
 
 OOF_CSV, OOF_NPZ = "oof.csv", "oof.npz"
 OOF_COLUMNS = ("image_id", "fold", "target", "prob")
@@ -245,7 +246,8 @@ def greedy_select(members: Mapping[str, np.ndarray], score_fn: Callable[[np.ndar
         pool = names if replacement else [n for n in names if n not in chosen]
         if not pool:
             break
-        trial = {n: float(score_fn((total + members[n]) / (len(chosen) + 1))) for n in pool}
+        trial = {n: float(score_fn((total + members[n]) / (len(chosen) + 1)))
+                 for n in bar(pool, desc=f"greedy step {len(chosen) + 1}", unit="member")}
         pick = max(pool, key=lambda n: trial[n])
         if not trial[pick] > best + min_gain:
             break

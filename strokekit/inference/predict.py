@@ -185,6 +185,7 @@ def upsample(probs: torch.Tensor, sizes: list[tuple[int, int]]) -> list[np.ndarr
 
 class EnsemblePredictor:
     """A loaded ensemble spec. `predict_classifier(rows)` / `iter_seg(rows)` give blended probabilities."""
+    progress = False  # True: a bar over the images predicted, on a terminal (infer.py; strokekit/progress.py)
 
     def __init__(self, spec: dict | str, device: str | None = None, flips=None, batch_size: int | None = None,
                  amp: str | None = None, workers: int = 2, allow_outside: bool = False, role: str | None = None,
@@ -235,12 +236,14 @@ class EnsemblePredictor:
             records = [{**r, "neighbours": n, "neighbour_fallbacks": f}
                        for r, n, f in zip(records, table["neighbours"], table["neighbour_fallbacks"])]
         chunks = [records[i:i + self.batch_size] for i in range(0, len(records), self.batch_size)]
-        with ThreadPoolExecutor(max_workers=1) as pool:
+        shown = bar(total=len(records), desc=f"predict ({self.task})", unit="image", show=self.progress)
+        with ThreadPoolExecutor(max_workers=1) as pool, shown:
             pending = pool.submit(self._read, chunks[0]) if chunks else None
             for k, chunk in enumerate(chunks):
                 read = pending.result()
                 pending = pool.submit(self._read, chunks[k + 1]) if k + 1 < len(chunks) else None
                 yield chunk, read
+                shown.update(len(chunk))
 
     @torch.inference_mode()
     def iter_member_probs(self, rows: pd.DataFrame | list[dict]) -> Iterator[tuple[list[int], list, list]]:

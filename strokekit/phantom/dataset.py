@@ -128,11 +128,9 @@ def _folder(root: Path, layout: str, key: str, sub: str | None, nfd: bool) -> Pa
 
 
 def _progress(items, total: int, show: bool):
-    if not show:
-        return items
-    from tqdm import tqdm
+    from strokekit.progress import bar
 
-    return tqdm(items, total=total, desc="phantom", unit="slice")
+    return bar(items, total=total, desc="phantom", unit="slice", show=show)  # on a terminal only
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from strokekit.evaluation import metrics
+from strokekit.progress import bar
 from strokekit.report import figures as figs
 from strokekit.data.index import build_index
 from strokekit.data.readers import load_class_map, read_png
@@ -69,7 +70,7 @@ def write_report(paths: list[str | os.PathLike], out: str | os.PathLike | None =
     title = sources[0].name if len(sources) == 1 else f"{len(sources)} runs / ensembles"
     page = HtmlReport(f"strokekit report: {title}")
     contexts: dict[Path, DataContext] = {}
-    for source in sources:
+    for source in bar(sources, desc="report", unit="run"):
         root = data_root(source, data)
         context = contexts.setdefault(root.resolve(), DataContext(root))
         if source.task == "seg":
@@ -159,7 +160,7 @@ def classifier_sections(page: HtmlReport, source: Source, context: DataContext, 
 def seg_sections(page: HtmlReport, source: Source, context: DataContext, worst: int, size_bins) -> None:
     oof, post = seg_oof(source)
     ids = [int(i) for i in oof["image_id"]]
-    masks = {i: context.mask(i) for i in ids}
+    masks = {i: context.mask(i) for i in bar(ids, desc=f"{source.name}: masks", unit="image")}
     unlabelled = [i for i, m in masks.items() if m is None]
     if unlabelled:
         raise ReportError(f"{source.name}: OOF images without MASK / OVERLAY in {context.root}: {unlabelled[:5]}")
