@@ -121,3 +121,18 @@ def test_a_revision_names_its_snapshot(model_folder, offline_hub):
     shutil.rmtree(offline_hub / "models--org--tiny-stroke" / "snapshots")
     with pytest.raises(ModelFolderError, match="not in the hub cache"):
         Predictor.from_pretrained("org/tiny-stroke", revision=COMMIT, device="cpu")
+
+
+def test_a_weights_path_must_stay_inside_the_folder_as_named(tmp_path):
+    """Links inside the folder are its files (a hub snapshot's are links into blobs/); a path out of it is not."""
+    from strokekit.inference.modelfolder import _inside
+
+    outside = tmp_path / "outside.safetensors"
+    outside.write_bytes(b"x")
+    folder = tmp_path / "model"
+    (folder / "weights").mkdir(parents=True)
+    (folder / "weights" / "link.safetensors").symlink_to(outside)
+    assert _inside(folder, "weights/link.safetensors", folder / "model.json") == outside.resolve()
+    for name in ("../outside.safetensors", "weights/../../outside.safetensors", str(outside), None):
+        with pytest.raises(ModelFolderError, match="not a file inside"):
+            _inside(folder, name, folder / "model.json")
