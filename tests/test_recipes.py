@@ -29,7 +29,8 @@ RECIPES = sorted((ROOT / "configs" / "recipes").glob("*/*.yaml"))
 SYSTEMS = {"multitask", "vgg_unet", "deep_ensemble", "dpn_unet"}
 SMALLEST_INPUT = {"inception_v3": 96, "inception_resnet_v2": 96}  # their stems need > 75 px
 SHRINK = ["batch_size=2", "epochs=1", "num_workers=0", "pretrained=false", "epoch_steps=null"]
-OPTIMIZERS = {"adamw": torch.optim.AdamW, "sgd": torch.optim.SGD, "rmsprop": torch.optim.RMSprop}
+OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD,
+              "rmsprop": torch.optim.RMSprop}
 
 
 def variants(path: Path) -> list[list[str]]:
