@@ -8,7 +8,8 @@ paper train) on the same phantom, the same fold, the same slices and the same nu
 (epochs x training slices), changing one ingredient at a time: the old loss (smp Dice + plain CE), batch Dice,
 lesion-centred crops, deep supervision, SGD + poly, instance norm, the lesion-weighted CE, the config as
 shipped (batch Dice + weighted CE) with crops / deep supervision / nnU-Net's augmentation; `tiny_seg` is the
-CPU smoke reference. Each row
+CPU smoke reference; `nnunet_2d` is nnU-Net v2 2d itself
+(bench/nnunet_budget.py, when nnunetv2 is installed) on the same fold with as many training samples. Each row
 then runs the kit's own loop on the fold's model: ensemble.py (OOF post-processing search), infer.py --phase 2
 on the phantom's phase-2 test set and score.py (strict Dice per class, the organisers' official IoU with its
 95 % bootstrap interval). CPU seconds are the children's user + system time. Writes
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -45,14 +47,16 @@ ROWS = {  # name -> (config, --set values): one ingredient at a time, same slice
     "default_nnunet_aug": ("unet_r34_seg", [*BASE, "aug.gamma=0.3", "aug.low_res=0.25", "aug.rotate_limit=30",
                                             "aug.scale_limit=0.3"]),
     "tiny_seg": ("tiny_seg", []),
+    "nnunet_2d": ("nnunet", []),  # nnU-Net v2 2d through export_nnunet.py, same fold and samples (needs nnunetv2)
 }
 
 
-def run(cmd: list[str], log: Path) -> None:
+def run(cmd: list[str], log: Path, env: dict | None = None) -> None:
     with open(log, "a", encoding="utf-8") as out:
         out.write(f"$ {' '.join(cmd)}\n")
         out.flush()
-        code = subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT).returncode
+        code = subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                              env={**os.environ, **(env or {})}).returncode
     if code:
         raise SystemExit(f"failed ({code}): {' '.join(cmd)}; see {log}")
 
@@ -72,8 +76,64 @@ def phantom(work: Path, n: int, size: int) -> Path:
     return root
 
 
+def kit_samples(data: Path, args) -> tuple[int, int]:
+    """(training slices of the fold, samples = epochs x slices) of the unet_r34_seg rows."""
+    from strokekit.config import load_config
+    from strokekit.data.folds import read_folds
+    from strokekit.data.index import build_index
+    from strokekit.training.tasks import get_task
+
+    cfg = load_config(ROOT / "configs" / "unet_r34_seg.yaml", [f"img_size={args.size}"])
+    index, _ = build_index(data)
+    train, _ = get_task("seg").split(index, read_folds(data / "folds.csv", index), int(args.fold), cfg)
+    return len(train), len(train) * args.epochs
+
+
+def measure_nnunet(data: Path, work: Path, args) -> dict:
+    """nnU-Net v2 2d (bench/nnunet_budget.py) on the fold's slices, as many training samples as the kit's rows,
+    nnU-Net's patch at the kit's training side; its test predictions scored as the kit's are."""
+    import importlib.util
+
+    if importlib.util.find_spec("nnunetv2") is None:
+        raise SystemExit("row nnunet_2d needs nnU-Net v2: pip install nnunetv2 (an optional extra of the kit)")
+    from strokekit.config import load_config
+
+    slices, samples = kit_samples(data, args)
+    negatives = load_config(ROOT / "configs" / "unet_r34_seg.yaml")["seg_negatives"]
+    log, raw = work / "nnunet_2d.log", work / "nnUNet_raw" / "Dataset501_Stroke"
+    log.unlink(missing_ok=True)
+    start, cpu = time.time(), cpu_seconds()
+    if not (raw / "dataset.json").is_file():
+        run([PY, "export_nnunet.py", "--data", str(data), "--out", str(raw), "--test", "test2",
+             "--negatives", str(negatives), "--overwrite"], log)
+    pred, result = work / "nnunet_pred", work / "nnunet_2d.json"
+    env = {"nnUNet_n_proc_DA": "1", "nnUNet_def_n_proc": "1", "nnUNet_compile": "f"}
+    run([PY, "bench/nnunet_budget.py", "--raw", str(raw), "--work", str(work / "nnunet"), "--fold", args.fold,
+         "--samples", str(samples), "--batch", "10", "--patch", str(args.size), "--pred-out", str(pred),
+         "--out-json", str(result)], log, env)
+    sub, score_json = work / "submissions" / "nnunet_2d", work / "scores" / "nnunet_2d.json"
+    run([PY, "export_nnunet.py", "--predictions", str(pred), "--out", str(sub), "--test-data",
+         str(data / "YARISMA_2"), "--overwrite"], log)
+    run([PY, "score.py", "--phase", "2", "--pred", str(sub), "--truth", str(data / "YARISMA_2" / "MASK"),
+         "--out", str(score_json)], log)
+    score, nnunet = json.loads(score_json.read_text()), json.loads(result.read_text())
+    interval = score["intervals"].get("official_iou", {})
+    val = nnunet["val_dice"]
+    return {"row": "nnunet_2d", "config": "nnU-Net v2 2d", "set": [f"{k}={v}" for k, v in nnunet.items()
+                                                                     if k not in ("val_dice", "output_folder")],
+            "kit_slices": slices, "kit_samples": samples,
+            "oof_best_dice": sum(val.values()) / len(val), "best_epoch": nnunet["epochs"],
+            "hemorrhage_dice": score["strict"]["dice_macro_imagewise_hemorrhagic"],
+            "ischemia_dice": score["strict"]["dice_macro_imagewise_ischemic"],
+            "official_iou": score["official"]["mean_imagewise"]["iou"],
+            "official_iou_95": [interval.get("low"), interval.get("high")],
+            "cpu_s": round(cpu_seconds() - cpu), "wall_s": round(time.time() - start)}
+
+
 def measure(name: str, data: Path, work: Path, args) -> dict:
     config, sets = ROWS[name]
+    if config == "nnunet":
+        return measure_nnunet(data, work, args)
     sets = [s.format(crop=args.size * 3 // 4 // 32 * 32) for s in sets]
     if config == "unet_r34_seg":
         sets += [f"img_size={args.size}", f"oof_size={args.size}", f"epochs={args.epochs}", "num_workers=0"]
@@ -102,6 +162,17 @@ def measure(name: str, data: Path, work: Path, args) -> dict:
             "cpu_s": round(cpu_seconds() - cpu), "wall_s": round(time.time() - start)}
 
 
+def merged(setting: dict, rows: list[dict]) -> list[dict]:
+    """rows, after the rows of the last results file that this run did not redo, where that file was made with
+    the same phantom, side, epochs and fold (so `--only` adds rows to the table instead of replacing it)."""
+    path = ROOT / "bench" / "results" / "seg_from_scratch.json"
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    same = all(old.get(k) == v for k, v in setting.items() if k != "phantom") and \
+        {k: old.get("phantom", {}).get(k) for k in ("n", "size")} == {k: setting["phantom"][k] for k in ("n", "size")}
+    redone = {r["row"] for r in rows}
+    return [r for r in old.get("rows", []) if r["row"] not in redone] + rows if same else rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK / "seg_from_scratch")
@@ -127,9 +198,9 @@ def main(argv=None) -> int:
                   "[{:.3f}, {:.3f}]".format(*r["official_iou_95"]) if None not in r["official_iou_95"] else "-",
                   r["oof_best_dice"], r["cpu_s"]] for r in rows],
                 ["row", "hem Dice", "isc Dice", "official IoU", "95 %", "OOF Dice", "CPU s"]))
-    write_result("seg_from_scratch", {"machine": machine(), "phantom": {"n": args.n, "size": args.phantom_size,
-                                                                        "data": str(data)}, "img_size": args.size,
-                                      "epochs": args.epochs, "fold": args.fold, "rows": rows})
+    setting = {"phantom": {"n": args.n, "size": args.phantom_size, "data": str(data)}, "img_size": args.size,
+               "epochs": args.epochs, "fold": args.fold}
+    write_result("seg_from_scratch", {"machine": machine(), **setting, "rows": merged(setting, rows)})
     return 0
 
 
