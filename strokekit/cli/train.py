@@ -16,7 +16,7 @@ The task (stroke | type | seg) comes from the config. Each fold writes runs/<nam
     summary.json  best epoch / metric, final metrics, seed, time     done   written last
     train.log     the fold's console output, each line timed (--resume appends to it)
 --log tensorboard|wandb|mlflow (repeatable, or comma-separated; config key `log`) also sends each epoch's row
-and the final OOF figures to those trackers, offline (fold<k>/tb/, fold<k>/wandb/, fold<k>/mlruns/).
+and the final OOF figures to those trackers, offline (fold<k>/tb/, fold<k>/wandb/, fold<k>/mlflow.db).
 A sweep (`--fold all`) skips folds whose `done` exists (pass --overwrite to retrain them).
 Before training, every training image (and, for seg, every MASK / OVERLAY) is checked from its header:
 --on-bad-input fail (default) stops at a bad file, skip leaves it out and lists it in fold<k>/skipped.csv.

@@ -9,8 +9,9 @@ is contacted unless the user asks for it:
                  drops the events of the epochs it redoes and goes on in the same curves
     wandb        mode offline (<fold>/wandb/, `wandb sync` uploads it later) unless WANDB_MODE is set;
                  project WANDB_PROJECT or strokekit, group = the run name, one wandb run per fold and session
-    mlflow       a local file store <fold>/mlruns (`mlflow ui --backend-store-uri <fold>/mlruns`) unless
-                 MLFLOW_TRACKING_URI is set; experiment = the run name, one mlflow run per fold and session
+    mlflow       a local SQLite file <fold>/mlflow.db (MLflow 3's local store; `mlflow ui --backend-store-uri
+                 sqlite:///<fold>/mlflow.db`) unless MLFLOW_TRACKING_URI is set; experiment = the run name,
+                 one mlflow run per fold and session
 
 The three packages are optional: each is imported only when asked for, and a missing one is a one-line
 error before training starts (`check_available`). Rank 0 alone logs under torchrun (train.py opens the
@@ -115,7 +116,8 @@ class WandB:
         mode = os.environ.get("WANDB_MODE") or "offline"
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT") or "strokekit", group=cfg["name"],
                               name=f"{cfg['name']}/fold{fold}", dir=str(run_dir), config=cfg, mode=mode,
-                              job_type="train", reinit="create_new")
+                              job_type="train", reinit="create_new",
+                              settings=wandb.Settings(console="off"))  # train.log keeps the console
 
     def epoch(self, epoch: int, row: dict) -> None:
         self.run.log({"epoch": epoch, **{tag(k): v for k, v in numbers(row).items()}}, step=epoch)
@@ -132,10 +134,12 @@ class MLflow:
     def __init__(self, run_dir: Path, cfg: dict, fold: int):
         from mlflow.tracking import MlflowClient
 
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or (Path(run_dir) / "mlruns").resolve().as_uri()
+        run_dir = Path(run_dir).resolve()
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{run_dir / 'mlflow.db'}"
         self.client = MlflowClient(tracking_uri=uri)
         found = self.client.get_experiment_by_name(cfg["name"])
-        experiment = found.experiment_id if found is not None else self.client.create_experiment(cfg["name"])
+        experiment = found.experiment_id if found is not None else self.client.create_experiment(
+            cfg["name"], artifact_location=(run_dir / "mlartifacts").as_uri())
         self.run_id = self.client.create_run(experiment, run_name=f"fold{fold}",
                                              tags={"fold": str(fold)}).info.run_id
         from mlflow.entities import Param
