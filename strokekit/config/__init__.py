@@ -133,6 +133,8 @@ DEFAULTS: dict[str, Any] = {
         "coarse_dropout": 0.0,  # up to 8 holes of 1/16 of the side; masks keep their labels
         "roi_crop": 0.0,       # crop to the head's bounding box (pixels above air), a random 0-15 % margin kept,
                                # resized back to img_size (the VGG16 + improved U-Net paper's ROI augmentation)
+        "window_shift": 0.0,   # DICOM: each window's centre moved U(-x, x) HU per sample (HU-window jitter)
+        "window_scale": 0.0,   # DICOM: each window's width multiplied by U(1 - x, 1 + x) per sample
     },
 }
 

@@ -310,6 +310,8 @@ SCHEMA: dict[str, Rule] = {
     "aug.blur": Prob(),
     "aug.coarse_dropout": Prob(),
     "aug.roi_crop": Prob(),
+    "aug.window_shift": Float(0.0, 500.0),
+    "aug.window_scale": Float(0.0, 1.0, hi_open=True),
 }
 
 
@@ -345,6 +347,10 @@ def cross_checks(cfg: dict) -> list[tuple[str, str]]:
     crop = cfg["crop_size"]
     if crop is not None and (task != "seg" or crop % 32 or crop > cfg["img_size"]):
         problems.append(("crop_size", f"{crop}: seg only, a multiple of 32, at most img_size={cfg['img_size']}"))
+    aug = cfg["aug"]
+    if (aug["window_shift"] > 0 or aug["window_scale"] > 0) and cfg["image_source"] != "dicom":
+        problems.append(("aug.window_shift" if aug["window_shift"] > 0 else "aug.window_scale",
+                         "HU-window jitter moves DICOM windows; it needs image_source: dicom (a PNG has no HU)"))
     if task == "seg" and cfg["mixup"] > 0 and cfg["mix_prob"] > 0:
         problems.append(("mixup", "blends labels, and a seg mask has no blended form; use cutmix for seg (the "
                                   "pasted box carries its mask)"))

@@ -9,6 +9,9 @@ file (or another neighbour setting) therefore gives a new name and its stale ent
 folder to reclaim space. Entries are written atomically (temp file + os.replace), so DataLoader workers
 filling the same entry at once only waste work.
 
+With HU-window jitter (aug.window_shift / window_scale, data/window_jitter.py) training reads `hu` entries
+instead: the slice's (and its neighbours') Hounsfield units area-resized to img_size, as float16.
+
 Images are stored exactly as the training transform's first step, `resize_step`, makes them; that step then
 resizes nothing (same size in, same pixels out), so cached and uncached items are bit-for-bit equal. Class
 maps are resized by nearest neighbour, as that step resizes masks.
@@ -29,6 +32,7 @@ import numpy as np
 
 from strokekit.data.neighbours import load_input, neighbour_count, source_files
 from strokekit.data.readers import load_class_map
+from strokekit.data.window_jitter import jitter_enabled, load_hu
 
 CACHE_VERSION = 1
 OVERLAY_METHOD = "exact"  # what SliceDataset decodes OVERLAYs with unless the config's overlay_method says
@@ -75,6 +79,8 @@ class PreprocessCache:
         self.writable, self.written = True, 0
         windows = cfg["windows"] if cfg["image_source"] == "dicom" else None
         self.image_params = (cfg["image_source"], repr(windows))
+        if windows is not None and cfg.get("hu_range") is not None:  # HU outside it are clipped before windowing
+            self.image_params += ("hu_range", repr(cfg["hu_range"]))
         if neighbour_count(cfg):  # without neighbours the key is as before, so older entries stay valid
             self.image_params += ("neighbours", neighbour_count(cfg))
 
@@ -93,6 +99,19 @@ class PreprocessCache:
         if image.shape[-1] != self.cfg["in_chans"]:  # load_image's rule: repeat the first channel
             image = np.repeat(image[..., :1], self.cfg["in_chans"], axis=-1)
         return np.ascontiguousarray(image), tuple(int(v) for v in entry["hw"])
+
+    def hu(self, row: dict) -> tuple[np.ndarray, tuple[int, int]]:
+        """(window_jitter.load_hu(row) area-resized to img_size: S x S x slices float32 from float16, (H, W))."""
+        params = (repr(self.cfg.get("hu_range")), neighbour_count(self.cfg))
+        key = self.key("hu", source_files(row, self.cfg), params)
+        entry = self._read(key, ("hu", "hw"))
+        if entry is None:
+            hu = load_hu(row, self.cfg)  # raises BadInputError naming the file when it is bad
+            small = cv2.resize(hu, (self.size, self.size), interpolation=cv2.INTER_AREA).reshape(
+                self.size, self.size, hu.shape[-1])
+            entry = {"hu": small.astype(np.float16), "hw": np.asarray(hu.shape[:2])}
+            self._write(key, entry)
+        return entry["hu"].astype(np.float32), tuple(int(v) for v in entry["hw"])
 
     def class_maps(self, row: dict, read_full, need_full: bool = True) -> tuple:
         """(class map at img_size, class map at full resolution (None unless `need_full`), its (H, W)).
@@ -189,6 +208,8 @@ def fill_row(cache: PreprocessCache, row: dict, labels: bool) -> int:
     """Make the entries a dataset will read for one row; returns how many were written (0: all fresh)."""
     before = cache.written
     cache.image(row)
+    if jitter_enabled(cache.cfg):  # training reads HU then (validation the plain entry)
+        cache.hu(row)
     if labels and (row.get("mask") or row.get("overlay")):
         cache.class_maps(row, lambda: load_class_map(row, overlay_method(cache.cfg)))
     return cache.written - before

@@ -27,6 +27,7 @@ from strokekit.data.pseudo import with_ignore
 from strokekit.data.neighbours import attach_neighbours, load_input, neighbour_count
 from strokekit.data.readers import load_class_map
 from strokekit.data.roi import roi_crop
+from strokekit.data.window_jitter import jitter_enabled, jittered_input, load_hu
 
 LABELS = {0, 1, 2}
 
@@ -103,6 +104,7 @@ class SliceDataset(Dataset):
         self.masks, self.full_masks = masks, full_masks
         self.transform = build_transform(cfg, train)
         self.cache = open_cache(cfg)  # None when cfg says no cache
+        self.jitter = train and jitter_enabled(cfg)  # HU-window jitter: training reads HU and windows them itself
         self.epoch_seed = torch.zeros(1, dtype=torch.int64).share_memory_()  # written by reseed, read by workers
         self.worker_seed = None  # in a worker: the (epoch seed, worker id) its streams were seeded from
         self.rng = np.random.default_rng(cfg["seed"])  # crops; reseeded with the augmentations
@@ -132,6 +134,10 @@ class SliceDataset(Dataset):
             self.rng = np.random.default_rng(seed)
             random.seed(seed)
 
+    def jittered(self, hu: np.ndarray) -> np.ndarray:
+        """HU -> the input's uint8 channels through this sample's jittered windows (data/window_jitter.py)."""
+        return jittered_input(hu, self.cfg, self.rng)
+
     def class_map(self, i: int, shape) -> np.ndarray:
         row = self.rows[i]
         class_map = (load_class_map(row, overlay_method(self.cfg)) if (row.get("mask") or row.get("overlay"))
@@ -150,12 +156,16 @@ class SliceDataset(Dataset):
         """
         row, want_masks = self.rows[i], self.masks or self.full_masks
         if self.cache is None:
-            image = load_input(row, self.cfg)
+            image = self.jittered(load_hu(row, self.cfg)) if self.jitter else load_input(row, self.cfg)
             hw = image.shape[:2]
             mask = full = self.class_map(i, hw) if want_masks else None
             mask_hw = None if full is None else full.shape
         else:
-            image, hw = self.cache.image(row)
+            if self.jitter:
+                hu, hw = self.cache.hu(row)
+                image = self.jittered(hu)
+            else:
+                image, hw = self.cache.image(row)
             mask, full, mask_hw = (self.cache.class_maps(row, lambda: self.class_map(i, hw), self.full_masks)
                                    if want_masks else (None, None, None))
         if mask_hw is not None and tuple(mask_hw) != tuple(hw):
