@@ -1,0 +1,194 @@
+"""The published systems (configs/recipes/) scaled to the CPU and run end to end on a phantom: do they learn?
+
+    OMP_NUM_THREADS=1 nice -n 10 python bench/recipes.py                  # all four systems + tiny_seg
+    python bench/recipes.py --only dpn_unet,tiny_seg --seg-epochs 12      # some of them
+
+Each system trains its recipes as shipped except for the CPU scaling (`--set`): smaller images (classifiers
+96 px, U-Nets 128 px), fewer epochs, batch 8 (the DPN-U-Net keeps 12), no ImageNet weights (offline; the
+DPN-U-Net trains from scratch anyway), one epoch = one pass (epoch_steps off). Architecture family, losses,
+optimiser, schedule, freezing, sampling and post-processing are the recipe's. Then the documented commands
+(docs/recipes.md): every fold of a 3-fold phantom (the DPN-U-Net: its own N seeded runs on fold 0, the best
+k kept), ensemble.py, infer.py on both phases' held-out test sets, score.py with 95 % bootstrap intervals.
+The figures: phase 1 held-out ROC AUC (and F1 at the tuned threshold), phase 2 official IoU; `tiny_seg`
+(the CPU smoke U-Net) on the same phantom and epochs is the segmentation reference. The issue's bar: AUC >=
+0.8 and IoU >= tiny_seg's. Writes bench/results/recipes.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import DEFAULT_WORK, ROOT, machine, table, write_result  # also puts the repo on sys.path
+
+PY = sys.executable
+RECIPES = "configs/recipes"
+SYSTEMS = {  # name -> (configs trained, ensemble.py arguments per spec: {spec: (run names, args)})
+    "multitask": (["multitask/stroke_effnetv2b0", "multitask/type_simple_cnn", "multitask/seg_unet_r50"],
+                  {"stroke": (["multitask_stroke_effnetv2b0"], ["--objective", "recall", "--target-recall", "0.88"]),
+                   "type": (["multitask_type_simple_cnn"], []),
+                   "seg": (["multitask_seg_unet_r50"], ["--metric", "iou"])}),
+    "vgg_unet": (["vgg_unet/stroke_vgg16", "vgg_unet/seg_unet_scse"],
+                 {"stroke": (["vgg_unet_stroke_vgg16"], []), "seg": (["vgg_unet_seg_unet_scse"], [])}),
+    "deep_ensemble": ([f"deep_ensemble/stroke_{m}" for m in ("resnet50", "resnet34", "densenet121", "vgg19",
+                                                             "mobilenet")] + ["deep_ensemble/seg_unet_r34"],
+                      {"stroke": ([f"deep_ensemble_stroke_{m}" for m in ("resnet50", "resnet34", "densenet121",
+                                                                         "vgg19", "mobilenet")],
+                                  ["--blend", "vote", "--keep-blend", "--objective", "f1"]),
+                       "seg": (["deep_ensemble_seg_unet_r34"], [])}),
+    "dpn_unet": (["dpn_unet/seg_dpn92_hypercolumn"], {}),   # its own N runs and seg-based specs: run_dpn
+    "tiny_seg": (["../tiny_seg"], {"seg": (["tiny_seg"], [])}),
+}
+
+
+def run(cmd: list[str], log: Path) -> None:
+    with open(log, "a", encoding="utf-8") as out:
+        out.write(f"$ {' '.join(map(str, cmd))}\n")
+        out.flush()
+        code = subprocess.run([str(c) for c in cmd], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                              env=os.environ).returncode
+    if code:
+        raise SystemExit(f"failed ({code}): {' '.join(map(str, cmd))}; see {log}")
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def phantom(work: Path, n: int, size: int) -> Path:
+    root = work / f"phantom_{n}_{size}"
+    if not (root / "folds.csv").is_file():
+        run([PY, "make_phantom.py", "--out", root, "--n", n, "--size", size, "--seed", "7", "--n-test1", "100",
+             "--n-test2", "40", "--overwrite"], work / "phantom.log")
+        run([PY, "kfold.py", "--data", root, "--folds", "3"], work / "phantom.log")
+    return root
+
+
+def scaled(config: str, args) -> list[str]:
+    """The CPU scaling of one recipe: sizes, epochs, batch, no pretrained weights; all else as shipped."""
+    from strokekit.config import load_config
+
+    cfg = load_config(ROOT / RECIPES / f"{config}.yaml")
+    seg = cfg["task"] == "seg"
+    size = args.seg_size if seg else (args.cls_size if "inception" not in cfg["model"] else max(96, args.cls_size))
+    batch = cfg["batch_size"] if config.startswith("dpn_unet") else 8
+    return [f"img_size={size}", f"oof_size={size}", f"epochs={args.seg_epochs if seg else args.cls_epochs}",
+            f"batch_size={batch}", "pretrained=false", "num_workers=0", "epoch_steps=null"]
+
+
+def train(config: str, data: Path, work: Path, log: Path, args, flags: list, sets: list = ()) -> None:
+    run([PY, "train.py", "--config", ROOT / RECIPES / f"{config}.yaml", "--data", data, "--out", work / "runs",
+         "--no-progress", "--overwrite", *flags, "--set", *scaled(config, args), *sets], log)
+
+
+def score(data: Path, work: Path, name: str, log: Path, phase1: Path | None, phase2: Path | None,
+          type_spec: Path | None = None) -> dict:
+    """infer.py + score.py on the held-out test sets: phase-1 AUC / F1 and phase-2 official IoU, 95 % intervals."""
+    out = {}
+    if phase1 is not None:
+        sub = work / "submissions" / name / "phase1"
+        run([PY, "infer.py", "--phase", "1", "--ensemble", phase1, "--data", data / "YARISMA_1", "--out", sub,
+             "--overwrite"], log)
+        js = work / "scores" / f"{name}_phase1.json"
+        run([PY, "score.py", "--phase", "1", "--pred", sub / "asama1.txt", "--probs", sub / "probs.csv",
+             "--truth", data / "YARISMA_1" / "ASAMA1_Cevaplar.txt", "--out", js], log)
+        s = json.loads(js.read_text())
+        out.update(phase1_auc=s["auc"], phase1_auc_95=_interval(s, "auc"), phase1_f1=s.get("f1"),
+                   phase1_f1_95=_interval(s, "f1"))
+    if phase2 is not None:
+        sub = work / "submissions" / name / "phase2"
+        run([PY, "infer.py", "--phase", "2", "--ensemble", phase2, *(["--type-ensemble", type_spec] if type_spec
+                                                                      else []),
+             "--data", data / "YARISMA_2", "--out", sub, "--overwrite"], log)
+        js = work / "scores" / f"{name}_phase2.json"
+        run([PY, "score.py", "--phase", "2", "--pred", sub, "--truth", data / "YARISMA_2" / "MASK", "--out", js], log)
+        s = json.loads(js.read_text())
+        out.update(official_iou=s["official"]["mean_imagewise"]["iou"], official_iou_95=_interval(s, "official_iou"))
+    return out
+
+
+def _interval(scored: dict, key: str) -> list | None:
+    found = (scored.get("intervals") or {}).get(key)
+    return [found.get("low"), found.get("high")] if isinstance(found, dict) else None
+
+
+def run_system(name: str, data: Path, work: Path, args) -> dict:
+    configs, specs = SYSTEMS[name]
+    log = work / f"{name}.log"
+    log.unlink(missing_ok=True)
+    start, cpu = time.time(), cpu_seconds()
+    if name == "dpn_unet":
+        return {"system": name, **run_dpn(data, work, log, args), "cpu_s": round(cpu_seconds() - cpu),
+                "wall_s": round(time.time() - start)}
+    for config in configs:
+        train(config, data, work, log, args, ["--fold", "all"])
+    paths = {}
+    for spec, (runs, extra) in specs.items():
+        paths[spec] = work / "ensembles" / f"{name}_{spec}.yaml"
+        run([PY, "ensemble.py", "--task", spec, *[work / "runs" / r for r in runs], *extra,
+             *(["--data", data] if spec == "seg" else []), "--n-boot", "200", "--out", paths[spec]], log)
+    figures = score(data, work, name, log, paths.get("stroke"), paths.get("seg"), paths.get("type"))
+    return {"system": name, **figures, "cpu_s": round(cpu_seconds() - cpu), "wall_s": round(time.time() - start)}
+
+
+def run_dpn(data: Path, work: Path, log: Path, args) -> dict:
+    """N seeded runs on fold 0, the best k by OOF IoU, the paper's threshold + closing, seg-based classifiers."""
+    config = "dpn_unet/seg_dpn92_hypercolumn"
+    seeds = ",".join(str(s) for s in range(args.dpn_runs))
+    train(config, data, work, log, args, ["--fold", "0", "--seeds", seeds], [f"encoder={args.dpn_encoder}"])
+    runs = sorted((work / "runs").glob("dpn_unet_seg_dpn92_hypercolumn_s*"))[:args.dpn_runs]
+    paths = {}
+    for target in ("stroke", "type"):
+        paths[target] = work / "ensembles" / f"dpn_{target}.yaml"
+        run([PY, "ensemble.py", "--task", "seg", *runs, "--top-runs", args.dpn_top, "--metric", "iou", "--tta", "none",
+             "--grid", ROOT / "configs/grids/dpn_unet_paper.yaml", "--seg-classifier", target, "--seg-feature", "mean",
+             "--data", data, "--n-boot", "200", "--out", paths[target]], log)
+    return {"runs": args.dpn_runs, "kept": args.dpn_top, "encoder": args.dpn_encoder,
+            **score(data, work, "dpn_unet", log, paths["stroke"], paths["type"])}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=DEFAULT_WORK / "recipes")
+    parser.add_argument("--only", default=",".join(SYSTEMS), help=f"systems (default all: {', '.join(SYSTEMS)})")
+    parser.add_argument("--n", type=int, default=600, help="phantom training slices (default 600)")
+    parser.add_argument("--phantom-size", type=int, default=256, help="the phantom's side (default 256)")
+    parser.add_argument("--cls-size", type=int, default=96, help="classifier input side (default 96)")
+    parser.add_argument("--seg-size", type=int, default=128, help="U-Net input side (default 128)")
+    parser.add_argument("--cls-epochs", type=int, default=6)
+    parser.add_argument("--seg-epochs", type=int, default=10)
+    parser.add_argument("--dpn-runs", type=int, default=3, help="DPN-U-Net: N seeded runs (the paper: ~40)")
+    parser.add_argument("--dpn-top", type=int, default=2, help="DPN-U-Net: the best k kept (the paper: 6)")
+    parser.add_argument("--dpn-encoder", default="dpn68", help="DPN-U-Net encoder at CPU scale (default dpn68)")
+    parser.add_argument("--data", type=Path, help="an existing phantom with folds.csv (default: made under --work)")
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SYSTEMS]
+    if unknown:
+        parser.error(f"unknown systems {unknown}; valid: {', '.join(SYSTEMS)}")
+    args.work.mkdir(parents=True, exist_ok=True)
+    data = args.data or phantom(args.work, args.n, args.phantom_size)
+    rows = []
+    for name in names:
+        rows.append(run_system(name, data, args.work, args))
+        print(json.dumps(rows[-1]), flush=True)
+
+    def cell(r, key):
+        v, ci = r.get(key), r.get(f"{key}_95")
+        return "-" if v is None else f"{v:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and None not in ci else "")
+    print(table([[r["system"], cell(r, "phase1_auc"), cell(r, "phase1_f1"), cell(r, "official_iou"), r["cpu_s"]]
+                 for r in rows], ["system", "phase-1 AUC", "phase-1 F1", "official IoU", "CPU s"]))
+    setting = {k: getattr(args, k) for k in ("n", "phantom_size", "cls_size", "seg_size", "cls_epochs", "seg_epochs",
+                                              "dpn_runs", "dpn_top", "dpn_encoder")}
+    write_result("recipes", {"machine": machine(), **setting, "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
