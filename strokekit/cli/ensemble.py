@@ -28,6 +28,7 @@ import yaml
 
 from strokekit.ensembling.classifiers import build_classifier_spec, format_report, read_runs
 from strokekit.ensembling.spec import CLASSIFIER_BLENDS, write_spec
+from strokekit.ensembling.stacking import STACK
 from strokekit.ensembling.seg_objectives import OBJECTIVES
 from strokekit.ensembling.selection import CLASSIFIER_METRICS
 from strokekit import progress
@@ -45,9 +46,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--top-runs", type=int, help="runs kept before blending: the K best of the given runs by "
                                                        "OOF --metric (top-k of N, e.g. one config trained with "
                                                        "train.py --seeds; default: all)")
-    parser.add_argument("--blend", default="mean", choices=(*CLASSIFIER_BLENDS, "auto"),
-                        help="mean | weighted | vote | rank (classifiers), mean | weighted (seg); auto tries "
-                             "each and keeps the best on OOF (default mean)")
+    parser.add_argument("--blend", default="mean", choices=(*CLASSIFIER_BLENDS, STACK, "auto"),
+                        help="mean | weighted | vote | rank | stack (classifiers), mean | weighted (seg); auto "
+                             "tries mean, weighted, vote and rank and keeps the best on OOF (default mean); stack: "
+                             "a level-2 logistic regression or gradient boosting on the members' OOF "
+                             "probabilities, chosen and scored by nested CV over the folds")
+    parser.add_argument("--stack-seg-runs", nargs="+", metavar="RUN",
+                        help="with --blend stack: seg run folders whose OOF lesion area and peak probability per "
+                             "class join the level-2 features (a stroke stack needs their OOF of no-stroke slices: "
+                             "seg_val_negatives: true); infer.py then runs them too")
+    parser.add_argument("--stack-models", default="logistic,gbm",
+                        help="with --blend stack: the level-2 model kinds the inner CV chooses among, "
+                             "comma-separated: logistic (C in 0.01-10), gbm (depth 2-3, 50 trees); default both")
     parser.add_argument("--keep-blend", action="store_true",
                         help="classifiers: keep the asked --blend (e.g. a published majority vote) even when the "
                              "best member alone scores higher on OOF (default: keep that member)")
@@ -111,8 +121,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "ensemble that one run")
     progress.add_argument(parser)
     args = parser.parse_args(argv)
-    if args.task == "seg" and args.blend in ("vote", "rank"):
-        parser.error("--blend vote/rank are for classifiers; seg blends probabilities (mean | weighted | auto)")
+    if args.task == "seg" and args.blend in ("vote", "rank", STACK):
+        parser.error("--blend vote/rank/stack are for classifiers; seg blends probabilities (mean | weighted | auto)")
+    if args.stack_seg_runs and args.blend != STACK:
+        parser.error("--stack-seg-runs goes with --blend stack")
     if args.top_k is not None and args.top_k < 1:
         parser.error("--top-k must be >= 1")
     if args.top_runs is not None and args.top_runs < 1:
@@ -143,10 +155,13 @@ def build(args) -> tuple[dict, dict, Path]:
                   test_prior=args.test_prior)
     if args.task != "seg":
         options = {"min_precision": args.min_precision} if args.metric == "recall_at_precision" else {}
+        seg_runs = read_runs(args.stack_seg_runs, "seg", args.checkpoint) if args.stack_seg_runs else None
         spec, report = build_classifier_spec(runs, args.task, out, metric=args.metric or "auc", blend=args.blend,
                                              objective=args.objective, target_recall=args.target_recall,
                                              metric_options=options, keep_blend=args.keep_blend,
-                                             robust=None if args.robust == "off" else args.robust, **common)
+                                             robust=None if args.robust == "off" else args.robust,
+                                             stack_seg_runs=seg_runs, stack_models=args.stack_models.split(","),
+                                             **common)
         return spec, report, out
     from strokekit.ensembling.segmenters import build_seg_spec
 

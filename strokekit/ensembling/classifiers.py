@@ -5,7 +5,8 @@ is predicted by the fold model that never saw it, and at test time the member av
 its `top_k` best folds. Members are scored on the images all of them predicted; greedy forward selection
 (selection.greedy_select) picks members and weights for the blend; the decision threshold is tuned on the
 blended OOF (selection.tune_classifier_threshold). The ensemble is never worse on OOF than its best member:
-if a blend scores lower, the best member alone is kept and the report says so.
+if a blend scores lower, the best member alone is kept and the report says so. The `stack` blend fits a
+level-2 model on the members' OOF probabilities (and segmenter runs' features) by nested CV (stacking.py).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from strokekit.evaluation import bootstrap
 
 from strokekit.ensembling import selection
 from strokekit.ensembling.spec import CLASSIFIER_BLENDS, checkpoint_ref, combine, member_scores
+from strokekit.ensembling.stacking import STACK, candidates_of, nested_stack, seg_feature_names, seg_features
 
 CHECKPOINTS = ("best", "last")
 
@@ -138,7 +140,9 @@ def build_classifier_spec(runs: list[Run], task: str, spec_path, metric: str = "
                           absolute: bool = False, metric_options: dict | None = None,
                           keep_blend: bool = False, test_prior: float | None = None,
                           test_size: int | None = None, n_boot: int = 1000, seed: int = 0,
-                          robust: str | None = None, top_runs: int | None = None) -> tuple[dict, dict]:
+                          robust: str | None = None, top_runs: int | None = None,
+                          stack_seg_runs: list[Run] | None = None,
+                          stack_models=("logistic", "gbm")) -> tuple[dict, dict]:
     """(spec, report) for a stroke / type ensemble of `runs`; see the module docstring.
 
     keep_blend=True keeps the asked blend (e.g. a published system's majority vote) even when the best
@@ -146,7 +150,10 @@ def build_classifier_spec(runs: list[Run], task: str, spec_path, metric: str = "
     test_prior: the test set's expected positive share, the final threshold is tuned for it (prior.py);
     test_size: images per bootstrap resample for the 95 % intervals of the headline figures (default:
     phase 1's 192 for stroke, phase 2's 97 for type); robust: the bootstrap statistic whose plateau
-    gives the final threshold (selection.tune_classifier_threshold; None: the OOF curve's)."""
+    gives the final threshold (selection.tune_classifier_threshold; None: the OOF curve's).
+    blend="stack": a level-2 model by nested CV (stack_choice) on the members' probabilities and the
+    features of `stack_seg_runs` (seg runs whose OOF covers the members' images), the inner CV choosing among
+    the `stack_models` kinds' candidates."""
     options = dict(metric_options or {})
     score = lambda y, p: selection.classifier_score(y, p, metric, **options)
     oofs = {run.name: selection.load_oof(run.path) for run in runs}
@@ -163,7 +170,11 @@ def build_classifier_spec(runs: list[Run], task: str, spec_path, metric: str = "
              for n, p in members.items()}
     members = keep_top_runs(members, singles, top_runs)
     blends = CLASSIFIER_BLENDS if blend == "auto" else (blend,)
-    tried = {b: choose_blend(members, b, lambda s: score(y, s), greedy, own_t) for b in blends}
+    if blend == STACK:
+        tried = {STACK: stack_choice(members, y, outer_folds(aligned, oofs), aligned["image_id"].to_numpy(),
+                                     stack_seg_runs or [], score, seed, spec_path, absolute, stack_models)}
+    else:
+        tried = {b: choose_blend(members, b, lambda s: score(y, s), greedy, own_t) for b in blends}
     choice = max(tried.values(), key=lambda c: c["score"])
     if keep_blend:
         best = max(singles.values())
@@ -189,10 +200,59 @@ def build_classifier_spec(runs: list[Run], task: str, spec_path, metric: str = "
                     "blends_tried": {b: c["score"] for b, c in tried.items()}},
             "selection": {"top_k": top_k, "top_runs": top_runs, "runs_kept": sorted(members),
                           "greedy": greedy, "history": choice["history"], "note": choice.get("note", "")}}
+    if choice["blend"] == STACK:
+        spec["stack"] = choice["stack"]
     report = {"folds": pd.concat(tables, ignore_index=True), "members": singles, "weights": choice["weights"],
               "ensemble": choice["score"], "metric": metric, "threshold": spec["threshold"], "intervals": intervals,
-              "blends_tried": spec["oof"]["blends_tried"], "note": choice.get("note", "")}
+              "blends_tried": spec["oof"]["blends_tried"], "note": choice.get("note", ""),
+              "stack": spec.get("stack")}
     return spec, report
+
+
+def outer_folds(aligned: pd.DataFrame, oofs: dict[str, pd.DataFrame]) -> np.ndarray:
+    """Each aligned image's fold (the kit's folds, from the first member's OOF): the stack's outer folds."""
+    first = next(iter(oofs.values()))
+    return first.drop_duplicates("image_id").set_index("image_id")["fold"].reindex(aligned["image_id"]).to_numpy()
+
+
+def stack_seg_table(seg_runs: list[Run], image_ids) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Each seg run's stacking features of `image_ids` from its OOF, and its OOF resolution."""
+    features, sizes = {}, {}
+    for run in seg_runs:
+        oof = selection.load_oof(run.path)
+        where = pd.Series(np.arange(len(oof["image_id"])), index=oof["image_id"])
+        missing = sorted(set(int(i) for i in image_ids) - set(where.index.tolist()))
+        if missing:
+            raise selection.RunsError(
+                f"--stack-seg-runs {run.path}: its OOF lacks {len(missing)} of the classifiers' images (e.g. "
+                f"{missing[:5]}); a stroke stack needs the seg runs' OOF of no-stroke slices too: train them "
+                "with seg_val_negatives: true")
+        rows = where.loc[list(image_ids)].to_numpy()
+        per_image = seg_features(oof["probs"][rows])
+        for name, column in zip(seg_feature_names(run.name), per_image.values()):
+            features[name] = column
+        sizes[run.name] = int(oof["probs"].shape[-1])
+    return features, sizes
+
+
+def stack_choice(members: dict[str, np.ndarray], y: np.ndarray, folds: np.ndarray, image_ids, seg_runs: list[Run],
+                 score, seed: int, spec_path, absolute: bool, kinds=("logistic", "gbm")) -> dict:
+    """The `stack` blend as choose_blend returns a blend: its nested-CV OOF probabilities ("blended"), their
+    score, and the spec's stack block (features, the fitted model, what the inner CV chose)."""
+    features = {f"p:{name}": p for name, p in members.items()}
+    seg, sizes = stack_seg_table(seg_runs, image_ids)
+    features.update(seg)
+    names = list(features)
+    x = np.column_stack([features[n] for n in names])
+    fitted = nested_stack(x, y, folds, score, candidates_of(kinds), seed=seed)
+    stacked = fitted["oof"]
+    block = {"features": names, "chosen": fitted["chosen"], "inner_scores": fitted["inner_scores"],
+             "outer_folds": {k: v["chosen"] for k, v in fitted["per_fold"].items()},
+             "nested_oof": float(score(y, stacked)), "model": fitted["model"],
+             "seg_members": [member_entry(run, sorted(run.checkpoints), 1.0, spec_path, absolute,
+                                          oof_size=sizes[run.name]) for run in seg_runs]}
+    return {"blend": STACK, "weights": {n: 1.0 for n in members}, "score": block["nested_oof"],
+            "blended": stacked, "history": [], "stack": block}
 
 
 def format_report(report: dict) -> str:
@@ -210,6 +270,11 @@ def format_report(report: dict) -> str:
         lines.append("blends tried: " + ", ".join(f"{b} {s:.4f}" for b, s in report["blends_tried"].items()))
     if report.get("note"):
         lines.append(f"note: {report['note']}")
+    if report.get("stack"):
+        stack = report["stack"]
+        lines.append(f"stack: level-2 {stack['chosen']} on {len(stack['features'])} features (inner CV), nested-CV "
+                     f"OOF {stack['nested_oof']:.4f}; per outer fold: "
+                     + ", ".join(f"{k}: {v}" for k, v in stack["outer_folds"].items()))
     lines += decision_lines(report)
     return "\n".join(lines)
 

@@ -20,6 +20,7 @@ from scipy.stats import rankdata
 from strokekit import __version__
 from strokekit.atomic import to_plain, write_text_atomic
 from strokekit.config.postprocess import normalise_spec
+from strokekit.ensembling.stacking import MODEL_KINDS, STACK
 from strokekit.errors import UserError
 from strokekit.vocabulary import TASKS
 from strokekit.vocabulary import resolve_flips, resolve_scales
@@ -106,7 +107,7 @@ def read_spec(path: str | os.PathLike, allow_outside: bool = False) -> dict:
     except (UnicodeDecodeError, yaml.YAMLError) as err:  # a python/* tag is a YAMLError too: nothing runs
         raise SpecError(f"{path}: not a readable ensemble spec YAML ({err})".replace("\n", " ")) from None
     validate_spec(spec, path)
-    for member in spec["members"]:
+    for member in [*spec["members"], *((spec.get("stack") or {}).get("seg_members") or [])]:
         member["checkpoint_paths"] = [str(resolve_checkpoint(c, path, allow_outside)) for c in member["checkpoints"]]
     spec["path"] = str(path.resolve())
     return spec
@@ -144,7 +145,7 @@ def validate_spec(spec, path) -> None:
     task = spec.get("task")
     if task not in TASKS:
         problems.append(f"task {task!r} must be one of {list(TASKS)}")
-    blends = SEG_BLENDS if task == "seg" else CLASSIFIER_BLENDS
+    blends = SEG_BLENDS if task == "seg" else (*CLASSIFIER_BLENDS, STACK)
     if spec.get("blend") not in blends:
         problems.append(f"blend {spec.get('blend')!r} must be one of {list(blends)} for task {task}")
     try:
@@ -157,6 +158,8 @@ def validate_spec(spec, path) -> None:
         problems.append(f"tta_scales: {err}")
     problems += _member_problems(spec.get("members"), spec.get("blend"))
     problems += _decision_problems(spec, task)
+    if spec.get("blend") == STACK:
+        problems += _stack_problems(spec.get("stack"))
     if problems:
         raise SpecError(f"{path}: " + "; ".join(problems))
 
@@ -180,6 +183,23 @@ def _member_problems(members, blend) -> list[str]:
     if not any(isinstance(m, dict) and isinstance(m.get("weight"), (int, float)) and m["weight"] > 0
                for m in members):
         problems.append("every member weight is 0")
+    return problems
+
+
+def _stack_problems(stack) -> list[str]:
+    """A stack blend's level-2 block: its feature names, a stored model of a known kind, its seg members."""
+    if not isinstance(stack, dict):
+        return ["blend stack needs a `stack` mapping (features, model) written by ensemble.py --blend stack"]
+    problems = []
+    features = stack.get("features")
+    if not isinstance(features, list) or not features or not all(isinstance(f, str) for f in features):
+        problems.append("stack.features must be a non-empty list of feature names")
+    model = stack.get("model")
+    if not isinstance(model, dict) or model.get("kind") not in MODEL_KINDS:
+        problems.append(f"stack.model must be a mapping with kind one of {list(MODEL_KINDS)}")
+    seg = stack.get("seg_members") or []
+    if not isinstance(seg, list) or any(not isinstance(m, dict) or not m.get("checkpoints") for m in seg):
+        problems.append("stack.seg_members must be a list of members with checkpoints")
     return problems
 
 

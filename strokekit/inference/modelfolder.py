@@ -127,6 +127,10 @@ def _write_folder(out: Path, name: str, roles: list[str], specs: list[dict], com
 
 
 def _export_ensemble(role: str, spec: dict, out: Path, exported: dict, provenance: list) -> dict:
+    if (spec.get("stack") or {}).get("seg_members"):
+        raise ModelFolderError(f"{spec.get('path', role)}: a stack blend reading segmenter features "
+                               "(ensemble.py --stack-seg-runs) is not exported to model folders; run its spec "
+                               "YAML with infer.py, or stack the classifiers alone")
     entry = {k: copy.deepcopy(v) for k, v in spec.items() if k not in SPEC_DROP}
     for block, key in (("oof", "folds_table"), ("postprocess_search", "table")):
         if isinstance(entry.get(block), dict):

@@ -38,6 +38,7 @@ from strokekit.data.index import ORDER_COLUMNS
 from strokekit.data.neighbours import NeighbourError, attach_neighbours, neighbour_count, stack_slices
 from strokekit.data.readers import load_image
 from strokekit.ensembling.spec import SpecError, combine, member_thresholds, member_weights, read_spec
+from strokekit.ensembling.stacking import SEG_FEATURES, STACK, seg_features, stack_probs
 from strokekit.errors import SettingError
 from strokekit.models.precision import autocast
 from strokekit.models.registry import load_checkpoint
@@ -201,10 +202,21 @@ class EnsemblePredictor:
         self.batch_size, self.amp, self.workers = batch_size, amp, max(1, workers)
         self.members = [load_member(m, self.task, self.device) for m in self.spec["members"]]
         self.weights, self.thresholds = member_weights(self.spec), member_thresholds(self.spec)
+        self.stack_seg = self._stack_segmenters()
+
+    def _stack_segmenters(self):
+        """The seg runs whose features a `stack` blend reads (stacking.py), as a seg EnsemblePredictor; None
+        for other blends and for stacks of classifiers alone."""
+        seg = (self.spec.get("stack") or {}).get("seg_members") if self.spec["blend"] == STACK else None
+        if not seg:
+            return None
+        return EnsemblePredictor({"task": "seg", "blend": "mean", "members": seg, "path": self.spec.get("path")},
+                                 device=str(self.device), flips=self.flips, scales=self.scales,
+                                 batch_size=self.batch_size, amp=self.amp, workers=self.workers)
 
     @property
     def n_checkpoints(self) -> int:
-        return sum(len(m.models) for m in self.members)
+        return sum(len(m.models) for m in self.members) + (self.stack_seg.n_checkpoints if self.stack_seg else 0)
 
     def cost(self, n_images: int) -> dict:
         """Forward passes this run will make (one per batch, checkpoint and scale: flips share a pass)."""
@@ -272,8 +284,31 @@ class EnsemblePredictor:
             ids += batch_ids
             parts.append(np.stack(per_member))
         members = np.concatenate(parts, axis=1) if parts else np.zeros((len(self.members), 0))
-        prob = combine(members, self.spec["blend"], self.weights, self.thresholds) if len(ids) else np.zeros(0)
+        if not len(ids):
+            prob = np.zeros(0)
+        elif self.spec["blend"] == STACK:
+            prob = self._stacked(rows, ids, members)
+        else:
+            prob = combine(members, self.spec["blend"], self.weights, self.thresholds)
         return {"image_id": np.asarray(ids, dtype=np.int64), "prob": prob, "members": members}
+
+    def _stacked(self, rows, ids: list[int], members: np.ndarray) -> np.ndarray:
+        """The stack blend: the level-2 model on the members' probabilities and the seg runs' features (each
+        image's seg probabilities resized to the run's OOF resolution first, as on OOF)."""
+        features = {f"p:{m.name}": members[i] for i, m in enumerate(self.members)}
+        if self.stack_seg is not None:
+            sizes = {m["name"]: m.get("oof_size") for m in self.spec["stack"]["seg_members"]}
+            per_run, seg_ids = {m.name: [] for m in self.stack_seg.members}, []
+            for batch_ids, per_member, _ in self.stack_seg.iter_member_probs(rows):
+                seg_ids += batch_ids
+                for member, probs in zip(self.stack_seg.members, per_member):
+                    per_run[member.name] += [seg_features(p, sizes[member.name]) for p in probs]
+            if seg_ids != list(ids):
+                raise RuntimeError("stack: the segmenters saw the images in another order than the classifiers")
+            for name, values in per_run.items():
+                for key in SEG_FEATURES:
+                    features[f"{key}:{name}"] = np.asarray([v[key] for v in values])
+        return stack_probs(self.spec["stack"], features)
 
     def iter_seg(self, rows: pd.DataFrame) -> Iterator[tuple[int, np.ndarray]]:
         """(image_id, blended (3, H, W) float32 probabilities at the image's own size), image by image."""
