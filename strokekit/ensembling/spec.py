@@ -5,7 +5,8 @@ the post-processing, the OOF figures that chose them); infer.py derives nothing 
 stored relative to the spec's folder (or absolute) and resolved against it when read; a spec is a file that
 travels, so a path that leads outside `allowed_roots` (the spec's folder, the folder above it, the current
 directory) is refused unless the caller allows it (infer.py --allow-outside). `combine` is the one
-blend used both on OOF (ensemble.py) and on test images (predict.py), so the two cannot drift apart.
+blend used both on OOF (ensemble.py) and on test images (predict.py), so the two cannot drift apart; the
+`stack` blend's level-2 model (its `stack` block) is applied by stacking.apply_model on both sides alike.
 """
 from __future__ import annotations
 

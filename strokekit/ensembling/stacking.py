@@ -144,10 +144,10 @@ def inner_splits(y: np.ndarray, folds: np.ndarray, seed: int = 0) -> list[tuple[
         return [(np.flatnonzero(folds != g), np.flatnonzero(folds == g)) for g in groups]
     from sklearn.model_selection import StratifiedKFold
 
-    n_splits = int(min(3, max(2, np.bincount(np.asarray(y, dtype=int)).min())))
-    if np.bincount(np.asarray(y, dtype=int), minlength=2).min() < 2:
+    smallest = int(np.bincount(np.asarray(y, dtype=int), minlength=2).min())
+    if smallest < 2:  # too few of a class to validate on: the inner CV cannot choose (the first candidate is kept)
         return []
-    return list(StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
+    return list(StratifiedKFold(min(3, smallest), shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
 
 
 def pick_candidate(x: np.ndarray, y: np.ndarray, folds: np.ndarray, score_fn: Callable, candidates=None,
