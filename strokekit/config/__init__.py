@@ -47,6 +47,8 @@ DEFAULTS: dict[str, Any] = {
     "aux_seg": 0.0,            # stroke/type: weight of an auxiliary loss on where the lesions are (from the masks),
                                # a 1x1-conv head on the last feature map; 0 = off. Inference is unchanged
     "drop_rate": 0.0,          # classifiers: dropout before the head; seg: spatial dropout (Dropout2d) before it
+    "head_hidden": None,       # timm classifiers: a hidden dense layer of this width + ReLU before the output (the
+                               # multi-task paper's Dense(128)); None = the output layer alone
     "decoder_attention": None,  # seg, smp Unet / UnetPlusPlus: decoder attention, e.g. scse
     "norm": "batch",           # batch | instance | group: every BatchNorm swapped (small batches, from scratch)
     "deep_supervision": 0,     # seg U-Nets: a loss on this many intermediate decoder stages too (nnU-Net); 0 = off

@@ -237,6 +237,7 @@ SCHEMA: dict[str, Rule] = {
     "weights": Text(nullable=True),
     "aux_seg": Float(0.0),
     "drop_rate": Float(0.0, 1.0, hi_open=True),
+    "head_hidden": Int(1, nullable=True),
     "decoder_attention": Choice(*DECODER_ATTENTION, nullable=True),
     "norm": Choice("batch", "instance", "group"),                      # models/norm.NORMS
     "deep_supervision": Int(0, 5),

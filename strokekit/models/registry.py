@@ -135,6 +135,10 @@ def build_model(cfg: dict, num_outputs: int | None = None) -> nn.Module:
         model = _build_smp(cfg, num_outputs)
     else:
         model = _build_timm(cfg, num_outputs)
+    if cfg.get("head_hidden"):
+        if cfg["task"] == "seg" or name in CUSTOM_MODELS:
+            raise ModelNameError(f"head_hidden adds a layer to a timm classifier's head, not to {name}")
+        add_hidden_layer(model, int(cfg["head_hidden"]), num_outputs)
     replace_batchnorm(model, cfg.get("norm") or "batch")
     if cfg["weights"] and not getattr(model, "_weights_loaded", False):
         fit_state_dict(model, read_state_dict(cfg["weights"]), source=str(cfg["weights"]))
@@ -206,6 +210,19 @@ def _build_timm(cfg: dict, num_outputs: int) -> nn.Module:
         raise WeightsError(f"{name}: loading weights from {overlay or 'the hub'} failed: {err}") from None
     model._weights_loaded = True
     return model
+
+
+def add_hidden_layer(model: nn.Module, width: int, num_outputs: int) -> None:
+    """Config head_hidden: a timm classifier's output layer becomes Linear(features, width) -> ReLU ->
+    Linear(width, outputs), after timm's pooling and dropout (the multi-task paper's GAP -> Dropout ->
+    Dense(128, relu) -> output head)."""
+    old = model.get_classifier()
+    where = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
+    if not isinstance(old, nn.Linear) or not where:
+        raise ModelNameError(f"head_hidden: {type(model).__name__}'s classifier is not one linear layer")
+    parent, _, attr = where.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr,
+            nn.Sequential(nn.Linear(old.in_features, width), nn.ReLU(inplace=True), nn.Linear(width, num_outputs)))
 
 
 def _build_smp(cfg: dict, num_outputs: int) -> nn.Module:
