@@ -151,24 +151,81 @@ def script(name: str, *args) -> None:
     assert code == 0, f"{name}.py {' '.join(map(str, args))} exited {code}"
 
 
-def test_dpn_unet_system_end_to_end(phantom, tmp_path):
-    """The DPN-U-Net commands of docs/recipes.md on the phantom, shrunken: 2 folds x 1 epoch at 64 px."""
-    recipe = ROOT / "configs/recipes/dpn_unet/seg_dpn92_hypercolumn.yaml"
-    script("train", "--config", recipe, "--fold", "all", "--out", tmp_path / "runs", "--no-progress", "--set",
-           *SHRINK, "img_size=64", "oof_size=64", f"data={phantom}")
-    run_dir = tmp_path / "runs" / "dpn_unet_seg_dpn92_hypercolumn"
-    common = ["--task", "seg", run_dir, "--top-k", 1, "--metric", "iou", "--tta", "none,hflip,vflip,hvflip",
-              "--grid", ROOT / "configs/grids/dpn_unet_closing.yaml"]
-    script("ensemble", *common, "--seg-classifier", "stroke", "--out", tmp_path / "ens/dpn_stroke.yaml")
-    script("ensemble", *common, "--seg-classifier", "type", "--out", tmp_path / "ens/dpn_seg.yaml")
-    stroke, seg = read_spec(tmp_path / "ens/dpn_stroke.yaml"), read_spec(tmp_path / "ens/dpn_seg.yaml")
-    for spec in (stroke, seg):
-        assert spec["tta"] == ["none", "hflip", "vflip", "hvflip"]
-        assert [len(m["folds"]) for m in spec["members"]] == [1]              # the best 1 of 2 folds
-        assert all(r >= 1 for r in spec["postprocess"]["closing"].values())  # closing always on
-    assert (stroke["seg_classifier"]["target"], seg["seg_classifier"]["target"]) == ("stroke", "type")
-    script("infer", "--phase", 1, "--ensemble", tmp_path / "ens/dpn_stroke.yaml", "--data", phantom,
-           "--split", "test1", "--out", tmp_path / "sub1")
+def submit_and_score(phantom: Path, tmp_path: Path, phase1: Path, phase2: Path, type_spec: Path | None = None):
+    """infer.py both phases on the phantom's test splits, then score.py on each: valid submissions, scored."""
+    script("infer", "--phase", 1, "--ensemble", phase1, "--data", phantom, "--split", "test1",
+           "--out", tmp_path / "sub1")
     index, _ = build_index(phantom)
     test_ids = set(index.loc[index["split"] == "test1", "image_id"].tolist())
     assert set(validate_phase1(tmp_path / "sub1" / "asama1.txt", test_ids)) == test_ids
+    script("infer", "--phase", 2, "--ensemble", phase2, *(["--type-ensemble", type_spec] if type_spec else []),
+           "--data", phantom, "--split", "test2", "--out", tmp_path / "sub2")
+    masks = sorted(p.name for p in (tmp_path / "sub2").glob("*.png"))
+    assert masks == sorted(p.name for p in (phantom / "YARISMA_2" / "MASK").glob("*.png"))
+    script("score", "--phase", 1, "--pred", tmp_path / "sub1" / "asama1.txt",
+           "--truth", phantom / "YARISMA_1" / "ASAMA1_Cevaplar.txt", "--n-boot", 0)
+    script("score", "--phase", 2, "--pred", tmp_path / "sub2", "--truth", phantom / "YARISMA_2" / "MASK",
+           "--n-boot", 0)
+
+
+def train_shrunken(recipe: str, runs: Path, phantom: Path, *extra) -> Path:
+    """train.py on a recipe at test size (2 folds x 1 epoch, 32 px, batch 2); returns its run folder."""
+    path = ROOT / "configs/recipes" / recipe
+    script("train", "--config", path, "--fold", "all", "--out", runs, "--no-progress", *extra, "--set",
+           *SHRINK, "img_size=32", "oof_size=32", f"data={phantom}")
+    return runs / load_config(path)["name"]
+
+
+def test_dpn_unet_system_end_to_end(phantom, tmp_path):
+    """The DPN-U-Net commands of docs/recipes.md on the phantom, shrunken: N = 2 seeded runs on fold 0, the
+    best 1 kept, the paper's fixed threshold and closing, no TTA, seg-based classifiers -> infer -> score."""
+    recipe = ROOT / "configs/recipes/dpn_unet/seg_dpn92_hypercolumn.yaml"
+    script("train", "--config", recipe, "--fold", 0, "--seeds", "0,1", "--out", tmp_path / "runs", "--no-progress",
+           "--set", *SHRINK, "img_size=32", "oof_size=32", f"data={phantom}", "encoder=dpn68")  # the lighter variant
+    runs = sorted((tmp_path / "runs").glob("dpn_unet_seg_dpn92_hypercolumn_s*"))
+    assert len(runs) == 2
+    common = ["--task", "seg", *runs, "--top-runs", 1, "--metric", "iou", "--tta", "none", "--seg-feature", "mean",
+              "--grid", ROOT / "configs/grids/dpn_unet_paper.yaml", "--n-boot", 20]
+    script("ensemble", *common, "--seg-classifier", "stroke", "--out", tmp_path / "ens/dpn_stroke.yaml")
+    script("ensemble", *common, "--seg-classifier", "type", "--out", tmp_path / "ens/dpn_type.yaml")
+    stroke, seg = read_spec(tmp_path / "ens/dpn_stroke.yaml"), read_spec(tmp_path / "ens/dpn_type.yaml")
+    for spec in (stroke, seg):
+        assert spec["tta"] == ["none"] and len(spec["members"]) == 1          # the best 1 of 2 runs
+        assert set(spec["postprocess"]["closing"].values()) == {3}           # the paper's closing radius
+        assert set(spec["postprocess"]["threshold"].values()) == {0.47}      # and its k_axial
+    assert (stroke["seg_classifier"]["target"], seg["seg_classifier"]["target"]) == ("stroke", "type")
+    submit_and_score(phantom, tmp_path, tmp_path / "ens/dpn_stroke.yaml", tmp_path / "ens/dpn_type.yaml")
+
+
+SYSTEMS_E2E = {  # per system: the recipes trained, then the ensemble.py arguments per spec (docs/recipes.md)
+    "multitask": (["multitask/stroke_effnetv2b0.yaml", "multitask/type_simple_cnn.yaml", "multitask/seg_unet_r50.yaml"],
+                  {"stroke": ["multitask_stroke_effnetv2b0", "--objective", "recall", "--target-recall", 0.88],
+                   "type": ["multitask_type_simple_cnn"], "seg": ["multitask_seg_unet_r50", "--metric", "iou"]}),
+    "vgg_unet": (["vgg_unet/stroke_densenet121.yaml", "vgg_unet/seg_unet_scse.yaml"],   # VGG16's 4096-wide
+                 {"stroke": ["vgg_unet_stroke_densenet121"], "seg": ["vgg_unet_seg_unet_scse"]}),  # FC: too big here
+    "deep_ensemble": (["deep_ensemble/stroke_resnet34.yaml", "deep_ensemble/stroke_mobilenet.yaml",
+                       "deep_ensemble/stroke_densenet121.yaml", "deep_ensemble/seg_unet_r34.yaml"],
+                      {"stroke": ["deep_ensemble_stroke_resnet34", "deep_ensemble_stroke_mobilenet",
+                                  "deep_ensemble_stroke_densenet121", "--blend", "vote", "--keep-blend", "--objective",
+                                  "f1"],
+                       "seg": ["deep_ensemble_seg_unet_r34"]}),
+}
+
+
+@pytest.mark.parametrize("system", sorted(SYSTEMS_E2E))
+def test_system_end_to_end(system, phantom, tmp_path):
+    """Each other system's headline recipes shrunken (2 folds x 1 epoch, 32 px) -> ensemble.py as documented
+    -> infer.py phases 1 and 2 -> score.py: valid submissions. (Every recipe also trains two steps above.)"""
+    recipes, specs = SYSTEMS_E2E[system]
+    for recipe in recipes:
+        train_shrunken(recipe, tmp_path / "runs", phantom)
+    out = {}
+    for task, args in specs.items():
+        names = [a for a in args if isinstance(a, str) and a.startswith(system)]
+        rest = [a for a in args if a not in names]
+        out[task] = tmp_path / "ens" / f"{task}.yaml"
+        script("ensemble", "--task", task, *[tmp_path / "runs" / n for n in names], *rest, "--n-boot", 20,
+               "--out", out[task])
+    if system == "deep_ensemble":
+        assert read_spec(out["stroke"])["blend"] == "vote" and len(read_spec(out["stroke"])["members"]) == 3
+    submit_and_score(phantom, tmp_path, out["stroke"], out["seg"], out.get("type"))
