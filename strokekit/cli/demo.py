@@ -58,6 +58,8 @@ def main(argv=None) -> int:
                         "300 the stroke classifier sees too few patients to generalise)")
     parser.add_argument("--epochs", type=int, default=None, help="override the tiny configs' epochs")
     parser.add_argument("--folds", default="0,1", help="folds to train (default 0,1)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars in the steps (they are "
+                        "drawn only on a terminal anyway; training draws none in the demo)")
     args = parser.parse_args(argv)
     start = time.time()
     project = project_dir()
@@ -73,7 +75,8 @@ def main(argv=None) -> int:
                         "(git clone, then pip install -e .)")
 
     def step(name: str, *cmd_args) -> None:
-        run([*command(name, project), *map(str, cmd_args)], project)
+        quiet = ["--no-progress"] if args.no_progress and name != "score" and "--no-progress" not in cmd_args else []
+        run([*command(name, project), *map(str, cmd_args), *quiet], project)
 
     if not (project / data / "TRAINING").is_dir():
         step("make_phantom", "--out", data, "--n", args.n, "--seed", 0)
