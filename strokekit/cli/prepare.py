@@ -21,6 +21,7 @@ from strokekit.config import ConfigError, add_config_args, load_config
 from strokekit.config.settings import anchor_paths, typed_keys
 from strokekit.data.cache import cache_folder, fill_row, open_cache
 from strokekit.data.index import build_index
+from strokekit.data.neighbours import attach_neighbours, neighbour_count
 from strokekit.data.badinput import BadInputError
 from strokekit import progress
 from strokekit.progress import bar as progress_bar
@@ -84,7 +85,10 @@ def main(argv=None) -> int:
     if folder is None:
         raise ConfigError(f"data folder {cfg['data']} does not exist; pass --data (or --cache-dir)")
     index, _ = build_index(cfg["data"])
-    rows = index[index["split"] == "train"].to_dict("records")
+    rows = index[index["split"] == "train"]
+    if neighbour_count(cfg):  # each slice's entry holds its neighbours, looked up as training looks them up
+        rows = attach_neighbours(rows, neighbour_count(cfg), pool=index)
+    rows = rows.to_dict("records")
     print(f"{len(rows)} training images of {cfg['data']} -> {folder} ({cfg['image_source']}, "
           f"img_size {cfg['img_size']}{', class maps' if cfg['task'] == 'seg' else ''}; {args.workers} workers)")
     result = fill(cfg, rows, workers=max(1, args.workers))

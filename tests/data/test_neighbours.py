@@ -146,3 +146,22 @@ def test_config_and_single_array():
                     "png_window": (40, 80)}, cfg)
     with pytest.raises(NeighbourError, match="no neighbours were looked up"):
         load_input({"image_id": 0, "png": "x.png"}, cfg)
+
+
+def test_prepare_fills_what_training_with_neighbours_reads(tmp_path):
+    """prepare.py looks neighbours up as training does (the whole index), so a fold's datasets find every entry."""
+    import prepare
+    from strokekit.data.folds import make_folds
+    from strokekit.phantom.dataset import make_phantom
+    from strokekit.training.tasks import get_task
+
+    data = make_phantom(tmp_path / "data", n=24, size=64, n_test1=2, n_test2=2, workers=1)
+    sets = ["task=seg", "img_size=64", "neighbours=1", f"cache_dir={tmp_path / 'cache'}", f"data={data}"]
+    assert prepare.main(["--data", str(data), "--workers", "1", "--set", *sets]) == 0
+    cfg = load_config(None, sets)
+    index, _ = build_index(data)
+    train, val = get_task("seg").split(index, make_folds(index, n_folds=2, seed=0), 0, cfg)
+    for rows, is_train in ((train, True), (val, False)):
+        dataset = SliceDataset(rows, cfg, is_train, masks=True, full_masks=not is_train)
+        [dataset[i] for i in range(len(dataset))]
+        assert dataset.cache.written == 0
