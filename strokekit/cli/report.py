@@ -5,11 +5,15 @@
     python report.py runs/cfgA runs/cfgB ensembles/ --out reports/all.html
 
 Each path is a run folder (runs/<config> with fold<k>/), an ensemble spec YAML from ensemble.py, or a folder
-of either. Per run / ensemble: training curves per fold, OOF metrics per fold with mean ± std, the
-confusion matrix, ROC and precision-recall curves (classifiers), the threshold-search surfaces, per-class
-results by lesion-size bin, the false-positive rate on no-stroke slices and the worst OOF cases drawn in
-the competition's colours (ischemia blue, hemorrhage green). True masks and slices come from the data set
-the runs trained on (the config's `data`, or --data). The logic lives in strokekit.report.runs.
+of either. Per run / ensemble: training curves per fold (loss, metric and its moving average, LR, epoch
+time), OOF metrics per fold with mean ± std, an ensemble's members against the blend (weights, runs kept by
+--top-runs, leave-one-out deltas) and its bootstrap intervals, the confusion matrix, ROC and precision-
+recall curves, OOF probability histograms and calibration (classifiers), the threshold-search surfaces,
+per-class results by lesion-size bin, the false-positive rate on no-stroke slices and the worst OOF cases
+(seg: cropped around the lesion with truth, prediction and TP / FP / FN map; classifiers: false negatives
+and false positives apart; on screen ischemia light blue, hemorrhage green). True masks and slices come
+from the data set the runs trained on (the config's `data`, or --data). The logic lives in
+strokekit.report.runs.
 """
 from __future__ import annotations
 

@@ -140,7 +140,9 @@ def run_score(args: argparse.Namespace) -> int:
         result = scoring.score_phase2(args.pred, args.truth, args.se_size, not args.pixel_rule,
                                       args.empty_score, args.n_boot)
         print(scoring.phase2_table(result))
-        result["worst_cases_png"] = str(figures.save(figures.worst_cases(result, args.worst, args.images),
+        from strokekit.report.galleries import worst_cases
+
+        result["worst_cases_png"] = str(figures.save(worst_cases(result, args.worst, args.images),
                                                      f"{stem}.worst_cases.png"))
     if result.get("intervals"):
         print("\n" + scoring.intervals_table(result))

@@ -24,6 +24,7 @@ from strokekit.evaluation import metrics
 from strokekit.ensembling import selection
 from strokekit.ensembling.spec import combine
 from strokekit.postprocess.steps import apply_postprocess, resize_probs
+from strokekit.report.html import is_count
 from strokekit.training.runlog import EpochLog
 from strokekit.vocabulary import IMAGE_TYPES, LESION_NAMES, image_type
 
@@ -123,8 +124,11 @@ def mean_std_rows(table: pd.DataFrame, key: str = "fold") -> pd.DataFrame:
     numeric = [c for c in table.columns if c != key and pd.api.types.is_numeric_dtype(table[c])]
     summary = {key: "mean ± std"}
     for c in numeric:
-        values = table[c].astype(float)
-        summary[c] = f"{values.mean():.4f} ± {values.std(ddof=1):.4f}" if len(values) > 1 else f"{values.mean():.4f}"
+        values = table[c].astype(float).dropna()
+        digits = 1 if is_count(c) else 4  # counts: 40.5 ± 0.7 or 42 ± 0, not 40.5000 ± 0.7071
+        show = (lambda v: f"{v:.1f}".removesuffix(".0")) if is_count(c) else (lambda v: f"{v:.{digits}f}")
+        summary[c] = ("–" if values.empty else f"{show(values.mean())} ± {show(values.std(ddof=1))}"
+                      if len(values) > 1 else show(values.mean()))
     return pd.concat([table.astype(object), pd.DataFrame([summary])], ignore_index=True)
 
 

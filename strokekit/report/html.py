@@ -23,15 +23,45 @@ color:#222;padding:0 1em}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}h3{margin-top:1.4em}
 table{border-collapse:collapse;font-size:.85em;margin:.6em 0}td,th{border:1px solid #ddd;padding:.25em .6em;
 text-align:right}th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
-figure{margin:1em 0}figcaption{font-size:.85em;color:#555}img{max-width:100%}
+figure{margin:1em 0}figcaption{font-size:.85em;color:#555;margin-top:.3em}img{max-width:100%;height:auto}
+caption{caption-side:bottom;font-size:.85em;color:#555;text-align:left;padding-top:.3em}
 .note{color:#555;font-size:.9em}nav a{margin-right:1em}
 """
 
 
-def fmt(value, digits: int = 4) -> str:
+COUNT_WORDS = ("n", "positives", "tp", "fp", "fn", "tn", "images", "slices", "pixels", "anyway", "folds", "fold")
+
+
+def is_count(column) -> bool:
+    """A column of counts (n, positives, tp / fp / fn / tn, '... slices', 'images ...'): shown as integers."""
+    words = str(column).lower().replace("_", " ").replace("-", " ").split()
+    return bool(words) and (words[0] in COUNT_WORDS or words[-1] in COUNT_WORDS)
+
+
+def fmt(value, digits: int = 4, count: bool = False) -> str:
     if isinstance(value, (float, np.floating)):
-        return "–" if not np.isfinite(value) else f"{value:.{digits}f}"
+        if not np.isfinite(value):
+            return "–"
+        if count and float(value).is_integer():
+            return str(int(value))
+        return f"{value:.{digits}f}"
     return str(value)
+
+
+def interval_text(value: dict, digits: int = 4) -> str:
+    """'0.8123 [0.7710, 0.8490]' from a bootstrap result (evaluation/bootstrap.py); the estimate alone
+    without low / high."""
+    if "low" not in value:
+        return fmt(float(value["estimate"]), digits)
+    return f"{value['estimate']:.{digits}f} [{value['low']:.{digits}f}, {value['high']:.{digits}f}]"
+
+
+def intervals_frame(intervals: dict[str, dict]) -> pd.DataFrame:
+    """One row per figure: estimate [95 % interval], the images resampled and the resamples drawn."""
+    return pd.DataFrame([{"figure": name, "estimate [95 % interval]": interval_text(value),
+                          "resample size": int(value.get("size", value.get("n", 0)) or 0),
+                          "images": int(value.get("n", 0) or 0), "resamples": int(value.get("n_boot", 0) or 0)}
+                         for name, value in intervals.items()])
 
 
 class HtmlReport:
@@ -63,8 +93,9 @@ class HtmlReport:
 
     def table(self, frame: pd.DataFrame, digits: int = 4, caption: str = "") -> "HtmlReport":
         head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
-        rows = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(v, digits))}</td>" for v in row) + "</tr>"
-                       for row in frame.itertuples(index=False))
+        counts = [is_count(c) for c in frame.columns]
+        rows = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(v, digits, k))}</td>" for v, k in zip(row, counts))
+                       + "</tr>" for row in frame.itertuples(index=False))
         cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
         self.blocks.append(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
         return self

@@ -235,19 +235,32 @@ def render_markdown(runs: list[RunFigures], ensembles: list[dict], skipped: list
 
 
 def plot(runs: list[RunFigures], ensembles: list[dict], path: Path) -> Path:
-    """leaderboard.png: per task, each config's first column (mean ± std) and ensembles on the same metric."""
+    """leaderboard.png: per task one axis and one metric, configs and ensembles measured alike (classifiers:
+    the AUC of all OOF images together; seg: strict per-image Dice, lesion mean, before post-processing),
+    each config's folds as dots."""
     tasks = [t for t in TASKS if any(r.task == t for r in runs) or any(e["task"] == t for e in ensembles)]
     return figures.save(figures.leaderboard_bars({t: _bars(t, runs, ensembles) for t in tasks},
-                                                 {t: COLUMNS[t][0] for t in tasks}), path)
+                                                 {t: CHART_METRIC[t != "seg"] for t in tasks}), path)
+
+
+CHART_METRIC = {True: "pooled AUC (all OOF images)", False: "Dice per image, lesion mean (no post-processing)"}
 
 
 def _bars(task: str, runs: list[RunFigures], ensembles: list[dict]) -> list[tuple]:
-    metric = COLUMNS[task][0]
-    table = summary_table(runs, task)
-    bars = [(r["config"], r[f"{metric}_mean"], r[f"{metric}_std"], "tab:blue") for _, r in table.iterrows()]
-    same = "dice" if task == "seg" else "auc"  # an ensemble spec's metric that matches the configs' bar
-    bars += [(e["ensemble"], float(e["oof"]), math.nan, "tab:orange") for e in ensembles
-             if e["task"] == task and e["metric"] == same and e.get("oof") is not None]
+    """(label, value, per-fold values, colour) rows: configs blue, ensembles orange."""
+    fold_metric = "auc" if task != "seg" else COLUMNS["seg"][0]
+    bars = []
+    for _, row in summary_table(runs, task).iterrows():
+        run = next(r for r in runs if r.name == row["config"])
+        folds = [float(m[fold_metric]) for m in run.folds.values() if m.get(fold_metric) is not None]
+        value = run.pooled.get("pooled_auc") if task != "seg" else row[f"{fold_metric}_mean"]
+        bars.append((run.name, float(value) if value is not None else math.nan, folds, "tab:blue"))
+    for e in ensembles:  # the same metric as the configs' bars: the AUC, or the Dice before post-processing
+        if e["task"] != task:
+            continue
+        value = e.get("oof") if task != "seg" else e.get("before_postprocess")
+        if (e["metric"] == "auc" if task != "seg" else e["metric"] == "dice") and value is not None:
+            bars.append((e["ensemble"], float(value), [], "tab:orange"))
     return [b for b in bars if not math.isnan(b[1])]
 
 

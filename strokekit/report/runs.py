@@ -1,11 +1,13 @@
 """report.py's page for runs and ensembles: one static HTML file per call, every figure embedded.
 
-Per source (a run folder or an ensemble spec; see report_eval): training curves per fold, OOF metrics per
-fold with mean ± std, for classifiers the confusion matrix at the decision threshold, ROC and
-precision-recall curves and the metrics-against-threshold curve; for segmenters the image-type confusion
-and the post-processing search surfaces; then per-class results by lesion-size bin, the false-positive rate
-on no-stroke slices, and a gallery of the worst OOF cases. The same page for a scored submission is
-`write_submission_report` (report_submission.py).
+Per source (a run folder or an ensemble spec; see evaluate.py): training curves per fold, OOF metrics per
+fold with mean ± std, for an ensemble its members against the blend (members.py) and the 95 % bootstrap
+intervals ensemble.py recorded; for classifiers the confusion matrix at the decision threshold, ROC and
+precision-recall curves, OOF probability histograms and calibration, the metrics-against-threshold curve;
+for segmenters the image-type confusion and the post-processing search surfaces; then per-class results
+by lesion-size bin, the false-positive rate on no-stroke slices, and the worst OOF cases (galleries.py:
+classifiers' false negatives and false positives apart, seg cases cropped around the lesion). The same page
+for a scored submission is `write_submission_report` (submission.py).
 """
 from __future__ import annotations
 
@@ -15,17 +17,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from strokekit.ensembling import merged_oof
 from strokekit.evaluation import metrics
 from strokekit.progress import bar
-from strokekit.report import figures as figs
+from strokekit.report import figures as figs, galleries
+from strokekit.report import members as member_table
 from strokekit.data.index import build_index
 from strokekit.data.readers import load_class_map, read_png
 from strokekit.report.evaluate import (SIZE_BINS, ReportError, Source, classifier_fold_table, classifier_oof,
                                        classifier_size_bins, data_root, find_sources, fold_logs, mean_std_rows,
                                        predicted_map, seg_fold_table, seg_oof, seg_records, seg_size_bins,
                                        type_confusion)
-from strokekit.report.html import HtmlReport
-from strokekit.vocabulary import IMAGE_TYPES
+from strokekit.report.html import HtmlReport, intervals_frame
+from strokekit.vocabulary import IMAGE_TYPES, LESION_NAMES
 
 SURFACE_GRID = {"threshold": [None, 0.3, 0.5, 0.7], "min_area": [0, 16, 64, 256], "closing": [0],
                 "keep_largest": [False], "overlap": ["argmax"]}
@@ -73,6 +77,8 @@ def write_report(paths: list[str | os.PathLike], out: str | os.PathLike | None =
     for source in bar(sources, desc="report", unit="run"):
         root = data_root(source, data)
         context = contexts.setdefault(root.resolve(), DataContext(root))
+        for run in source.runs if source.kind == "run" else ():
+            merged_oof.refresh(run)  # runs/<config>/oof.csv | oof.npz beside the folds' (merged_oof.py)
         if source.task == "seg":
             seg_sections(page, source, context, worst, size_bins)
         else:
@@ -99,8 +105,30 @@ def header(page: HtmlReport, source: Source, lines: list[str]) -> None:
     page.section("training curves per fold", level=3)
     logs = fold_logs(source)
     metric = source.cfg.get("metric") or ("dice_macro_imagewise_lesion_mean" if source.task == "seg" else "auc")
-    page.figure(figs.training_curves(logs, metric), f"log.csv of every fold; validation {metric}",
+    page.figure(figs.training_curves(logs, metric), f"log.csv of every fold: loss, validation {metric} (thin) "
+                "with its moving average over 5 epochs (thick) and the best epoch starred, learning rate, epoch time",
                 alt="training curves")
+
+
+def intervals_section(page: HtmlReport, intervals: dict | None) -> None:
+    """ensemble.py's 95 % bootstrap intervals of the spec's OOF figures (resamples of the test set's size)."""
+    if not intervals:
+        return
+    page.section("95 % bootstrap intervals (ensemble.py)", level=3)
+    first = next(iter(intervals.values()))
+    page.table(intervals_frame(intervals),
+               caption=f"OOF figures with their 95 % interval over {first.get('n_boot')} bootstrap resamples of "
+                       f"{first.get('size')} images (the test set's size): how far the test score may move by "
+                       "chance alone")
+
+
+def members_section(page: HtmlReport, table: pd.DataFrame, metric: str) -> None:
+    page.section("members against the blend", level=3)
+    shown = table.rename(columns={"oof": f"OOF {metric}", "loo_delta": "blend without it − blend"})
+    page.table(shown, caption="each run alone, its weight in the blend and whether --top-runs kept it; "
+                              "leave-one-out: the blend's OOF figure without the member, minus the blend's "
+                              "(negative: the member helps)")
+    page.figure(figs.members_and_blend(member_table.chart_rows(table), metric), alt="members and blend")
 
 
 # --------------------------------------------------------------------------- classifiers
@@ -117,11 +145,18 @@ def classifier_sections(page: HtmlReport, source: Source, context: DataContext, 
     page.table(mean_std_rows(classifier_fold_table(oof, t)),
                caption=f"AUC; recall, precision, specificity, F1, balanced accuracy at threshold {t:.4f}; "
                        "mean ± std over folds (ddof = 1)")
+    if source.kind == "ensemble":
+        members_section(page, *member_table.classifier_members(source))
+        intervals_section(page, source.spec["oof"].get("intervals"))
     page.section("confusion matrix, ROC and precision-recall", level=3)
     c = metrics.confusion_counts(y, p, t)
     page.figure(figs.confusion([[c["tn"], c["fp"]], [c["fn"], c["tp"]]], [neg_name, pos_name],
                                f"pooled OOF at {t:.3f}"), "confusion matrix (pooled OOF)", alt="confusion matrix")
     page.figure(figs.roc_pr(y, p, folds), "ROC and precision-recall per fold and pooled", alt="ROC and PR curves")
+    page.section("OOF probabilities and calibration", level=3)
+    page.figure(figs.probability_histograms(y, p, t, (neg_name, pos_name)),
+                "left: the OOF probability of each image by its true class; right: the reliability diagram",
+                alt="probability histograms and calibration")
     page.section("threshold search", level=3)
     page.figure(figs.threshold_curve(y, p, t, decision.get("plateau"), f"{source.name}: metrics against threshold"),
                 "the threshold-search surface: each metric at every OOF score used as threshold",
@@ -142,16 +177,22 @@ def classifier_sections(page: HtmlReport, source: Source, context: DataContext, 
     else:
         page.text("not applicable: the type task sees stroke slices only", note=True)
     page.section(f"worst {worst} OOF cases", level=3)
-    errors = oof.assign(error=np.abs(y - p)).sort_values("error", ascending=False).head(worst)
-    cases = []
-    for r in errors.itertuples():
-        truth = context.mask(int(r.image_id))
-        grey = context.grey(int(r.image_id), truth.shape if truth is not None else (64, 64))
-        cases.append({"grey": grey, "truth": truth, "caption": f"{r.image_id} (fold {r.fold}): "
-                      f"{pos_name if r.target else neg_name}\np({pos_name}) = {r.prob:.3f}"})
-    if cases:
-        page.figure(figs.tiles(cases), "most confident errors: |target - probability|, largest "
-                    "first; lesions of the true mask in the competition's colours", alt="worst cases")
+    for target, kind, called in ((1, "false negatives", neg_name), (0, "false positives", pos_name)):
+        wrong = oof[(oof["target"] == target) & ((oof["prob"] >= t) != bool(target))]
+        wrong = wrong.assign(error=np.abs(target - wrong["prob"])).sort_values("error", ascending=False)
+        if wrong.empty:
+            page.text(f"{kind}: none at threshold {t:.4f}", note=True)
+            continue
+        cases = []
+        for r in wrong.head(worst).itertuples():
+            truth = context.mask(int(r.image_id))
+            grey = context.grey(int(r.image_id), truth.shape if truth is not None else (64, 64))
+            cases.append({"grey": grey, "truth": truth,
+                          "caption": f"image {r.image_id}, fold {r.fold}\np({pos_name}) = {r.prob:.3f}"})
+        page.figure(galleries.error_tiles(cases, f"{kind}: true {pos_name if target else neg_name}, called "
+                                                 f"{called} ({len(wrong)} in all)"),
+                    f"{kind}, most confident first (of {len(wrong)}); true lesions outlined (ischemia light blue, "
+                    "hemorrhage green)", alt=kind)
 
 
 # --------------------------------------------------------------------------- segmentation
@@ -174,6 +215,15 @@ def seg_sections(page: HtmlReport, source: Source, context: DataContext, worst: 
     page.table(mean_std_rows(seg_fold_table(records)),
                caption="Dice per image on lesion slices (mean), strict IoU summed over lesion pixels (micro), "
                        "false-positive rate on no-stroke slices; mean ± std over folds (ddof = 1)")
+    if source.kind == "ensemble":
+        members_section(page, *member_table.seg_members(source, masks, negatives))
+        interval = source.spec["oof"].get("postprocessed_interval")
+        metric = str(source.spec["oof"].get("metric", "dice")).split()[0]
+        intervals_section(page, {f"{metric} post-processed": interval} if interval else None)
+    page.section("OOF probabilities per lesion class", level=3)
+    page.figure(figs.lesion_probability_histograms(lesion_peaks(oof, masks)),
+                "each OOF image's highest probability of the class (at the OOF resolution), by whether its true "
+                "mask holds the class", alt="lesion probability histograms")
     page.section("image-type confusion", level=3)
     page.figure(figs.confusion(type_confusion(records), list(IMAGE_TYPES), "lesion classes present"),
                 "the set of lesion classes in the true and the predicted mask", alt="type confusion matrix")
@@ -196,9 +246,20 @@ def seg_sections(page: HtmlReport, source: Source, context: DataContext, worst: 
     else:
         page.text("the OOF holds no no-stroke slice: train with seg_val_negatives: true to measure it", note=True)
     page.section(f"worst {worst} OOF cases", level=3)
-    page.figure(figs.gallery(seg_worst_cases(records, oof, masks, post, context, worst)),
-                "lowest per-image Dice on lesion slices, and no-stroke slices with the most predicted lesion",
-                alt="worst cases")
+    page.figure(galleries.seg_gallery(seg_worst_cases(records, oof, masks, post, context, worst)),
+                "lowest per-image Dice on lesion slices, and no-stroke slices with the most predicted lesion; "
+                "the whole slice with its TP / FP / FN map (crop framed in white dashes), then the crop: CT, "
+                "truth, prediction and strict per-pixel outcome", alt="worst cases")
+
+
+def lesion_peaks(oof: dict, masks: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per lesion class: the highest OOF probability per image, (images holding the class, images without)."""
+    out = {}
+    for name, cls in LESION_NAMES.items():
+        peak = np.asarray(oof["probs"][:, cls], dtype=np.float32).reshape(len(oof["image_id"]), -1).max(1)
+        has = np.array([bool((masks[int(i)] == cls).any()) for i in oof["image_id"]])
+        out[name] = (peak[has], peak[~has])
+    return out
 
 
 def seg_search_table(source: Source, oof: dict, masks: dict) -> tuple[pd.DataFrame, dict | None]:
@@ -227,5 +288,6 @@ def seg_worst_cases(records: pd.DataFrame, oof: dict, masks: dict, post, context
         pred = predicted_map(oof["probs"][position[r.image_id]], truth.shape, post)
         score = f"no-stroke, {r.pred_lesion_pixels} px" if r.negative else f"Dice {r.dice_lesion_mean:.2f}"
         cases.append({"grey": context.grey(r.image_id, truth.shape), "truth": truth, "pred": pred,
-                      "caption": f"{r.image_id} fold {r.fold}\n{score}\n{r.type_true} -> {r.type_pred}"})
+                      "caption": f"image {r.image_id}, fold {r.fold}\n{score}\ntruth: {r.type_true}\n"
+                                 f"predicted: {r.type_pred}"})
     return cases

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from strokekit.report import figures as figs
+from strokekit.report import figures as figs, galleries
 from strokekit.report.evaluate import SIZE_BINS, bin_labels, size_bin
-from strokekit.report.html import HtmlReport
+from strokekit.report.html import HtmlReport, intervals_frame
 from strokekit.data.submission import read_labels, read_phase2_mask
 from strokekit.vocabulary import IMAGE_TYPES, LESION_NAMES
 
@@ -42,12 +42,25 @@ def write_submission_report(result: dict, out: str | os.PathLike, images_dir: st
     return page.write(out)
 
 
+def intervals_section(page: HtmlReport, result: dict) -> None:
+    """score.py's 95 % bootstrap intervals (resamples of the scored images)."""
+    intervals = result.get("intervals")
+    if not intervals:
+        page.text("no bootstrap intervals (score.py --n-boot 0)", note=True)
+        return
+    first = next(iter(intervals.values()))
+    page.table(intervals_frame(intervals),
+               caption=f"95 % intervals over {first.get('n_boot')} bootstrap resamples of the {first.get('n')} scored "
+                       "images: how far the score may move on another draw of test images")
+
+
 def phase1(page: HtmlReport, result: dict, images_dir, probs_csv, worst: int) -> None:
     c = result["confusion"]
     page.section("metrics")
     keys = ("accuracy", "precision", "recall", "specificity", "f1", "balanced_accuracy", "auc")
     page.table(pd.DataFrame([{k: result[k] if result[k] is not None else np.nan for k in keys}]),
                caption="balanced accuracy is the specification's metric (0.75 qualified); AUC needs probs.csv")
+    intervals_section(page, result)
     page.section("confusion matrix")
     page.figure(figs.confusion([[c["tn"], c["fp"]], [c["fn"], c["tp"]]], ["no stroke", "stroke"]),
                 "truth in rows, prediction in columns; a missing id counts as wrong", alt="confusion matrix")
@@ -66,7 +79,7 @@ def phase1(page: HtmlReport, result: dict, images_dir, probs_csv, worst: int) ->
     ids = [i for i in sorted(truth) if i in probs]
     y, p = np.array([truth[i] for i in ids]), np.array([probs[i] for i in ids])
     page.section("ROC and precision-recall")
-    page.figure(figs.roc_pr(y, p, np.zeros(len(y), int)), f"{len(ids)} images with a probability",
+    page.figure(figs.roc_pr(y, p, label="test set"), f"{len(ids)} images with a probability",
                 alt="ROC and PR curves")
     page.section("threshold curve")
     labels = read_labels(result["pred"])
@@ -76,10 +89,17 @@ def phase1(page: HtmlReport, result: dict, images_dir, probs_csv, worst: int) ->
                 f"dashed: the lowest probability the submission called stroke ({threshold:.3f})", alt="threshold curve")
     if images_dir:
         page.section(f"worst {worst} images")
-        order = sorted(ids, key=lambda i: -abs(truth[i] - probs[i]))[:worst]
-        cases = [{"grey": _grey(images_dir, i, (64, 64)), "truth": None,
-                  "caption": f"{i}\ntruth {'stroke' if truth[i] else 'no stroke'}\np {probs[i]:.3f}"} for i in order]
-        page.figure(figs.gallery(cases, ("slice",)), "most confident errors first", alt="worst cases")
+        for target, kind, called in ((1, "false negatives", "no stroke"), (0, "false positives", "stroke")):
+            wrong = [i for i in ids if truth[i] == target and labels.get(i) != target]
+            if not wrong:
+                page.text(f"{kind}: none", note=True)
+                continue
+            order = sorted(wrong, key=lambda i: -abs(truth[i] - probs[i]))[:worst]
+            cases = [{"grey": _grey(images_dir, i, (64, 64)), "truth": None,
+                      "caption": f"image {i}\np(stroke) = {probs[i]:.3f}"} for i in order]
+            page.figure(galleries.error_tiles(cases, f"{kind}: true {'stroke' if target else 'no stroke'}, called "
+                                                     f"{called} ({len(wrong)} in all)"),
+                        f"{kind}, most confident first (phase 1's answer key has no masks)", alt=kind)
 
 
 def phase2(page: HtmlReport, result: dict, images_dir, worst: int, size_bins) -> None:
@@ -94,6 +114,7 @@ def phase2(page: HtmlReport, result: dict, images_dir, worst: int, size_bins) ->
     strict = [{"reduction": r, **{f"{m} {c}": s[f"{m}_{r}_{c}"] for m in ("iou", "dice") for c in parts}}
               for r in ("micro", "macro_imagewise")]
     page.table(pd.DataFrame(strict), caption=s.get("empty_rule", ""))
+    intervals_section(page, result)
     page.text(f"image type accuracy (set of lesion classes present): {result['type_accuracy']:.4f}")
     page.section("image-type confusion")
     matrix = np.array([[result["type_confusion_true_by_pred"][t][q] for q in IMAGE_TYPES] for t in IMAGE_TYPES])
@@ -111,13 +132,9 @@ def phase2(page: HtmlReport, result: dict, images_dir, worst: int, size_bins) ->
     columns = ["id", "status", "iou", "dice", "tp", "fp", "fn", "type_true", "type_pred"]
     page.table(records.sort_values("iou")[columns], caption="official tolerant counts, worst IoU first")
     page.section(f"worst {worst} images")
-    cases = []
-    for r in records.sort_values("iou").head(worst).itertuples():
-        truth = masks[int(r.id)]
-        pred = _prediction(result["pred"], int(r.id), truth.shape)
-        cases.append({"grey": _grey(images_dir, int(r.id), truth.shape), "truth": truth, "pred": pred,
-                      "caption": f"{r.id}\nIoU {r.iou:.2f}\n{r.type_true} -> {r.type_pred}"})
-    page.figure(figs.gallery(cases), "lowest official IoU first", alt="worst cases")
+    page.figure(galleries.worst_cases(result, worst, images_dir),
+                "lowest official IoU first: the whole slice with its outcome map (crop framed in white dashes), then "
+                "the crop: CT, truth, prediction and the organisers' tolerant outcome of each pixel", alt="worst cases")
 
 
 def size_bin_table(records: pd.DataFrame, masks: dict, bins) -> pd.DataFrame:
@@ -147,12 +164,6 @@ def false_positive_table(records: pd.DataFrame, masks: dict) -> pd.DataFrame:
         rows.append({"class": name, "images without it": len(absent), "predicted anyway": len(fp),
                      "false-positive rate": len(fp) / len(absent) if absent else np.nan})
     return pd.DataFrame(rows)
-
-
-def _prediction(pred_dir, image_id: int, shape) -> np.ndarray:
-    from strokekit.evaluation.score import load_prediction
-
-    return load_prediction(Path(pred_dir), image_id, shape)[0]
 
 
 def _grey(images_dir, image_id: int, shape) -> np.ndarray:
