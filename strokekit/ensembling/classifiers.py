@@ -23,7 +23,7 @@ from strokekit.evaluation import bootstrap
 
 from strokekit.ensembling import selection
 from strokekit.ensembling.spec import CLASSIFIER_BLENDS, checkpoint_ref, combine, member_scores
-from strokekit.ensembling.stacking import STACK, candidates_of, nested_stack, seg_feature_names, seg_features
+from strokekit.ensembling.stacking import STACK, candidates_of, nested_stack, seg_features
 
 CHECKPOINTS = ("best", "last")
 
@@ -229,8 +229,8 @@ def stack_seg_table(seg_runs: list[Run], image_ids) -> tuple[dict[str, np.ndarra
                 "with seg_val_negatives: true")
         rows = where.loc[list(image_ids)].to_numpy()
         per_image = seg_features(oof["probs"][rows])
-        for name, column in zip(seg_feature_names(run.name), per_image.values()):
-            features[name] = column
+        for key, column in per_image.items():
+            features[f"{key}:{run.name}"] = column
         sizes[run.name] = int(oof["probs"].shape[-1])
     return features, sizes
 

@@ -53,11 +53,7 @@ def seg_features(probs: np.ndarray, size: int | tuple[int, int] | None = None) -
     for c in LESION_CLASSES:
         out[f"area_{CLASS_NAMES[c]}"] = (labels == c).mean(axis=(1, 2)).astype(np.float64)
         out[f"peak_{CLASS_NAMES[c]}"] = probs[:, c].max(axis=(1, 2)).astype(np.float64)
-    return {k: v[0] if single else v for k, v in out.items()}
-
-
-def seg_feature_names(run: str) -> list[str]:
-    return [f"{name}:{run}" for name in SEG_FEATURES]
+    return {k: out[k][0] if single else out[k] for k in SEG_FEATURES}  # named; in SEG_FEATURES order
 
 
 def feature_matrix(features: Mapping[str, np.ndarray], names: list[str]) -> np.ndarray:

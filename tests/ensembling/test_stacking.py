@@ -130,12 +130,19 @@ def test_stack_spec_round_trips_and_applies_to_the_oof_as_at_inference(tmp_path)
     read = read_spec(write_spec(spec, tmp_path / "e.yaml"))
     assert len(read["stack"]["seg_members"][0]["checkpoint_paths"]) == N_FOLDS
     # the stored model on the OOF features (as inference builds them) = the fitted level-2 model on them
-    oof = {name: pd.read_csv(tmp_path / name / "fold0" / "oof.csv") for name in ("clf_a", "clf_b")}
-    npz = np.load(seg_dir / "fold0" / "oof.npz")
+    oof = {name: pd.concat([pd.read_csv(tmp_path / name / f"fold{k}" / "oof.csv") for k in range(N_FOLDS)])
+           .sort_values("image_id") for name in ("clf_a", "clf_b")}
+    npz = [np.load(seg_dir / f"fold{k}" / "oof.npz") for k in range(N_FOLDS)]
+    ids = np.concatenate([part["image_id"] for part in npz])
+    seg_probs = np.concatenate([part["probs"] for part in npz])[np.argsort(ids)].astype(np.float32)
     features = {f"p:{name}": table["prob"].to_numpy() for name, table in oof.items()}
-    features.update({f"{k}:seg_a": v for k, v in seg_features(npz["probs"].astype(np.float32)).items()})
+    features.update({f"{k}:seg_a": v for k, v in seg_features(seg_probs).items()})
     x = np.column_stack([features[f] for f in stack["features"]])
     np.testing.assert_allclose(stack_probs(read["stack"], features), apply_model(stack["model"], x))
+    # ... and the model was fitted on exactly these named columns (its standardisation is theirs, name by name)
+    np.testing.assert_allclose(stack["model"]["mean"], x.mean(axis=0), rtol=1e-6, atol=1e-12)
+    std = x.std(axis=0)
+    np.testing.assert_allclose(stack["model"]["scale"], np.where(std > 0, std, 1.0), rtol=1e-6, atol=1e-12)
     assert "stack: level-2" in ensemble.format_report(report)
 
 
