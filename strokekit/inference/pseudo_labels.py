@@ -57,8 +57,12 @@ def find_unlabelled_rows(data: str | Path, split: str = "test2") -> pd.DataFrame
         raise DataLayoutError(f"test data folder {data} does not exist")
     records, _, _ = scan(data)  # names only: no file is opened
     index = pair_files(records) if not records.empty else None
+    phase1 = DataLayoutError(f"{data} is the phase-1 test set: its images need not hold a lesion, so the "
+                             "never-empty prior of pseudo-labels does not hold; use the phase-2 test set")
     if index is not None and (index["split"] == split).any():
         rows = index[index["split"] == split]
+    elif index is not None and set(index["split"]) == {"test1"}:
+        raise phase1
     elif index is not None and index["split"].isin(["test1", "test2", "train"]).any():
         raise DataLayoutError(f"{data}: no {split} images (splits found: {sorted(index['split'].unique())}); "
                               "pseudo-labels come from the phase-2 test set: point --data at it")
@@ -66,8 +70,7 @@ def find_unlabelled_rows(data: str | Path, split: str = "test2") -> pd.DataFrame
         from strokekit.inference.submit import scan_test_folder
         rows = scan_test_folder(data)
     if (rows["split"] == "test1").all():
-        raise DataLayoutError(f"{data} is the phase-1 test set: its images need not hold a lesion, so the "
-                              "never-empty prior of pseudo-labels does not hold; use the phase-2 test set")
+        raise phase1
     rows = rows.reindex(columns=["image_id", "png", "dicom", "split"]).fillna("")
     return rows.sort_values("image_id").reset_index(drop=True)
 
@@ -87,7 +90,7 @@ def label_image(class_map: np.ndarray, probs: np.ndarray, confidence: Confidence
     if not lesion.any():
         reason = "no lesion decided"
     elif score < confidence.image:
-        reason = f"image confidence {score:.3f} < {confidence.image}"
+        reason = f"image confidence below {confidence.image}"  # the figure is in the confidence column
     elif not labelled.any():
         reason = f"every lesion pixel below the pixel confidence {confidence.pixel}"
     else:
