@@ -135,3 +135,31 @@ def test_the_spec_takes_the_scales_the_oof_was_made_with(capsys):
     assert ensemble.submission_scales([SimpleNamespace(cfg={})], None) == [1.0]  # runs from before the key
     assert ensemble.submission_scales(runs, [1.0]) == [1.0]
     assert "oof_tta_scales=1" in capsys.readouterr().out  # the mismatch is said
+
+
+def test_infer_refuses_bad_scales_before_writing(tmp_path, monkeypatch, capsys):
+    import numpy as np
+
+    from helpers import write_png
+    from strokekit.cli import infer
+    from strokekit.config import load_config
+    from strokekit.ensembling.spec import write_spec
+    from strokekit.models.checkpoint import build_checkpoint, save_atomic
+    from strokekit.models.registry import build_model
+
+    cfg = load_config(None, ["task=stroke", "model=tiny_cnn", "img_size=32"])
+    ckpt = tmp_path / "runs" / "a" / "fold0" / "best.pt"
+    ckpt.parent.mkdir(parents=True)
+    save_atomic(build_checkpoint(build_model(cfg), cfg, 2, epoch=1), ckpt)
+    spec = write_spec({"task": "stroke", "blend": "mean", "tta": ["none"], "threshold": {"value": 0.5},
+                       "members": [{"name": "m", "weight": 1.0, "checkpoints": ["../runs/a/fold0/best.pt"]}]},
+                      tmp_path / "ensembles" / "s.yaml")
+    write_png(tmp_path / "YARISMA_1" / "PNG" / "1.png", np.full((32, 32), 40, np.uint8))
+    monkeypatch.chdir(tmp_path)
+    argv = ["--phase", "1", "--ensemble", str(spec), "--data", "YARISMA_1", "--device", "cpu", "--out", "sub"]
+    assert infer.main(argv + ["--tta-scales", "0.1,1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: TTA scale") and err.count("\n") == 1
+    assert not (tmp_path / "sub").exists()
+    assert infer.main(argv + ["--tta-scales", "0.75,1,1.25"]) == 0  # a good set runs (one pass per scale)
+    assert "scales 0.75,1,1.25" in capsys.readouterr().out
