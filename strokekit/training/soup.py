@@ -12,9 +12,9 @@ A soup is refused (SoupError, naming why) unless the runs have
   - the same input: the config keys of INPUT_KEYS (how an image is read, sized and predicted);
   - the same folds: every fold holds the same validation images (else a souped fold has seen its OOF images);
   - the same initialisation: the model `engine.setup` builds for each run's config - what its training
-    started from, seeded as training seeds it - is the same tensor for tensor. Runs from scratch under
-    different seeds, or a random head on a pretrained backbone under different seeds, are refused: their
-    weights live in different basins and their mean is no model.
+    started from, seeded as training seeds it - is the same tensor for tensor (TRAINING_ONLY tensors aside).
+    Runs from scratch under different seeds, or a random head on a pretrained backbone under different
+    seeds, are refused: their weights live in different basins and their mean is no model.
 Weights are averaged by `topk.average_weights` (the mean best.pt of `topk_average` uses): floating tensors in
 float64, BatchNorm running means and variances averaged like the weights (not recomputed on training data),
 num_batches_tracked rounded.
@@ -45,6 +45,9 @@ from strokekit.training.topk import average_weights
 # config keys that decide how an image is read, sized and predicted: a soup has one config, so they must agree
 INPUT_KEYS = ("task", "model", "encoder", "in_chans", "img_size", "oof_size", "image_source", "windows",
               "hu_range", "norm", "deep_supervision", "seg_lesion_type", "oof_tta")
+# tensors eval never uses: aux_seg's lesion head (eval returns the image logits; it is drawn afresh under each
+# seed even when `weights:` holds one), so their start may differ; they are averaged like the rest
+TRAINING_ONLY = ("lesion_head.",)
 MARKER = "soup.json"  # in a soup folder: what it was made of (only such a folder is ever replaced)
 
 
@@ -153,7 +156,8 @@ def _same_initialisation(runs: list[SoupRun], fold: int) -> None:
     folds = read_folds(folds_path(runs[0].cfg), index)
     starts = [initial_weights(r.cfg, fold, index, folds) for r in runs]
     for run, start in zip(runs[1:], starts[1:]):
-        differ = [k for k in starts[0] if not torch.equal(starts[0][k], start[k])]
+        differ = [k for k in starts[0]
+                  if not k.startswith(TRAINING_ONLY) and not torch.equal(starts[0][k], start[k])]
         if differ:
             how = (f"weights: {run.cfg.get('weights')}" if run.cfg.get("weights") else
                    f"pretrained: {run.cfg.get('pretrained')}")

@@ -1,0 +1,290 @@
+"""Tune on what you submit: thresholds / post-processing tuned on plain OOF vs on TTA OOF, each applied to the
+same k-fold TTA ensemble on the phantom's own test sets, and how far each OOF estimate sits from the test figure.
+
+    python bench/oof_tta.py                    # 600-slice 128-px phantom, 3 folds, ~20 min on 1 core
+    python bench/oof_tta.py --folds 5 --n 800  # a bigger run
+
+For each setting the k folds of tiny_stroke_aux (phase 1) and tiny_seg (phase 2) are trained on the same
+phantom and folds with the same seed, once with `oof_tta: [none]` (the OOF as it was made before issue 17:
+one model, no flips) and once with the default `oof_tta` (none + hflip, infer.py's flips). ensemble.py tunes
+each: the stroke threshold (--objective f1, bootstrap p10 plateau at the test set's size) and the phase-2
+post-processing (--metric official_iou, phase-2 prior). Both specs are applied with the flips infer.py uses
+(--tta none,hflip: the plain setting is the old situation, tuned without flips and submitted with them) by
+infer.py on the phantom's test sets (YARISMA_1: --n-test1 mixed slices, YARISMA_2: --n-test2 lesion slices),
+scored by score.py with 95 % bootstrap intervals. The OOF estimate of each figure is the spec's own (its
+interval: 1,000 resamples of the test set's size from the OOF). Besides the table, the JSON holds what could
+explain a gap: each setting's threshold and plateau, its mean OOF probability, the OOF and test positive
+shares, the test figure at the threshold the test would have chosen, and whether the two settings' fold
+weights are identical (same seed, so the k-fold ensemble applied is the same one).
+Writes bench/results/oof_tta.json. Trains one process at a time; OMP_NUM_THREADS=1 and nice it on a shared box.
+Runs already finished under --work are reused (train.py skips done folds): delete --work for a fresh measurement.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from common import DEFAULT_WORK, machine, table, write_result  # also puts the repo on sys.path
+
+SETTINGS = {"plain OOF (oof_tta: [none])": ["oof_tta=[none]"], "TTA OOF (oof_tta default)": []}
+SUBMIT_TTA = "none,hflip"  # infer.py's default flips: what both settings are submitted with
+PHASE1 = ("balanced_accuracy", "f1", "recall")
+PHASE2 = (("official_iou", "official_iou", "official_iou"),               # (row, spec objective, score interval)
+          ("strict Dice", "dice", "dice_macro_imagewise_lesion_mean"))
+
+
+def cli(name: str, argv: list[str]) -> None:
+    """One of the kit's commands in this process (strokekit.cli.<name>.main); a non-zero exit stops the bench."""
+    import importlib
+
+    print(f"$ {name}.py {' '.join(argv)}", flush=True)
+    code = importlib.import_module(f"strokekit.cli.{name}").main(argv)
+    if code:
+        raise SystemExit(f"{name}.py failed ({code}): {' '.join(argv)}")
+
+
+def phantom(work: Path, n: int, size: int, n_test1: int, n_test2: int, folds: int) -> Path:
+    """The phantom (seed 0, like the tests') with its own test sets and `folds` folds (seed 42), made once."""
+    from strokekit.data.folds import make_folds, write_folds
+    from strokekit.data.index import build_index
+    from strokekit.phantom.dataset import make_phantom
+
+    data = work / f"phantom_{n}_{size}_{n_test1}_{n_test2}"
+    if not (data / f"folds{folds}.csv").is_file():
+        if not (data / "phantom_truth.csv").is_file():
+            make_phantom(data, n=n, seed=0, size=size, n_test1=n_test1, n_test2=n_test2, overwrite=data.exists())
+        index, _ = build_index(data)
+        write_folds(make_folds(index, n_folds=folds, seed=42), data / f"folds{folds}.csv")
+    return data
+
+
+def same_weights(run_a: Path, run_b: Path) -> bool:
+    """Whether every fold's best.pt holds the same weights in the two runs."""
+    import torch
+
+    from strokekit.models.checkpoint import read_checkpoint
+
+    for best in sorted(run_a.glob("fold*/best.pt")):
+        a, b = read_checkpoint(best), read_checkpoint(run_b / best.parent.name / "best.pt")
+        key = "ema" if a.get("ema") else "model"
+        if any(not torch.equal(a[key][k], b[key][k]) for k in a[key]):
+            return False
+    return True
+
+
+def oof_mean_prob(run: Path) -> float:
+    from strokekit.ensembling.selection import load_oof
+
+    return float(np.mean(load_oof(run)["prob"]))
+
+
+def test_threshold_best(submission: Path, truth_file: Path, metric: str) -> dict:
+    """The test figure at the threshold the test itself would pick (from probs.csv), against the tuned one."""
+    import pandas as pd
+
+    from strokekit.data.submission import read_labels
+    from strokekit.evaluation import metrics
+
+    probs = pd.read_csv(submission / "probs.csv")
+    truth = read_labels(truth_file)
+    y = np.array([truth[int(i)] for i in probs["image_id"]])
+    p = probs["prob"].to_numpy(float)
+    grid = np.round(np.arange(0.02, 0.99, 0.01), 2)
+    values = [getattr(metrics, {"f1": "f1_score"}.get(metric, metric))(y, p, t) for t in grid]
+    best = int(np.argmax(values))
+    return {"threshold": float(grid[best]), metric: float(values[best]), "test_prior": float(y.mean())}
+
+
+def phase1(setting: str, sets: list[str], data: Path, work: Path, args) -> dict:
+    name = f"stroke_{'plain' if sets else 'tta'}"
+    runs = work / "runs"
+    cli("train", ["--config", "configs/tiny_stroke_aux.yaml", "--fold", "all", "--data", str(data),
+                  "--folds-csv", str(data / f"folds{args.folds}.csv"), "--out", str(runs),
+                  "--no-progress", "--set", f"name={name}", "seed=42", *sets, *args.set])
+    spec = work / "ensembles" / f"{name}.yaml"
+    cli("ensemble", ["--task", "stroke", str(runs / name), "--objective", "f1", "--tta", SUBMIT_TTA,
+                     "--test-size", str(args.n_test1), "--out", str(spec)])
+    sub = work / "submissions" / name
+    cli("infer", ["--phase", "1", "--ensemble", str(spec), "--data", str(data / "YARISMA_1"), "--out", str(sub),
+                  "--overwrite"])
+    score = work / "scores" / f"{name}.json"
+    key = data / "YARISMA_1" / "ASAMA1_Cevaplar.txt"
+    cli("score", ["--phase", "1", "--pred", str(sub / "asama1.txt"), "--truth", str(key),
+                  "--probs", str(sub / "probs.csv"), "--out", str(score)])
+    return {"run": str(runs / name), "spec": read_yaml(spec), "score": json.loads(score.read_text()),
+            "oof_mean_prob": oof_mean_prob(runs / name),
+            "test_best": {m: test_threshold_best(sub, key, m) for m in ("f1", "balanced_accuracy")}}
+
+
+def phase2(setting: str, sets: list[str], data: Path, work: Path, args, name: str | None = None) -> dict:
+    """name given: that run exists already under work/runs (remade_oof), nothing is trained."""
+    runs = work / "runs"
+    if name is None:
+        name = f"seg_{'plain' if sets else 'tta'}"
+        cli("train", ["--config", "configs/tiny_seg.yaml", "--fold", "all", "--data", str(data),
+                      "--folds-csv", str(data / f"folds{args.folds}.csv"), "--out", str(runs),
+                      "--no-progress", "--set", f"name={name}", "seed=42", *sets, *args.set])
+    spec = work / "ensembles" / f"{name}.yaml"
+    cli("ensemble", ["--task", "seg", str(runs / name), "--metric", "official_iou", "--tta", SUBMIT_TTA,
+                     "--test-size", str(args.n_test2), "--out", str(spec)])
+    sub = work / "submissions" / name
+    cli("infer", ["--phase", "2", "--ensemble", str(spec), "--data", str(data / "YARISMA_2"), "--out", str(sub),
+                  "--overwrite"])
+    score = work / "scores" / f"{name}.json"
+    cli("score", ["--phase", "2", "--pred", str(sub), "--truth", str(data / "YARISMA_2" / "MASK"),
+                  "--out", str(score)])
+    return {"run": str(runs / name), "spec": read_yaml(spec), "score": json.loads(score.read_text())}
+
+
+def remade_oof(run: Path, out: Path, **changes) -> Path:
+    """A copy of a finished run (the same best.pt per fold) whose OOF the loop's final pass predicts again
+    under changed config keys (engine.setup + finish_fold, as training ends), e.g. oof_size = img_size."""
+    import shutil
+
+    from strokekit.config import folds_path, save_config
+    from strokekit.data.folds import read_folds
+    from strokekit.data.index import build_index
+    from strokekit.training.engine import finish_fold, setup
+
+    folds = sorted(run.glob("fold*/done"))
+    if all((out / f.parent.name / "done").is_file() for f in folds):
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    for done in folds:
+        cfg = {**read_yaml(done.parent / "config.yaml"), **changes, "name": out.name, "topk_average": 0}
+        index = build_index(cfg["data"])[0]
+        fold, target = int(done.parent.name[4:]), out / done.parent.name
+        target.mkdir(parents=True)
+        shutil.copy2(done.parent / "best.pt", target / "best.pt")
+        save_config(cfg, target / "config.yaml")
+        tr = setup(cfg, index, read_folds(folds_path(cfg), index), fold)
+        tr.best = float("nan")
+        finish_fold(tr, fold, target, time.time())
+    return out
+
+
+def one_fold_figures(spec_path: Path, phase: int, data: Path, work: Path) -> list[dict]:
+    """Each fold's model alone (the spec's threshold / post-processing and flips): the test figures a single
+    model earns, which is what one model per OOF image estimates; their gap to the k-fold figure is the
+    ensemble's own gain, which no OOF of single models can foresee."""
+    import yaml
+
+    from strokekit.atomic import write_text_atomic
+
+    spec, out = read_yaml(spec_path), []
+    for ckpt, fold in zip(spec["members"][0]["checkpoints"], spec["members"][0]["folds"]):
+        one = spec_path.with_name(f"{spec_path.stem}.fold{fold}.yaml")
+        member = {**spec["members"][0], "checkpoints": [ckpt], "folds": [fold]}
+        write_text_atomic(one, yaml.safe_dump({**spec, "members": [member]}, sort_keys=False))
+        sub, score = work / "submissions" / one.stem, work / "scores" / f"{one.stem}.json"
+        test = data / ("YARISMA_1" if phase == 1 else "YARISMA_2")
+        cli("infer", ["--phase", str(phase), "--ensemble", str(one), "--data", str(test), "--out", str(sub),
+                      "--overwrite"])
+        truth = ["--pred", str(sub / "asama1.txt"), "--truth", str(test / "ASAMA1_Cevaplar.txt")] if phase == 1 \
+            else ["--pred", str(sub), "--truth", str(test / "MASK")]
+        cli("score", ["--phase", str(phase), *truth, "--out", str(score), "--n-boot", "0"])
+        result = json.loads(score.read_text())
+        out.append({"fold": fold, **({m: result[m] for m in PHASE1} if phase == 1 else
+                                     {"official_iou": result["official"]["mean_imagewise"]["iou"],
+                                      "strict Dice": result["strict"]["dice_macro_imagewise_lesion_mean"]})})
+    return out
+
+
+def read_yaml(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text())
+
+
+def rows_phase1(setting: str, r: dict) -> list[dict]:
+    oof, score = r["spec"]["oof"]["intervals"], r["score"]
+    return [row(setting, "phase 1", m, oof[m], score[m], score["intervals"][m]) for m in PHASE1]
+
+
+def rows_phase2(setting: str, r: dict) -> list[dict]:
+    oof, score = r["spec"]["oof"], r["score"]
+    test = {"official_iou": score["official"]["mean_imagewise"]["iou"],
+            "dice_macro_imagewise_lesion_mean": score["strict"]["dice_macro_imagewise_lesion_mean"]}
+    out = []
+    for label, objective, key in PHASE2:
+        estimate = oof["best_by_objective"][objective] if objective != "official_iou" else None
+        chosen = oof["postprocessed_interval"] if objective == "official_iou" else estimate["interval"]
+        out.append(row(setting, "phase 2", label, chosen, test[key], score["intervals"][key]))
+    return out
+
+
+def row(setting: str, phase: str, metric: str, oof: dict, test: float, test_interval: dict) -> dict:
+    gap = test - oof["estimate"]
+    return {"setting": setting, "phase": phase, "metric": metric, "oof": oof["estimate"],
+            "oof_95": [oof["low"], oof["high"]], "test": test, "test_95": [test_interval["low"], test_interval["high"]],
+            "gap": gap, "inside": bool(oof["low"] <= test <= oof["high"])}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=DEFAULT_WORK / "oof_tta")
+    parser.add_argument("--n", type=int, default=600, help="phantom training slices (default 600)")
+    parser.add_argument("--size", type=int, default=128, help="phantom side in px (default 128)")
+    parser.add_argument("--n-test1", type=int, default=192, help="phase-1 test slices (default 192, the real set's)")
+    parser.add_argument("--n-test2", type=int, default=97, help="phase-2 test slices (default 97, the real set's)")
+    parser.add_argument("--folds", type=int, default=3, help="folds (default 3)")
+    parser.add_argument("--set", nargs="*", default=[], help="extra config values for every run (e.g. epochs=2)")
+    parser.add_argument("--no-write", action="store_true", help="do not write bench/results/oof_tta.json")
+    args = parser.parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    data = phantom(args.work, args.n, args.size, args.n_test1, args.n_test2, args.folds)
+    results, rows = {}, []
+    for setting, sets in SETTINGS.items():
+        results[setting] = {"phase1": phase1(setting, sets, data, args.work, args),
+                            "phase2": phase2(setting, sets, data, args.work, args)}
+        rows += rows_phase1(setting, results[setting]["phase1"]) + rows_phase2(setting, results[setting]["phase2"])
+    (plain, tta) = results.values()
+    # the OOF of tiny_seg is stored at oof_size 64 and upsampled to 128 px for the search, the test predicted at
+    # 128: the same TTA fold models with their OOF made again at the test's resolution
+    fine = f"TTA OOF at oof_size {args.size} (phase 2)"
+    remade_oof(Path(tta["phase2"]["run"]), args.work / "runs" / "seg_tta_full", oof_size=args.size)
+    results[fine] = {"phase2": phase2(fine, [], data, args.work, args, name="seg_tta_full")}
+    rows += rows_phase2(fine, results[fine]["phase2"])
+    same = {task: same_weights(Path(plain[task]["run"]), Path(tta[task]["run"])) for task in ("phase1", "phase2")}
+    interval = lambda v: f"{v[0]:.3f}, {v[1]:.3f}"
+    print(table([[r["setting"], r["phase"], r["metric"], f"{r['oof']:.3f} [{interval(r['oof_95'])}]",
+                  f"{r['test']:.3f} [{interval(r['test_95'])}]", f"{r['gap']:+.3f}", "yes" if r["inside"] else "NO"]
+                 for r in rows], ["setting", "phase", "figure", "OOF estimate [95 %]", "test [95 %]", "gap",
+                                  "inside OOF interval"]))
+    diagnostics = {}
+    for setting, r in ((k, v) for k, v in results.items() if "phase1" in v):
+        t = r["phase1"]["spec"]["threshold"]
+        diagnostics[setting] = {
+            "stroke_threshold": t["value"], "stroke_plateau": t.get("plateau"), "oof_prior": t.get("oof_prior"),
+            "oof_mean_prob": r["phase1"]["oof_mean_prob"], "test_best": r["phase1"]["test_best"],
+            "oof_auc": r["phase1"]["spec"]["oof"]["intervals"].get("auc"),
+            "test_auc": r["phase1"]["score"].get("auc"),
+            "seg_postprocess": r["phase2"]["spec"]["postprocess"]}
+        print(f"{setting}: {json.dumps(diagnostics[setting], default=str)}")
+    for setting, r in results.items():  # each fold's model alone on the test sets, tuned as the setting
+        diagnostics.setdefault(setting, {})["seg_postprocess"] = r["phase2"]["spec"]["postprocess"]
+        diagnostics[setting]["one_fold_test"] = {
+            phase: one_fold_figures(args.work / "ensembles" / f"{Path(r[phase]['run']).name}.yaml", int(phase[-1]),
+                                    data, args.work) for phase in ("phase1", "phase2") if phase in r}
+        for phase, folds in list(diagnostics[setting]["one_fold_test"].items()):
+            means = {k: round(float(np.mean([f[k] for f in folds])), 4) for k in folds[0] if k != "fold"}
+            diagnostics[setting]["one_fold_test"][f"{phase}_mean"] = means
+            print(f"{setting}, {phase}, one fold model alone (mean of {len(folds)}): {means}")
+    print(f"same fold weights in both settings: {same}; {time.time() - start:.0f} s")
+    if not args.no_write:
+        write_result("oof_tta", {"machine": machine(), "phantom": {"n": args.n, "size": args.size, "seed": 0,
+                                                                   "n_test1": args.n_test1, "n_test2": args.n_test2,
+                                                                   "folds": args.folds, "data": str(data)},
+                                 "set": args.set, "submit_tta": SUBMIT_TTA, "rows": rows, "diagnostics": diagnostics,
+                                 "same_fold_weights": same, "wall_s": round(time.time() - start)})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
