@@ -149,7 +149,8 @@ def test_config_and_single_array():
 
 
 def test_prepare_fills_what_training_with_neighbours_reads(tmp_path):
-    """prepare.py looks neighbours up as training does (the whole index), so a fold's datasets find every entry."""
+    """prepare.py looks neighbours up as training does (the whole index), so a fold's datasets find every entry;
+    the folds keep a patient's series together, so a validation slice's neighbours are validation slices."""
     import prepare
     from strokekit.data.folds import make_folds
     from strokekit.phantom.dataset import make_phantom
@@ -160,7 +161,10 @@ def test_prepare_fills_what_training_with_neighbours_reads(tmp_path):
     assert prepare.main(["--data", str(data), "--workers", "1", "--set", *sets]) == 0
     cfg = load_config(None, sets)
     index, _ = build_index(data)
-    train, val = get_task("seg").split(index, make_folds(index, n_folds=2, seed=0), 0, cfg)
+    folds = make_folds(index, n_folds=2, seed=0)
+    train, val = get_task("seg").split(index, folds, 0, cfg)
+    fold_of = dict(zip(folds["image_id"], folds["fold"]))
+    assert {fold_of[e["image_id"]] for row in val["neighbours"] for e in row} == {0}
     for rows, is_train in ((train, True), (val, False)):
         dataset = SliceDataset(rows, cfg, is_train, masks=True, full_masks=not is_train)
         [dataset[i] for i in range(len(dataset))]
