@@ -59,13 +59,13 @@ def predict_loader(model, loader, task, cfg: dict, device, loss_fn=None, keep_oo
         if device.type == "cuda" and cfg["channels_last"]:
             images = images.contiguous(memory_format=torch.channels_last)
         logits = None
-        if loss_fn is not None or flips == ["none"]:
+        if loss_fn is not None or plain:
             with autocast(device, cfg["amp"]):
                 logits = model(images)
         if loss_fn is not None:
             target = batch["mask" if "mask" in batch else "target"].to(device)
             losses.append(float(loss_fn(logits, target)) * len(images))
-        if flips == ["none"]:
+        if plain:
             probs = task.probabilities(logits)
         else:
             with autocast(device, cfg["amp"]):
