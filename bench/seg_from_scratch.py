@@ -162,15 +162,19 @@ def measure(name: str, data: Path, work: Path, args) -> dict:
             "cpu_s": round(cpu_seconds() - cpu), "wall_s": round(time.time() - start)}
 
 
-def merged(setting: dict, rows: list[dict]) -> list[dict]:
-    """rows, after the rows of the last results file that this run did not redo, where that file was made with
-    the same phantom, side, epochs and fold (so `--only` adds rows to the table instead of replacing it)."""
+def previous(setting: dict) -> dict:
+    """The last results file, where it was made with the same phantom, side, epochs and fold; else {}."""
     path = ROOT / "bench" / "results" / "seg_from_scratch.json"
     old = json.loads(path.read_text()) if path.is_file() else {}
     same = all(old.get(k) == v for k, v in setting.items() if k != "phantom") and \
         {k: old.get("phantom", {}).get(k) for k in ("n", "size")} == {k: setting["phantom"][k] for k in ("n", "size")}
+    return old if same else {}
+
+
+def merged(setting: dict, rows: list[dict]) -> list[dict]:
+    """rows, after the previous file's rows this run did not redo (`--only` adds rows to the table)."""
     redone = {r["row"] for r in rows}
-    return [r for r in old.get("rows", []) if r["row"] not in redone] + rows if same else rows
+    return [r for r in previous(setting).get("rows", []) if r["row"] not in redone] + rows
 
 
 def main(argv=None) -> int:
@@ -200,7 +204,8 @@ def main(argv=None) -> int:
                 ["row", "hem Dice", "isc Dice", "official IoU", "95 %", "OOF Dice", "CPU s"]))
     setting = {"phantom": {"n": args.n, "size": args.phantom_size, "data": str(data)}, "img_size": args.size,
                "epochs": args.epochs, "fold": args.fold}
-    write_result("seg_from_scratch", {"machine": machine(), **setting, "rows": merged(setting, rows)})
+    kept = {k: v for k, v in previous(setting).items() if k not in ("machine", "rows", *setting)}  # e.g. a note
+    write_result("seg_from_scratch", {"machine": machine(), **kept, **setting, "rows": merged(setting, rows)})
     return 0
 
 
