@@ -7,7 +7,8 @@ Every row trains `configs/unet_r34_seg.yaml` with `pretrained=false` (as offline
 paper train) on the same phantom, the same fold, the same slices and the same number of training samples
 (epochs x training slices), changing one ingredient at a time: the old loss (smp Dice + plain CE), batch Dice,
 lesion-centred crops, deep supervision, SGD + poly, instance norm, the lesion-weighted CE, the config as
-shipped (batch Dice + weighted CE) with crops / deep supervision / nnU-Net's augmentation; `tiny_seg` is the
+shipped (batch Dice + weighted CE) with crops / deep supervision / nnU-Net's augmentation, the published
+systems' U-Nets as their recipes ship them (`recipe_*`, one pass an epoch); `tiny_seg` is the
 CPU smoke reference; `nnunet_2d` is nnU-Net v2 2d itself
 (bench/nnunet_budget.py, when nnunetv2 is installed) on the same fold with as many training samples. Each row
 then runs the kit's own loop on the fold's model: ensemble.py (OOF post-processing search), infer.py --phase 2
@@ -48,6 +49,12 @@ ROWS = {  # name -> (config, --set values): one ingredient at a time, same slice
                                             "aug.scale_limit=0.3"]),
     "tiny_seg": ("tiny_seg", []),
     "nnunet_2d": ("nnunet", []),  # nnU-Net v2 2d through export_nnunet.py, same fold and samples (needs nnunetv2)
+    # the published systems' U-Nets as shipped (configs/recipes/, docs/recipes.md), from scratch at this budget
+    "recipe_multitask_r50": ("recipes/multitask/seg_unet_r50", BASE),
+    "recipe_multitask_effb3": ("recipes/multitask/seg_unet_effb3", BASE),
+    "recipe_vgg_unet_scse": ("recipes/vgg_unet/seg_unet_scse", BASE),
+    "recipe_deep_ensemble_r34": ("recipes/deep_ensemble/seg_unet_r34", BASE),
+    "recipe_dpn92_hypercolumn": ("recipes/dpn_unet/seg_dpn92_hypercolumn", [*BASE, "epoch_steps=null"]),
 }
 
 
@@ -135,7 +142,7 @@ def measure(name: str, data: Path, work: Path, args) -> dict:
     if config == "nnunet":
         return measure_nnunet(data, work, args)
     sets = [s.format(crop=args.size * 3 // 4 // 32 * 32) for s in sets]
-    if config == "unet_r34_seg":
+    if config != "tiny_seg":  # the budget: the same side, epochs (x the fold's slices = samples), no workers
         sets += [f"img_size={args.size}", f"oof_size={args.size}", f"epochs={args.epochs}", "num_workers=0"]
     runs, log = work / "runs", work / f"{name}.log"
     log.unlink(missing_ok=True)
