@@ -94,3 +94,19 @@ def test_a_stack_with_segmenters_is_not_exported_to_a_model_folder(stack_spec, t
     with pytest.raises(ModelFolderError, match="--stack-seg-runs"):
         export_model([path], tmp_path / "models")
     assert not (tmp_path / "models").exists()
+
+
+def test_a_stack_of_classifiers_travels_in_a_model_folder(tmp_path, images):
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, N_OOF)
+    clf = [fake_run(tmp_path, "clf_a", "stroke", 0, rng, y, model="tiny_cnn"),
+           fake_run(tmp_path, "clf_b", "stroke", 10, rng, y, model="tiny_cnn")]
+    path = tmp_path / "ensembles" / "stack.yaml"
+    spec, _ = build_classifier_spec(read_runs(clf, "stroke"), "stroke", path, blend="stack", keep_blend=True,
+                                    stack_models=["gbm"], n_boot=20)
+    write_spec(spec, path)
+    expected = EnsemblePredictor(path, device="cpu").predict_classifier(images)["prob"]
+    folder = export_model([path], tmp_path / "models")
+    got = EnsemblePredictor(str(folder), device="cpu").predict_classifier(images)["prob"]
+    assert spec["stack"]["model"]["kind"] == "gbm"
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
