@@ -73,6 +73,11 @@ def train(data: Path, work: Path, args, log: Path) -> dict[str, float]:
     return seconds
 
 
+def fold_summaries(run: Path) -> list[dict]:
+    """Each trained fold's summary.json (its OOF metric and training seconds, also when this call trained nothing)."""
+    return [json.loads(p.read_text(encoding="utf-8")) for p in sorted(run.glob("fold*/summary.json"))]
+
+
 def ensemble(work: Path, name: str, task: str, runs: list[str], log: Path, *extra: str) -> dict:
     out = work / "ensembles" / f"{name}.yaml"
     run([PY, "ensemble.py", "--task", task, *(str(work / "runs" / r) for r in runs), "--out", str(out),
@@ -206,7 +211,9 @@ def main(argv=None) -> int:
               "phantom": {"n": args.n, "n_test1": args.n_test1, "n_test2": args.n_test2, "size": args.size,
                           "seed": 5, "folds": args.folds},
               "runs": {name: {"config": c, "set": s, "epochs": args.epochs} for name, (c, s) in RUNS.items()},
-              "train_s": {k: round(v) for k, v in train_s.items()}, "scales": args.scales,
+              "train_s_this_call": {k: round(v) for k, v in train_s.items()}, "scales": args.scales,
+              "folds": {name: [{k: summary.get(k) for k in ("fold", "best_metric", "metric", "time_s")}
+                               for summary in fold_summaries(args.work / "runs" / name)] for name in RUNS},
               "tta": {label: {"phase1": drop(r["phase1"]), "phase2": drop(r["phase2"]), "infer_s": r["infer_s"]}
                       for label, r in tta.items()},
               "tta_paired_difference": tta_diff,
