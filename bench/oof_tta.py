@@ -148,7 +148,8 @@ def remade_oof(run: Path, out: Path, **changes) -> Path:
     from strokekit.config import folds_path, save_config
     from strokekit.data.folds import read_folds
     from strokekit.data.index import build_index
-    from strokekit.training.engine import finish_fold, setup
+    from strokekit.training.engine import setup
+    from strokekit.training.fold_end import finish_fold
 
     folds = sorted(run.glob("fold*/done"))
     if all((out / f.parent.name / "done").is_file() for f in folds):

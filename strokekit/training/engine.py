@@ -6,8 +6,8 @@
 report stage) -> early stop -> with the best checkpoint: OOF file, summary.json, and the `done` marker, written last.
 With `topk_average: k` the k best epochs' weights are kept in memory (and in last.pt, for --resume), and at
 the end best.pt holds their mean, validated once more for the OOF file and summary.json (topk.py).
-`predict_loader` runs a model over a loader (each epoch's validation, the OOF pass); infer.py predicts with
-strokekit.inference.predict. Autocast is strokekit.models.precision's, which inference uses too.
+`validation.predict_loader` runs a model over a loader (each epoch's validation, the OOF pass; infer.py predicts
+with strokekit.inference.predict); `fold_end.finish_fold` writes the fold's OOF file, summary.json and done. Autocast is strokekit.models.precision's, which inference uses too.
 Under torchrun the same loop runs in every process with DistributedDataParallel (see distributed.py): rank 0
 alone writes the run folder, validation results are gathered on it and its metrics broadcast to all ranks.
 """
@@ -23,73 +23,24 @@ import torch
 
 from strokekit.training import distributed
 from strokekit.data.neighbours import describe_counts, summary_counts
-from strokekit.atomic import write_json, write_text_atomic
 from strokekit.progress import bar
 from strokekit.models.checkpoint import (build_checkpoint, model_state, read_checkpoint, rng_state, save_atomic,
-                                         seed_everything, set_rng_state, versions)
+                                         seed_everything, set_rng_state)
 from strokekit.training.loader import make_loader
 from strokekit.models.precision import autocast
 from strokekit.training.mixing import draw_mix
-from strokekit.models.tta import predict_with_tta
 from strokekit.models.registry import build_model
 from strokekit.training.optim import LrSchedule, build_optimizer
 from strokekit.training.runlog import EpochLog, check_interrupt, eta
 from strokekit.training.tasks import get_task, selection_metric
-from strokekit.training.topk import TopK, write_averaged
+from strokekit.training.topk import TopK
+from strokekit.training.validation import predict_loader
+from strokekit.training.fold_end import finish_fold
 from strokekit.models.weights import WeightsError, strip_prefixes
-from strokekit.vocabulary import resolve_flips, resolve_scales
 
 
 def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-@torch.no_grad()
-def predict_loader(model, loader, task, cfg: dict, device, loss_fn=None, keep_oof=False, progress=False,
-                   flips=("none",), scales=(1.0,)):
-    """(metrics incl. val_loss, task state with the OOF predictions) of a model over a loader; probabilities
-    averaged over `flips` x `scales` as infer.py predicts, val_loss from the plain pass. Under torchrun each rank
-    runs its shard; rank 0 gets the joined state (the others None) and every rank rank 0's metrics."""
-    model.eval()
-    flips, scales = resolve_flips(flips), resolve_scales(scales)
-    plain = flips == ["none"] and scales == [1.0]
-    state, losses = task.new_state(cfg, keep_oof=keep_oof), []
-    for batch in bar(loader, desc="validate", unit="batch", show=progress and distributed.is_main()):
-        images = batch["image"].to(device, non_blocking=True)
-        if device.type == "cuda" and cfg["channels_last"]:
-            images = images.contiguous(memory_format=torch.channels_last)
-        logits = None
-        if loss_fn is not None or plain:
-            with autocast(device, cfg["amp"]):
-                logits = model(images)
-        if loss_fn is not None:
-            target = batch["mask" if "mask" in batch else "target"].to(device)
-            losses.append(float(loss_fn(logits, target)) * len(images))
-        if plain:
-            probs = task.probabilities(logits)
-        else:
-            with autocast(device, cfg["amp"]):
-                probs = predict_with_tta(model, images, flips, spatial=task.name == "seg",
-                                         activation=task.probabilities, scales=scales).float()
-        task.accumulate(state, batch, probs)
-    if distributed.enabled():
-        state, losses = distributed.gather_state(state, losses)
-        if state is not None:
-            check_complete(state, loader.dataset)
-    out = None
-    if state is not None:
-        out = task.finish(state)
-        if losses:
-            out = {"val_loss": sum(losses) / len(loader.dataset), **out}
-    return distributed.broadcast(out), state
-
-
-def check_complete(state: dict, dataset) -> None:
-    """Gathered validation results hold every image of the data set once, in its order."""
-    ids = np.concatenate(state["ids"]).tolist() if state["ids"] else []
-    if ids != [int(row["image_id"]) for row in dataset.rows]:
-        raise RuntimeError(f"gathered validation covers {len(ids)} images ({len(set(ids))} distinct), "
-                           f"the data set has {len(dataset)}: the shards do not tile it")
 
 
 @dataclass
@@ -359,58 +310,3 @@ def train_fold(cfg: dict, index, folds, fold: int, run_dir, resume_run: bool = F
 
 def _quiet(*args, **kwargs) -> None:
     """The log of ranks other than 0."""
-
-
-def finish_fold(tr: Trainer, fold: int, run_dir: Path, started: float, log=print) -> dict:
-    """With the best checkpoint (EMA weights when on): OOF file, final metrics, summary.json, done.
-
-    With topk_average the best checkpoint is first the mean of the k best epochs' weights; best.pt is
-    rewritten with it (and these final metrics) before the OOF file, and last.pt loses its top-k set at the end.
-
-    Under torchrun rank 0 reads best.pt and broadcasts its weights; all ranks validate their shards, and
-    rank 0 writes the gathered OOF file and the rest. Every rank returns the summary.
-    """
-    weights = distributed.on_main(lambda: _best_weights(tr, run_dir))
-    model = tr.eval_model
-    model.load_state_dict(weights)
-    metrics, state = predict_loader(model, tr.val_loader, tr.task, tr.cfg, tr.device, tr.loss_fn, keep_oof=True,
-                                    flips=tr.cfg["oof_tta"], scales=tr.cfg["oof_tta_scales"])
-    if tr.topk is not None:  # rank 0 only
-        _write_averaged_best(tr, run_dir, weights, metrics, log)
-    summary = distributed.on_main(_write_fold, tr, fold, run_dir, started, metrics, state, log)
-    if tr.topk is not None:  # the fold is done: last.pt need not carry k more copies of the model
-        ckpt = read_checkpoint(run_dir / "last.pt")
-        ckpt.pop("topk", None)
-        save_atomic(ckpt, run_dir / "last.pt")
-    distributed.barrier()
-    return summary
-
-
-def _best_weights(tr: Trainer, run_dir: Path) -> dict:
-    if tr.topk is not None:
-        return tr.topk.average()
-    best = read_checkpoint(run_dir / "best.pt")
-    return strip_prefixes(best["ema"] if tr.ema is not None else best["model"])
-
-
-def _write_averaged_best(tr: Trainer, run_dir: Path, weights: dict, metrics: dict, log) -> None:
-    """best.pt's eval weights := the top-k mean (topk.write_averaged); summary.json and the log say which epochs."""
-    write_averaged(run_dir / "best.pt", weights, "ema" if tr.ema is not None else "model", metrics, tr.topk)
-    tr.info["topk_average"] = {"k": tr.topk.k, "epochs": tr.topk.epochs, "values": tr.topk.values,
-                               "averaged_metric": metrics.get(tr.metric)}
-    log(f"best.pt = mean weights of epochs {tr.topk.epochs} ({tr.metric} "
-        f"{', '.join(f'{v:.4f}' for v in tr.topk.values)}; averaged {metrics.get(tr.metric, math.nan):.4f})")
-
-
-def _write_fold(tr: Trainer, fold: int, run_dir: Path, started: float, metrics: dict, state: dict, log) -> dict:
-    oof = tr.task.write_oof(state, fold, run_dir)
-    summary = {"task": tr.task.name, "model": tr.cfg["model"], "fold": fold, "metric": tr.metric,
-               "mode": tr.mode, "best_epoch": tr.best_epoch, "best_metric": tr.best, "epochs_run": tr.epoch,
-               "final_metrics": metrics, "oof": Path(oof).name, "oof_tta": resolve_flips(tr.cfg["oof_tta"]),
-               "oof_tta_scales": resolve_scales(tr.cfg["oof_tta_scales"]),
-               "seed": tr.cfg["seed"],
-               "time_s": round(time.time() - started, 1), **tr.info, "versions": versions()}
-    write_json(run_dir / "summary.json", summary)
-    write_text_atomic(run_dir / "done", time.strftime("%Y-%m-%dT%H:%M:%S\n"))
-    log(f"fold {fold}: best {tr.metric}={tr.best:.4f} at epoch {tr.best_epoch}; OOF -> {oof}")
-    return summary

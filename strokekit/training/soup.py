@@ -4,7 +4,7 @@
 trained from the same initialisation - e.g. one config fine-tuned from the same `weights:` checkpoint under
 `train.py --seeds 0,1,2`, which then differ only in data order, augmentation draws and dropout - and writes
 `out/fold<k>/` as train.py would: best.pt (the souped weights), config.yaml, the fold's OOF file made by the
-training loop's own final pass (`engine.finish_fold`: the config's oof_tta flips), summary.json and `done`.
+training loop's own final pass (`fold_end.finish_fold`: the config's oof_tta flips), summary.json and `done`.
 ensemble.py ranks and tunes it like any other run (`ensemble.py --soup OUT runs...`).
 
 A soup is refused (SoupError, naming why) unless the runs have
@@ -44,7 +44,8 @@ from strokekit.training.topk import average_weights
 
 # config keys that decide how an image is read, sized and predicted: a soup has one config, so they must agree
 INPUT_KEYS = ("task", "model", "encoder", "in_chans", "img_size", "oof_size", "image_source", "windows",
-              "hu_range", "norm", "deep_supervision", "seg_lesion_type", "oof_tta")
+              "hu_range", "mean", "std", "neighbours", "norm", "deep_supervision", "seg_lesion_type", "oof_tta",
+              "oof_tta_scales")
 # tensors eval never uses: aux_seg's lesion head (eval returns the image logits; it is drawn afresh under each
 # seed even when `weights:` holds one), so their start may differ; they are averaged like the rest
 TRAINING_ONLY = ("lesion_head.",)
@@ -63,7 +64,7 @@ class SoupRun:
 
 
 def eval_key(ckpt: dict) -> str:
-    """The checkpoint's eval weights: EMA when it keeps one (as engine's best.pt / _best_weights)."""
+    """The checkpoint's eval weights: EMA when it keeps one (as fold_end._best_weights reads best.pt)."""
     return "ema" if ckpt.get("ema") else "model"
 
 
@@ -173,7 +174,8 @@ def soup_runs(run_dirs, out: str | os.PathLike, checkpoint: str = "best", log=pr
 
     The folder is built beside `out` and swapped in at the end: a kill leaves the previous soup (or nothing).
     An existing `out` is replaced only when it is a soup (holds soup.json), never a trained run."""
-    from strokekit.training.engine import finish_fold, setup
+    from strokekit.training.engine import setup
+    from strokekit.training.fold_end import finish_fold
 
     out = Path(out)
     if out.exists() and not (out / MARKER).is_file():

@@ -19,7 +19,7 @@ from strokekit.config import load_config
 from strokekit.training.loader import make_loader
 from strokekit.data.index import build_index
 from strokekit.data.readers import load_class_map
-from strokekit.training.engine import predict_loader
+from strokekit.training.validation import predict_loader
 from strokekit.data.folds import read_folds
 from strokekit.evaluation.metrics import roc_auc
 from strokekit.models.registry import load_checkpoint
