@@ -108,6 +108,29 @@ def write_result(name: str, result: dict) -> Path:
     return path
 
 
+def run(cmd: list, log: Path, env: dict | None = None) -> float:
+    """A command (a bench's child: train.py, infer.py, ...) from the repository root, its output appended to
+    `log`; the bench stops when it fails. Returns its wall seconds."""
+    cmd = [str(part) for part in cmd]
+    start = time.time()
+    with open(log, "a", encoding="utf-8") as out:
+        out.write(f"$ {' '.join(cmd)}\n")
+        out.flush()
+        code = subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                              env={**os.environ, **(env or {})}).returncode
+    if code:
+        raise SystemExit(f"failed ({code}): {' '.join(cmd)}; see {log}")
+    return time.time() - start
+
+
+def children_cpu_seconds() -> float:
+    """User + system CPU seconds of the finished child processes (the bench's training runs)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def table(rows: list[list], header: list[str]) -> str:
     """A plain aligned text table."""
     cells = [header] + [[_cell(v) for v in row] for row in rows]

@@ -17,25 +17,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from common import DEFAULT_WORK, ROOT, machine, table, write_result  # also puts the repo on sys.path
+from common import DEFAULT_WORK, machine, run, table, write_result  # also puts the repo on sys.path
 
 PY = sys.executable
 
 
-def run(cmd: list[str], log: Path) -> None:
-    with open(log, "a", encoding="utf-8") as out:
-        out.write(f"$ {' '.join(cmd)}\n")
-        out.flush()
-        code = subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT).returncode
-    if code:
-        raise SystemExit(f"failed ({code}): {' '.join(cmd)}; see {log}")
 
 
 def phantom(work: Path, args, log: Path) -> Path:

@@ -17,14 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from common import DEFAULT_WORK, ROOT, machine, table, write_result  # also puts the repo on sys.path
+from common import DEFAULT_WORK, ROOT, machine, run, children_cpu_seconds as cpu_seconds, table, write_result  # also puts the repo on sys.path
 
 PY = sys.executable
 RECIPES = "configs/recipes"
@@ -46,19 +43,8 @@ SYSTEMS = {  # name -> (configs trained, ensemble.py arguments per spec: {spec: 
 }
 
 
-def run(cmd: list[str], log: Path) -> None:
-    with open(log, "a", encoding="utf-8") as out:
-        out.write(f"$ {' '.join(map(str, cmd))}\n")
-        out.flush()
-        code = subprocess.run([str(c) for c in cmd], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                              env=os.environ).returncode
-    if code:
-        raise SystemExit(f"failed ({code}): {' '.join(map(str, cmd))}; see {log}")
 
 
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def phantom(work: Path, n: int, size: int) -> Path:

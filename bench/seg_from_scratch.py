@@ -20,14 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from common import DEFAULT_WORK, ROOT, machine, table, write_result  # also puts the repo on sys.path
+from common import DEFAULT_WORK, ROOT, machine, run, children_cpu_seconds as cpu_seconds, table, write_result  # also puts the repo on sys.path
 
 PY = sys.executable
 BASE = ["pretrained=false"]
@@ -58,19 +55,8 @@ ROWS = {  # name -> (config, --set values): one ingredient at a time, same slice
 }
 
 
-def run(cmd: list[str], log: Path, env: dict | None = None) -> None:
-    with open(log, "a", encoding="utf-8") as out:
-        out.write(f"$ {' '.join(cmd)}\n")
-        out.flush()
-        code = subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                              env={**os.environ, **(env or {})}).returncode
-    if code:
-        raise SystemExit(f"failed ({code}): {' '.join(cmd)}; see {log}")
 
 
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def phantom(work: Path, n: int, size: int) -> Path:
