@@ -54,7 +54,8 @@ def test_model_json_describes_every_member_and_points_nowhere_else(shipped, loop
             for exported, source in zip(item["checkpoints"], member["checkpoint_paths"]):
                 ckpt = read_checkpoint(source)
                 assert item["input"] == {k: ckpt["config"][k] for k in
-                                         ("image_source", "windows", "in_chans", "img_size", "mean", "std")}
+                                         ("image_source", "windows", "in_chans", "img_size", "mean", "std",
+                                          "neighbours")}
                 assert exported["file"].endswith(".safetensors") and exported["num_outputs"] == ckpt["num_outputs"]
                 assert model["files"][exported["file"]] == sha256(shipped.model / exported["file"])
                 weights = load_file(shipped.model / exported["file"])
