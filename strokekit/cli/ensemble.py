@@ -178,29 +178,28 @@ def build(args) -> tuple[dict, dict, Path]:
 def submission_flips(runs, wanted: list[str] | None) -> list[str]:
     """The flips infer.py will apply: --tta, else those the runs' OOF was made with; a mismatch is said, since
     thresholds and post-processing tuned on one flip set sit on another probability scale than the other's."""
-    made = {tuple(run.cfg.get("oof_tta") or ["none"]) for run in runs}
-    if wanted is None:
-        wanted = list(next(iter(made))) if len(made) == 1 else ["none", "hflip"]
-    for flips in sorted(made):
-        if list(flips) != wanted:
-            print(f"warning: OOF made with flips {','.join(flips)} (config oof_tta), submissions will use "
-                  f"{','.join(wanted)}: what is tuned on OOF may not transfer; retrain with --set "
-                  f"oof_tta={','.join(wanted)} or pass --tta {','.join(flips)}")
-    return wanted
+    return submitted_tta(runs, wanted, "oof_tta", "flips", "--tta", lambda v: list(v or ["none"]),
+                         ["none", "hflip"], ",".join)
 
 
 def submission_scales(runs, wanted: list[float] | None) -> list[float]:
     """The TTA scales infer.py will apply: --tta-scales, else those the runs' OOF was made with (config
     oof_tta_scales; [1.0] for runs from before it); a mismatch is said, as for the flips."""
-    made = {tuple(resolve_scales(run.cfg.get("oof_tta_scales"))) for run in runs}
+    return submitted_tta(runs, wanted, "oof_tta_scales", "TTA scales", "--tta-scales", resolve_scales, [1.0],
+                         lambda scales: ",".join(f"{s:g}" for s in scales))
+
+
+def submitted_tta(runs, wanted, key: str, what: str, flag: str, read, default: list, show) -> list:
+    """wanted, else the one setting of config `key` the runs' OOF was made with (else `default`); each run
+    whose OOF was made otherwise is warned about."""
+    made = {tuple(read(run.cfg.get(key))) for run in runs}
     if wanted is None:
-        wanted = list(next(iter(made))) if len(made) == 1 else [1.0]
-    show = lambda scales: ",".join(f"{s:g}" for s in scales)
-    for scales in sorted(made):
-        if list(scales) != wanted:
-            print(f"warning: OOF made with TTA scales {show(scales)} (config oof_tta_scales), submissions will "
-                  f"use {show(wanted)}: what is tuned on OOF may not transfer; retrain with --set "
-                  f"oof_tta_scales={show(wanted)} or pass --tta-scales {show(scales)}")
+        wanted = list(next(iter(made))) if len(made) == 1 else default
+    for got in sorted(made):
+        if list(got) != wanted:
+            print(f"warning: OOF made with {what} {show(got)} (config {key}), submissions will use {show(wanted)}: "
+                  f"what is tuned on OOF may not transfer; retrain with --set {key}={show(wanted)} or pass "
+                  f"{flag} {show(got)}")
     return wanted
 
 

@@ -135,6 +135,10 @@ def test_the_spec_takes_the_scales_the_oof_was_made_with(capsys):
     assert ensemble.submission_scales([SimpleNamespace(cfg={})], None) == [1.0]  # runs from before the key
     assert ensemble.submission_scales(runs, [1.0]) == [1.0]
     assert "oof_tta_scales=1" in capsys.readouterr().out  # the mismatch is said
+    flips = [SimpleNamespace(cfg={"oof_tta": ["none"]})]
+    assert ensemble.submission_flips(flips, None) == ["none"] and "warning" not in capsys.readouterr().out
+    assert ensemble.submission_flips(flips, ["none", "hflip"]) == ["none", "hflip"]
+    assert "oof_tta=none,hflip or pass --tta none" in capsys.readouterr().out  # flips are said alike
 
 
 def test_infer_refuses_bad_scales_before_writing(tmp_path, monkeypatch, capsys):
