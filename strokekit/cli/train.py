@@ -299,4 +299,4 @@ def train_logged(run: dict, index, folds, fold: int, run_dir: Path, args, main_r
 
 def entry_point() -> None:
     """`python train.py` and the console command `strokekit-train`."""
-    exit_process(main(), skip_teardown=distributed.launched())
+    exit_process(main, skip_teardown=distributed.launched())

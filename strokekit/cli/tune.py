@@ -90,4 +90,4 @@ def main(argv=None) -> int:
 
 def entry_point() -> None:
     """`python tune.py` and the console command `strokekit-tune`."""
-    exit_process(main())
+    exit_process(main)

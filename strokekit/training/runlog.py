@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from strokekit.atomic import write_atomic
@@ -131,11 +132,22 @@ def check_interrupt() -> None:
         raise KeyboardInterrupt
 
 
-def exit_process(code: int, skip_teardown: bool = False) -> None:
-    """End a script with `code`. After Ctrl-C, skip the interpreter's teardown: every checkpoint is on disk
-    already, and torch objects freed during teardown after an interrupt can abort the process (exit -6).
-    `skip_teardown` does the same always (train.py under torchrun, whose process-group threads can abort
-    the teardown with "terminate called without an active exception" after the work is done)."""
+def exit_process(main, skip_teardown: bool = False) -> None:
+    """Run a script's `main()` and end the process with its code. After Ctrl-C, skip the interpreter's
+    teardown: every checkpoint is on disk already, and torch objects freed during teardown after an
+    interrupt can abort the process (exit -6). Any exception once Ctrl-C came (torch may turn the
+    KeyboardInterrupt raised inside one of its calls into another error) still ends as an interrupt: its
+    traceback printed, then exit 130. `skip_teardown` skips the teardown after a normal end too (train.py
+    under torchrun, whose process-group threads can abort it with "terminate called without an active
+    exception" after the work is done)."""
+    try:
+        code = main()
+    except BaseException:
+        if not _INTERRUPT_SEEN:
+            raise
+        traceback.print_exc()
+        print("interrupted", file=sys.stderr)
+        code = INTERRUPTED
     if code == INTERRUPTED or skip_teardown or _INTERRUPT_SEEN:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -140,3 +140,32 @@ def test_resume_refuses_a_checkpoint_of_another_shape(small_data, tmp_path, caps
     assert run_train(small_data, tmp_path, "--fold", "0", "--resume", overrides=["in_chans=1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "in_chans: 3 -> 1" in err and "Traceback" not in err
+
+
+WRAPPED_INTERRUPT = textwrap.dedent("""
+    import atexit, os, signal, sys
+    from strokekit.training.runlog import exit_process, watch_interrupts
+
+    def main():
+        watch_interrupts()
+        try:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C inside a library call ...
+            signal.pause()
+        except KeyboardInterrupt as err:
+            raise RuntimeError("DataLoader worker interrupted") from err  # ... that reports it as another error
+        return 0
+
+    atexit.register(lambda: print("teardown ran", flush=True))
+    exit_process(main)
+""")
+
+
+def test_any_error_after_ctrl_c_still_exits_130_without_teardown():
+    """torch can turn the KeyboardInterrupt raised inside one of its calls into another exception; that must
+    still end as an interrupt (exit 130, no interpreter teardown, which can abort with -6 after Ctrl-C)."""
+    done = subprocess.run([sys.executable, "-c", WRAPPED_INTERRUPT], cwd=ROOT, capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert done.returncode == 130, done.stdout + done.stderr
+    assert "RuntimeError: DataLoader worker interrupted" in done.stderr and "interrupted" in done.stderr
+    assert "teardown ran" not in done.stdout

@@ -171,7 +171,7 @@ def test_interrupt_then_resume_matches_an_uninterrupted_run(train_phantom, tmp_p
     run_dir = tmp_path / "cut" / "tiny_stroke" / "fold0"
     command = _train_command(train_phantom, tmp_path / "cut")
     stopped = _stop_after_epoch(command, run_dir / "last.pt", 1, signal.SIGINT)
-    assert stopped.returncode == 130
+    assert stopped.returncode == 130, stopped.stdout[-6000:]
     assert "best auc=" in stopped.stdout and "--resume" in stopped.stdout  # Ctrl-C reports the best epoch
     assert train.main(command[2:]) == 2  # no silent restart over an unfinished run
     assert "--resume" in capsys.readouterr().err
