@@ -51,6 +51,9 @@ ROWS = {  # name -> (config, --set values): one ingredient at a time, same slice
     "recipe_multitask_effb3": ("recipes/multitask/seg_unet_effb3", BASE),
     "recipe_vgg_unet_scse": ("recipes/vgg_unet/seg_unet_scse", BASE),
     "recipe_deep_ensemble_r34": ("recipes/deep_ensemble/seg_unet_r34", BASE),
+    # the same two recipes with the from-scratch override: their own loss terms, CE weighing lesion pixels 30x
+    "recipe_vgg_unet_scse_wce": ("recipes/vgg_unet/seg_unet_scse", [*BASE, "class_weights=[1,30,30]"]),
+    "recipe_deep_ensemble_r34_wce": ("recipes/deep_ensemble/seg_unet_r34", [*BASE, "class_weights=[1,30,30]"]),
     "recipe_dpn92_hypercolumn": ("recipes/dpn_unet/seg_dpn92_hypercolumn", [*BASE, "epoch_steps=null"]),
 }
 
