@@ -3,6 +3,7 @@ same k-fold TTA ensemble on the phantom's own test sets, and how far each OOF es
 
     python bench/oof_tta.py                    # 600-slice 128-px phantom, 3 folds, ~20 min on 1 core
     python bench/oof_tta.py --folds 5 --n 800  # a bigger run
+    python bench/oof_tta.py --settings tta --no-diagnostics   # the shipped setting only, both interval kinds
 
 For each setting the k folds of tiny_stroke_aux (phase 1) and tiny_seg (phase 2) are trained on the same
 phantom and folds with the same seed, once with `oof_tta: [none]` (the OOF as it was made before issue 17:
@@ -12,7 +13,9 @@ post-processing (--metric official_iou, phase-2 prior). Both specs are applied w
 (--tta none,hflip: the plain setting is the old situation, tuned without flips and submitted with them) by
 infer.py on the phantom's test sets (YARISMA_1: --n-test1 mixed slices, YARISMA_2: --n-test2 lesion slices),
 scored by score.py with 95 % bootstrap intervals. The OOF estimate of each figure is the spec's own (its
-interval: 1,000 resamples of the test set's size from the OOF). Besides the table, the JSON holds what could
+interval: 1,000 resamples of the test set's size from the OOF). Each setting is also tuned and submitted
+with `ensemble.py --test-patients P` (P: the test set's patient count from its DICOM headers): the OOF
+resamples then draw P whole patients, so the interval is the spread a test set of P patients shows. Besides the table, the JSON holds what could
 explain a gap: each setting's threshold and plateau, its mean OOF probability, the OOF and test positive
 shares, the test figure at the threshold the test would have chosen, and whether the two settings' fold
 weights are identical (same seed, so the k-fold ensemble applied is the same one).
@@ -31,6 +34,7 @@ import numpy as np
 from common import DEFAULT_WORK, machine, table, write_result  # also puts the repo on sys.path
 
 SETTINGS = {"plain OOF (oof_tta: [none])": ["oof_tta=[none]"], "TTA OOF (oof_tta default)": []}
+BY_PATIENT = ", patient bootstrap"  # the setting's rows with ensemble.py --test-patients
 SUBMIT_TTA = "none,hflip"  # infer.py's default flips: what both settings are submitted with
 PHASE1 = ("balanced_accuracy", "f1", "recall")
 PHASE2 = (("official_iou", "official_iou", "official_iou"),               # (row, spec objective, score interval)
@@ -99,15 +103,26 @@ def test_threshold_best(submission: Path, truth_file: Path, metric: str) -> dict
     return {"threshold": float(grid[best]), metric: float(values[best]), "test_prior": float(y.mean())}
 
 
-def phase1(setting: str, sets: list[str], data: Path, work: Path, args) -> dict:
-    name = f"stroke_{'plain' if sets else 'tta'}"
+def test_patients(data: Path, split: str) -> int:
+    """Patients in a phantom test set (its DICOM headers' PatientID)."""
+    from strokekit.data.index import build_index
+
+    index = build_index(data)[0]
+    return int(index.loc[index["split"] == split, "patient_id"].nunique())
+
+
+def phase1(setting: str, sets: list[str], data: Path, work: Path, args, patients: int | None = None) -> dict:
+    """patients: tune with ensemble.py --test-patients (the run is trained once: train.py skips done folds)."""
+    run_name = f"stroke_{'plain' if sets else 'tta'}"
+    name = run_name + ("_patients" if patients else "")
     runs = work / "runs"
     cli("train", ["--config", "configs/tiny_stroke_aux.yaml", "--fold", "all", "--data", str(data),
                   "--folds-csv", str(data / f"folds{args.folds}.csv"), "--out", str(runs),
-                  "--no-progress", "--set", f"name={name}", "seed=42", *sets, *args.set])
+                  "--no-progress", "--set", f"name={run_name}", "seed=42", *sets, *args.set])
     spec = work / "ensembles" / f"{name}.yaml"
-    cli("ensemble", ["--task", "stroke", str(runs / name), "--objective", "f1", "--tta", SUBMIT_TTA,
-                     "--test-size", str(args.n_test1), "--out", str(spec)])
+    by = ["--test-patients", str(patients), "--data", str(data)] if patients else []
+    cli("ensemble", ["--task", "stroke", str(runs / run_name), "--objective", "f1", "--tta", SUBMIT_TTA,
+                     "--test-size", str(args.n_test1), *by, "--out", str(spec)])
     sub = work / "submissions" / name
     cli("infer", ["--phase", "1", "--ensemble", str(spec), "--data", str(data / "YARISMA_1"), "--out", str(sub),
                   "--overwrite"])
@@ -115,29 +130,33 @@ def phase1(setting: str, sets: list[str], data: Path, work: Path, args) -> dict:
     key = data / "YARISMA_1" / "ASAMA1_Cevaplar.txt"
     cli("score", ["--phase", "1", "--pred", str(sub / "asama1.txt"), "--truth", str(key),
                   "--probs", str(sub / "probs.csv"), "--out", str(score)])
-    return {"run": str(runs / name), "spec": read_yaml(spec), "score": json.loads(score.read_text()),
-            "oof_mean_prob": oof_mean_prob(runs / name),
+    return {"run": str(runs / run_name), "spec": read_yaml(spec), "score": json.loads(score.read_text()),
+            "oof_mean_prob": oof_mean_prob(runs / run_name),
             "test_best": {m: test_threshold_best(sub, key, m) for m in ("f1", "balanced_accuracy")}}
 
 
-def phase2(setting: str, sets: list[str], data: Path, work: Path, args, name: str | None = None) -> dict:
-    """name given: that run exists already under work/runs (remade_oof), nothing is trained."""
+def phase2(setting: str, sets: list[str], data: Path, work: Path, args, name: str | None = None,
+           patients: int | None = None) -> dict:
+    """name given: that run exists already under work/runs (remade_oof), nothing is trained; patients: tune
+    with ensemble.py --test-patients."""
     runs = work / "runs"
     if name is None:
         name = f"seg_{'plain' if sets else 'tta'}"
         cli("train", ["--config", "configs/tiny_seg.yaml", "--fold", "all", "--data", str(data),
                       "--folds-csv", str(data / f"folds{args.folds}.csv"), "--out", str(runs),
                       "--no-progress", "--set", f"name={name}", "seed=42", *sets, *args.set])
+    run_name, name = name, name + ("_patients" if patients else "")
     spec = work / "ensembles" / f"{name}.yaml"
-    cli("ensemble", ["--task", "seg", str(runs / name), "--metric", "official_iou", "--tta", SUBMIT_TTA,
-                     "--test-size", str(args.n_test2), "--out", str(spec)])
+    by = ["--test-patients", str(patients)] if patients else []
+    cli("ensemble", ["--task", "seg", str(runs / run_name), "--metric", "official_iou", "--tta", SUBMIT_TTA,
+                     "--test-size", str(args.n_test2), *by, "--out", str(spec)])
     sub = work / "submissions" / name
     cli("infer", ["--phase", "2", "--ensemble", str(spec), "--data", str(data / "YARISMA_2"), "--out", str(sub),
                   "--overwrite"])
     score = work / "scores" / f"{name}.json"
     cli("score", ["--phase", "2", "--pred", str(sub), "--truth", str(data / "YARISMA_2" / "MASK"),
                   "--out", str(score)])
-    return {"run": str(runs / name), "spec": read_yaml(spec), "score": json.loads(score.read_text())}
+    return {"run": str(runs / run_name), "spec": read_yaml(spec), "score": json.loads(score.read_text())}
 
 
 def remade_oof(run: Path, out: Path, **changes) -> Path:
@@ -235,17 +254,32 @@ def main(argv=None) -> int:
     parser.add_argument("--n-test2", type=int, default=97, help="phase-2 test slices (default 97, the real set's)")
     parser.add_argument("--folds", type=int, default=3, help="folds (default 3)")
     parser.add_argument("--set", nargs="*", default=[], help="extra config values for every run (e.g. epochs=2)")
-    parser.add_argument("--no-write", action="store_true", help="do not write bench/results/oof_tta.json")
+    parser.add_argument("--settings", choices=("all", "tta"), default="all",
+                        help="all: plain and TTA OOF (default); tta: the shipped TTA OOF only")
+    parser.add_argument("--no-diagnostics", action="store_true",
+                        help="skip the OOF remade at full size and the one-fold-model test figures")
+    parser.add_argument("--no-write", action="store_true",
+                        help="do not write bench/results/oof_tta.json (oof_tta_tta.json with --settings tta)")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     start = time.time()
     data = phantom(args.work, args.n, args.size, args.n_test1, args.n_test2, args.folds)
+    patients = {1: test_patients(data, "test1"), 2: test_patients(data, "test2")}
+    print(f"test sets: phase 1 {args.n_test1} slices from {patients[1]} patients, phase 2 {args.n_test2} from "
+          f"{patients[2]}")
     results, rows = {}, []
-    for setting, sets in SETTINGS.items():
+    chosen = SETTINGS if args.settings == "all" else dict(list(SETTINGS.items())[1:])
+    for setting, sets in chosen.items():
         results[setting] = {"phase1": phase1(setting, sets, data, args.work, args),
                             "phase2": phase2(setting, sets, data, args.work, args)}
         rows += rows_phase1(setting, results[setting]["phase1"]) + rows_phase2(setting, results[setting]["phase2"])
-    (plain, tta) = results.values()
+        by = setting + BY_PATIENT
+        results[by] = {"phase1": phase1(by, sets, data, args.work, args, patients=patients[1]),
+                       "phase2": phase2(by, sets, data, args.work, args, patients=patients[2])}
+        rows += rows_phase1(by, results[by]["phase1"]) + rows_phase2(by, results[by]["phase2"])
+    if args.no_diagnostics:
+        return report(rows, results, {}, None, data, patients, start, args)
+    (plain, _, tta, _) = results.values()
     # the OOF of tiny_seg is stored at oof_size 64 and upsampled to 128 px for the search, the test predicted at
     # 128: the same TTA fold models with their OOF made again at the test's resolution
     fine = f"TTA OOF at oof_size {args.size} (phase 2)"
@@ -253,11 +287,6 @@ def main(argv=None) -> int:
     results[fine] = {"phase2": phase2(fine, [], data, args.work, args, name="seg_tta_full")}
     rows += rows_phase2(fine, results[fine]["phase2"])
     same = {task: same_weights(Path(plain[task]["run"]), Path(tta[task]["run"])) for task in ("phase1", "phase2")}
-    interval = lambda v: f"{v[0]:.3f}, {v[1]:.3f}"
-    print(table([[r["setting"], r["phase"], r["metric"], f"{r['oof']:.3f} [{interval(r['oof_95'])}]",
-                  f"{r['test']:.3f} [{interval(r['test_95'])}]", f"{r['gap']:+.3f}", "yes" if r["inside"] else "NO"]
-                 for r in rows], ["setting", "phase", "figure", "OOF estimate [95 %]", "test [95 %]", "gap",
-                                  "inside OOF interval"]))
     diagnostics = {}
     for setting, r in ((k, v) for k, v in results.items() if "phase1" in v):
         t = r["phase1"]["spec"]["threshold"]
@@ -268,7 +297,8 @@ def main(argv=None) -> int:
             "test_auc": r["phase1"]["score"].get("auc"),
             "seg_postprocess": r["phase2"]["spec"]["postprocess"]}
         print(f"{setting}: {json.dumps(diagnostics[setting], default=str)}")
-    for setting, r in results.items():  # each fold's model alone on the test sets, tuned as the setting
+    for setting, r in ((k, v) for k, v in results.items() if not k.endswith(BY_PATIENT)):
+        # each fold's model alone on the test sets, tuned as the setting
         diagnostics.setdefault(setting, {})["seg_postprocess"] = r["phase2"]["spec"]["postprocess"]
         diagnostics[setting]["one_fold_test"] = {
             phase: one_fold_figures(args.work / "ensembles" / f"{Path(r[phase]['run']).name}.yaml", int(phase[-1]),
@@ -277,13 +307,27 @@ def main(argv=None) -> int:
             means = {k: round(float(np.mean([f[k] for f in folds])), 4) for k in folds[0] if k != "fold"}
             diagnostics[setting]["one_fold_test"][f"{phase}_mean"] = means
             print(f"{setting}, {phase}, one fold model alone (mean of {len(folds)}): {means}")
-    print(f"same fold weights in both settings: {same}; {time.time() - start:.0f} s")
+    print(f"same fold weights in both settings: {same}")
+    return report(rows, results, diagnostics, same, data, patients, start, args)
+
+
+def report(rows, results, diagnostics, same, data: Path, patients: dict, start: float, args) -> int:
+    """Print the table and write the JSON."""
+    interval = lambda v: f"{v[0]:.3f}, {v[1]:.3f}"
+    print(table([[r["setting"], r["phase"], r["metric"], f"{r['oof']:.3f} [{interval(r['oof_95'])}]",
+                  f"{r['test']:.3f} [{interval(r['test_95'])}]", f"{r['gap']:+.3f}", "yes" if r["inside"] else "NO"]
+                 for r in rows], ["setting", "phase", "figure", "OOF estimate [95 %]", "test [95 %]", "gap",
+                                  "inside OOF interval"]))
+    print(f"{time.time() - start:.0f} s")
     if not args.no_write:
-        write_result("oof_tta", {"machine": machine(), "phantom": {"n": args.n, "size": args.size, "seed": 0,
-                                                                   "n_test1": args.n_test1, "n_test2": args.n_test2,
-                                                                   "folds": args.folds, "data": str(data)},
-                                 "set": args.set, "submit_tta": SUBMIT_TTA, "rows": rows, "diagnostics": diagnostics,
-                                 "same_fold_weights": same, "wall_s": round(time.time() - start)})
+        write_result("oof_tta" if args.settings == "all" else "oof_tta_tta", {
+            "machine": machine(), "phantom": {"n": args.n, "size": args.size, "seed": 0, "n_test1": args.n_test1,
+                                              "n_test2": args.n_test2, "folds": args.folds, "data": str(data),
+                                              "test_patients": {f"phase{k}": v for k, v in patients.items()}},
+            "set": args.set, "submit_tta": SUBMIT_TTA, "rows": rows, "diagnostics": diagnostics,
+            "thresholds": {k: v["phase1"]["spec"]["threshold"]["value"] for k, v in results.items() if "phase1" in v},
+            "postprocess": {k: v["phase2"]["spec"]["postprocess"] for k, v in results.items()},
+            "same_fold_weights": same, "wall_s": round(time.time() - start)})
     return 0
 
 

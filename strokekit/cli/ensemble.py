@@ -16,7 +16,8 @@ member alone. A member's OOF joins all its folds; at test time it averages its k
 Seg post-processing is searched jointly on --metric (strict dice / iou, or the organisers' tolerant
 official_iou / official_dice), for phase 2 by default (never-empty masks, lesion-bearing OOF slices only),
 and picked by a bootstrap statistic at the test set's size. Headline figures carry 95 % intervals from
-resamples of --test-size images.
+resamples of --test-size images, or with --test-patients N of N whole patients (the slices of one patient
+are not independent: a test set of 97 slices from 21 patients varies as 21 patients do).
 """
 from __future__ import annotations
 
@@ -80,8 +81,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tta-scales", help="TTA scales infer.py applies, factors of img_size, comma-separated, "
                                               "e.g. 0.75,1,1.25 (default: those the runs' OOF was made with, "
                                               "config oof_tta_scales)")
-    parser.add_argument("--data", help="seg: data set the runs were trained on, for the true masks "
-                                       "(default: the runs' config `data`)")
+    parser.add_argument("--data", help="data set the runs were trained on: seg's true masks, --test-patients' "
+                                       "folds.csv (default: the runs' config `data`)")
     parser.add_argument("--grid", help="seg: YAML file with the post-processing grid (keys threshold, closing, "
                                        "min_area, keep_largest, overlap, gate, triplet)")
     parser.add_argument("--seg-classifier", choices=("stroke", "type"),
@@ -108,6 +109,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--test-size", type=int,
                         help="images per bootstrap resample (default: the test set's size, 192 for stroke, 97 "
                              "for type and seg)")
+    parser.add_argument("--test-patients", type=int, metavar="N",
+                        help="resample N whole patients (the test set's patient count) instead of --test-size "
+                             "images, for the intervals and the robust statistic; patients are folds.csv's groups "
+                             "(DICOM patient ids), refused where it has none")
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
     parser.add_argument("--test-prior", type=float,
                         help="stroke (or --seg-classifier stroke): positive share expected in the test set; the "
@@ -135,6 +140,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--test-prior must be a share between 0 and 1 (exclusive)")
     if (args.test_size is not None and args.test_size < 1) or args.n_boot < 1:
         parser.error("--test-size and --n-boot must be >= 1")
+    if args.test_patients is not None and args.test_patients < 1:
+        parser.error("--test-patients must be >= 1")
     return args
 
 
@@ -152,7 +159,8 @@ def build(args) -> tuple[dict, dict, Path]:
     common = dict(top_k=args.top_k, top_runs=args.top_runs, greedy=args.greedy, tolerance=args.tolerance, tta=tta,
                   tta_scales=submission_scales(runs, wanted_scales),
                   absolute=args.absolute_paths, test_size=args.test_size, n_boot=args.n_boot,
-                  test_prior=args.test_prior)
+                  test_prior=args.test_prior, test_patients=args.test_patients,
+                  group_of=patient_groups(runs, args.data) if args.test_patients else None)
     if args.task != "seg":
         options = {"min_precision": args.min_precision} if args.metric == "recall_at_precision" else {}
         seg_runs = read_runs(args.stack_seg_runs, "seg", args.checkpoint) if args.stack_seg_runs else None
@@ -173,6 +181,20 @@ def build(args) -> tuple[dict, dict, Path]:
                                   robust=None if args.robust == "off" else args.robust,
                                   gate_runs=args.gate_runs, **common)
     return spec, report, out
+
+
+def patient_groups(runs, data: str | None) -> dict:
+    """image_id -> patient from the runs' folds.csv (its `group` column), for --test-patients."""
+    from strokekit.config import folds_path
+    from strokekit.data.folds import read_folds
+    from strokekit.errors import SettingError
+
+    path = folds_path({**runs[0].cfg, **({"data": data} if data else {})})
+    folds = read_folds(path)
+    if folds["group"].astype(str).str.startswith("image-").all():
+        raise SettingError(f"--test-patients: {path} groups images one by one (no DICOM patient ids), so there "
+                           "are no patients to resample; leave --test-patients out")
+    return dict(zip(folds["image_id"].astype(int), folds["group"].astype(str)))
 
 
 def submission_flips(runs, wanted: list[str] | None) -> list[str]:

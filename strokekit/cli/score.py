@@ -3,6 +3,7 @@
     python score.py --phase 1 --pred submissions/x/asama1.txt --truth ASAMA1_Cevaplar.txt [--probs probs.csv]
     python score.py --phase 2 --pred submissions/x/ --truth data/YARISMA_2/MASK [--se-size 3] [--pixel-rule]
     python score.py --check submissions/x/ [--expected-ids 1 2 3 | --expected-ids ids.txt | --data YARISMA_1]
+    python score.py --phase 2 --pred submissions/x/ --truth data/YARISMA_2/MASK --patients data/YARISMA_2/DICOM
 
 Prints a table with 95 % bootstrap intervals, writes scores/<name>.json (--out) and, beside it,
 <name>.confusion.png (phase 1) or <name>.worst_cases.png (phase 2), and with --report <name>.report.html
@@ -21,7 +22,7 @@ from pathlib import Path
 from strokekit.atomic import write_json
 from strokekit.config.settings import in_project
 from strokekit.evaluation import score as scoring
-from strokekit.data.submission import SubmissionError, read_labels
+from strokekit.data.submission import SubmissionError, mask_files, read_labels
 from strokekit.errors import SettingError, script_main
 
 
@@ -51,6 +52,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--n-boot", type=int, default=1000,
                         help="bootstrap resamples of the scored images for the 95 %% intervals (default 1000; 0 = "
                              "none): with ~100-200 test images a figure moves by several points between draws")
+    parser.add_argument("--patients", metavar="DICOM_DIR",
+                        help="resample whole patients for the intervals (the slices of one patient are not "
+                             "independent): their PatientID from the test set's <id>.dcm headers in DICOM_DIR (or "
+                             "its DICOM/ folder); an id without a readable header is refused")
     parser.add_argument("--report", action="store_true",
                         help="also write <name>.report.html: one static page with the figures, per-image "
                              "table and worst cases (phase 1 adds ROC / PR curves with --probs)")
@@ -84,6 +89,28 @@ def expected_ids(args: argparse.Namespace) -> list[int] | None:
     if bad:
         raise SettingError(f"--expected-ids: {bad[:5]} are not image ids (give ids, or a file or folder that exists)")
     return [int(token) for token in tokens]
+
+
+def patients_of(folder: str, ids: list[int]) -> dict[int, str]:
+    """image id -> PatientID from the DICOM headers of `ids` in `folder` (or folder/DICOM)."""
+    from strokekit.data.dicom import read_dicom_header
+    from strokekit.data.badinput import BadInputError
+
+    root = Path(folder) / "DICOM" if (Path(folder) / "DICOM").is_dir() else Path(folder)
+    out, problems = {}, []
+    for id_ in ids:
+        path = root / f"{id_}.dcm"
+        try:
+            out[id_] = read_dicom_header(path)["PatientID"] if path.is_file() else ""
+        except BadInputError as err:
+            problems.append(f"{path}: {err.problem}")
+            continue
+        if not out[id_]:
+            problems.append(f"{path}: {'no such file' if not path.is_file() else 'no PatientID'}")
+    if problems:
+        raise SettingError(f"--patients: {len(problems)} of {len(ids)} scored images have no patient id, e.g. "
+                           + "; ".join(problems[:3]))
+    return out
 
 
 def mask_sizes(args: argparse.Namespace):
@@ -130,15 +157,18 @@ def run_score(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else in_project("scores", f"{scoring.submission_name(args.pred)}.json")
     stem = out.with_suffix("")
     if args.phase == 1:
-        result = scoring.score_phase1(args.pred, args.truth, args.probs, args.n_boot)
+        patients = patients_of(args.patients, sorted(read_labels(args.truth))) if args.patients else None
+        result = scoring.score_phase1(args.pred, args.truth, args.probs, args.n_boot, patients)
         print(scoring.phase1_table(result))
         c = result["confusion"]
         result["confusion_png"] = str(figures.save(figures.confusion(
             [[c["tn"], c["fp"]], [c["fn"], c["tp"]]], ["no stroke", "stroke"], title=f"{out.stem}: phase 1"),
             f"{stem}.confusion.png"))
     else:
+        patients = (patients_of(args.patients, sorted(mask_files(args.truth)))
+                    if args.patients else None)
         result = scoring.score_phase2(args.pred, args.truth, args.se_size, not args.pixel_rule,
-                                      args.empty_score, args.n_boot)
+                                      args.empty_score, args.n_boot, patients)
         print(scoring.phase2_table(result))
         from strokekit.report.galleries import worst_cases
 

@@ -142,7 +142,8 @@ def build_classifier_spec(runs: list[Run], task: str, spec_path, metric: str = "
                           test_size: int | None = None, n_boot: int = 1000, seed: int = 0,
                           robust: str | None = None, top_runs: int | None = None,
                           stack_seg_runs: list[Run] | None = None,
-                          stack_models=("logistic", "gbm")) -> tuple[dict, dict]:
+                          stack_models=("logistic", "gbm"), group_of: dict | None = None,
+                          test_patients: int | None = None) -> tuple[dict, dict]:
     """(spec, report) for a stroke / type ensemble of `runs`; see the module docstring.
 
     keep_blend=True keeps the asked blend (e.g. a published system's majority vote) even when the best
@@ -153,7 +154,8 @@ def build_classifier_spec(runs: list[Run], task: str, spec_path, metric: str = "
     gives the final threshold (selection.tune_classifier_threshold; None: the OOF curve's).
     blend="stack": a level-2 model by nested CV (stack_choice) on the members' probabilities and the
     features of `stack_seg_runs` (seg runs whose OOF covers the members' images), the inner CV choosing among
-    the `stack_models` kinds' candidates."""
+    the `stack_models` kinds' candidates. test_patients: resamples draw that many whole patients (their
+    images from `group_of`, image_id -> patient) instead of test_size images."""
     options = dict(metric_options or {})
     score = lambda y, p: selection.classifier_score(y, p, metric, **options)
     oofs = {run.name: selection.load_oof(run.path) for run in runs}
@@ -183,10 +185,11 @@ def build_classifier_spec(runs: list[Run], task: str, spec_path, metric: str = "
     else:
         choice = guard_best_member(choice, members, singles)
     size = test_size or bootstrap.PHASE_TEST_SIZES[1 if task == "stroke" else 2]
+    patients = bootstrap.Patients.of(group_of, aligned["image_id"], test_patients) if test_patients else None
     tuned = selection.tune_classifier_threshold(y, choice["blended"], objective, target_recall, tolerance,
-                                                test_prior, robust, size, n_boot, seed)
+                                                test_prior, robust, size, n_boot, seed, patients)
     intervals = bootstrap.classifier_intervals(y, choice["blended"], tuned["threshold"], size, n_boot, seed,
-                                               test_prior=test_prior)
+                                               test_prior=test_prior, patients=patients)
     used = [run for run in runs if choice["weights"].get(run.name, 0) > 0]
     spec = {"task": task, "blend": choice["blend"], "tta": list(tta), "tta_scales": list(tta_scales),
             "members": [member_entry(run, folds[run.name], choice["weights"][run.name], spec_path, absolute,
@@ -286,7 +289,9 @@ def decision_lines(report: dict) -> list[str]:
     oof = t["oof"]
     return [f"threshold {t['value']:.4f} ({t['objective']}"
             + (f", recall >= {t['target_recall']}" if "target_recall" in t else "")
-            + (f", plateau of the bootstrap {t['robust']} at n = {t['test_size']}" if "robust" in t else "")
+            + (f", plateau of the bootstrap {t['robust']} at "
+               + (f"{t['test_patients']} patients" if t.get("test_patients") else f"n = {t['test_size']}")
+               if "robust" in t else "")
             + f"; plateau {t['plateau'][0]:.3f}-{t['plateau'][1]:.3f}): OOF recall {oof['recall']:.4f}, "
               f"precision {oof['precision']:.4f}, specificity {oof['specificity']:.4f}, F1 {oof['f1']:.4f}, "
               f"balanced accuracy {oof['balanced_accuracy']:.4f}"
@@ -299,8 +304,9 @@ def interval_lines(intervals: dict | None) -> list[str]:
     if not intervals:
         return []
     first = next(iter(intervals.values()))
-    lines = [f"95 % intervals on resamples of {first['size']} images (the test set's size), "
-             f"{first['n_boot']} resamples:"]
+    unit = (f"{first['patients']} whole patients (of {first['n_patients']}; about {first['size']} images)"
+            if first.get("patients") else f"{first['size']} images")
+    lines = [f"95 % intervals on resamples of {unit} (the test set's size), {first['n_boot']} resamples:"]
     for name, value in intervals.items():
         lines.append(f"  {name:<18} {value['estimate']:.4f}  [{value['low']:.4f}, {value['high']:.4f}]")
     return lines

@@ -101,7 +101,8 @@ def build_seg_spec(runs: list[Run], spec_path, data, metric: str = "dice", top_k
                    phase2: bool = True, lesion_only: bool | None = None, robust: str | None = "p10",
                    test_size: int | None = bootstrap.PHASE_TEST_SIZES[2], n_boot: int = 1000,
                    seed: int = 0, test_prior: float | None = None,
-                   gate_runs: list | None = None, top_runs: int | None = None) -> tuple[dict, dict]:
+                   gate_runs: list | None = None, top_runs: int | None = None,
+                   group_of: dict | None = None, test_patients: int | None = None) -> tuple[dict, dict]:
     """(spec, report) for a segmentation ensemble; report["grid"] is the full post-processing table.
 
     metric: the post-processing objective (seg_objectives.OBJECTIVES); folds and members are ranked by its
@@ -109,7 +110,8 @@ def build_seg_spec(runs: list[Run], spec_path, data, metric: str = "dice", top_k
     slices that hold a lesion. robust: bootstrap statistic that picks the setting (None: the point score).
     gate_runs: classifier run folders whose mean OOF probability gates the lesion classes (gate_probs: P(stroke)
     of stroke runs, or per class P(type) of type runs); the grid then searches `gate` too, and infer.py needs
-    a spec of that task (--gate-ensemble).
+    a spec of that task (--gate-ensemble). test_patients: resamples draw that many whole patients (their
+    images from `group_of`, image_id -> patient) instead of test_size images.
     """
     if metric not in OBJECTIVES:
         raise UnknownNameError(f"unknown seg metric {metric!r}; valid: {list(OBJECTIVES)}")
@@ -143,12 +145,13 @@ def build_seg_spec(runs: list[Run], spec_path, data, metric: str = "dice", top_k
     search = run_search(searched, masks, grid, metric, image_probs=image_probs, never_empty=phase2)
     table = search.table
     size = test_size or bootstrap.PHASE_TEST_SIZES[2]
+    patients = bootstrap.Patients.of(group_of, searched["image_id"], test_patients) if test_patients else None
     if robust:
-        post = robust_choice(search, robust, size, n_boot, tolerance, seed=seed)
+        post = robust_choice(search, robust, size, n_boot, tolerance, seed=seed, patients=patients)
     else:
         post = choose_postprocess(table, tolerance)
-        post["interval"] = chosen_interval(search, post["row"], size, n_boot, seed)
-    best_by = best_settings(search, size, n_boot, seed)
+        post["interval"] = chosen_interval(search, post["row"], size, n_boot, seed, patients=patients)
+    best_by = best_settings(search, size, n_boot, seed, patients=patients)
     spec = {"task": "seg", "blend": choice["blend"], "tta": list(tta), "tta_scales": list(tta_scales),
             "members": [member_entry(run, folds[run.name], choice["weights"].get(run.name, 0), spec_path, absolute,
                                      oof={rank_metric: singles[run.name], "n_images": len(ids)})
@@ -166,7 +169,8 @@ def build_seg_spec(runs: list[Run], spec_path, data, metric: str = "dice", top_k
                                    "gate_source": [str(r) for r in gate_runs] if gate_runs else None,
                                    "gate_kind": gate_kind,
                                    "phase2": phase2, "lesion_only": lesion_only, "robust": robust or "off",
-                                   "test_size": size, "n_boot": n_boot,
+                                   "test_size": post["interval"]["size"], "test_patients": test_patients,
+                                   "n_boot": n_boot,
                                    "tolerance": tolerance, "stability": post["stability"]},
             "selection": {"top_k": top_k, "top_runs": top_runs, "runs_kept": sorted(members), "greedy": greedy,
                           "history": choice["history"],
@@ -230,7 +234,7 @@ def lesion_subset(oof: dict, masks: dict) -> dict:
 
 
 def best_settings(search, size: int, n_boot: int, seed: int,
-                  objectives=("official_iou", "dice")) -> dict[str, dict]:
+                  objectives=("official_iou", "dice"), patients=None) -> dict[str, dict]:
     """The best setting under each objective (the official and the strict rule pick differently), with
     every objective's score there and its own interval, for the report."""
     out = {}
@@ -239,7 +243,7 @@ def best_settings(search, size: int, n_boot: int, seed: int,
         out[name] = {"row": row, "summary": {
             "setting": {c: to_plain(row[c]) for c in setting_columns(search.table)},
             "scores": {o: float(row[f"score.{o}"]) for o in OBJECTIVES},
-            "interval": chosen_interval(search, row, size, n_boot, seed, objective=name)}}
+            "interval": chosen_interval(search, row, size, n_boot, seed, objective=name, patients=patients)}}
     return out
 
 
@@ -271,7 +275,8 @@ def format_seg_report(report: dict, top: int = 8) -> str:
     lines.append(f"\npost-processing grid ({len(grid)} settings on {report['n_searched']} of {report['n_images']} "
                  f"OOF images; threshold NaN = argmax), best {top} by OOF {report['objective']}:")
     lines.append(grid.head(top)[shown].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    how = (f"bootstrap {post['statistic']} at n = {post['size']}" if "statistic" in post else "point score")
+    at = f"{post['patients']} patients" if post.get("patients") else f"n = {post.get('size')}"
+    how = f"bootstrap {post['statistic']} at {at}" if "statistic" in post else "point score"
     lines.append(f"chosen (middle of the near-best plateau of the {how}): OOF {report['objective']} "
                  f"{bootstrap.format_interval(post['interval'])}; best row {grid['score'].max():.4f}")
     lines.append("  " + ", ".join(f"{k} {v:.4f}" for k, v in post["objectives"].items()))

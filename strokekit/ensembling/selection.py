@@ -288,7 +288,7 @@ def plateau(values, scores, tolerance: float = 0.005) -> dict:
 def tune_classifier_threshold(y_true, y_score, objective: str = "f1", target_recall: float = 0.97,
                               tolerance: float = 0.005, test_prior: float | None = None,
                               robust: str | None = None, test_size: int | None = None, n_boot: int = 1000,
-                              seed: int = 0) -> dict:
+                              seed: int = 0, patients=None) -> dict:
     """A decision threshold from the middle of the near-best plateau, with its OOF metrics.
 
     objective "f1" / "youden": plateau of F1 / Youden's J over every OOF score used as threshold.
@@ -298,7 +298,8 @@ def tune_classifier_threshold(y_true, y_score, objective: str = "f1", target_rec
     (prior.py), so precision / F1 and the F1-best threshold are those of that mix (`oof` then holds the
     reweighted figures, `oof_unweighted` the plain ones). robust (p10, median ...): the plateau is taken on
     that statistic of the objective over bootstrap resamples of test_size images (bootstrap.py), not on the
-    OOF curve itself; the recall target is still met on OOF. Returns plain floats, ready for the spec.
+    OOF curve itself (whole patients per resample with `patients`, bootstrap.Patients); the recall target is
+    still met on OOF. Returns plain floats, ready for the spec.
     """
     from strokekit.evaluation import prior
 
@@ -314,7 +315,7 @@ def tune_classifier_threshold(y_true, y_score, objective: str = "f1", target_rec
         from strokekit.evaluation import bootstrap
 
         _, draws = bootstrap.threshold_curve_draws(y_true, y_score, objective, test_size, n_boot, seed,
-                                                   test_prior, target_recall)
+                                                   test_prior, target_recall, patients)
         curve = bootstrap.robust_scores(draws, robust)
     flat = plateau(table["threshold"], curve, tolerance)
     chosen = metrics.classification_metrics(y_true, y_score, flat["value"])
@@ -325,6 +326,8 @@ def tune_classifier_threshold(y_true, y_score, objective: str = "f1", target_rec
         out["target_recall"] = float(target_recall)
     if robust:
         out.update(robust=robust, robust_score=flat["score"], test_size=test_size, n_boot=n_boot)
+        if patients is not None:
+            out["test_patients"] = patients.count
     if weights is not None:
         out["oof_unweighted"] = out["oof"]
         out["oof"] = {**out["oof"], **prior.metrics_at(table, flat["value"])}

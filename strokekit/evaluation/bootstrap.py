@@ -4,14 +4,16 @@ A resample draws `size` images with replacement (the test set's size: 97 for pha
 not the OOF's size, so the spread is the one a leaderboard of that size shows). Each resample is a weight
 vector over the images (how often each was drawn), so statistics that are ratios of sums over images
 (every segmentation objective, seg_objectives.py) are scored for all resamples and all settings with two
-matrix products. `interval` serves any per-image statistic (score.py, ensemble.py); `robust_choice` picks
+matrix products. With `Patients` a resample draws whole patients instead (a test set of 97 slices from 21
+patients varies as 21 patients do, more than 97 independent images would). `interval` serves any per-image statistic (score.py, ensemble.py); `robust_choice` picks
 a post-processing setting by the median or 10th percentile of its bootstrap distribution and then walks to
 the middle of that statistic's plateau (seg_search.choose_postprocess).
 """
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -22,12 +24,50 @@ PHASE_TEST_SIZES = {1: 192, 2: 97}          # images in the official test sets (
 ROBUST_STATISTICS = {"median": 50.0, "p10": 10.0, "p25": 25.0, "mean": None}
 
 
+@dataclass(frozen=True)
+class Patients:
+    """Resample whole patients, not images: the slices of one patient are not independent, so a test set's
+    figure moves as its patients do. groups: (N,) each image's patient, in the order of the images
+    resampled; count: patients drawn per resample (the test set's patient count)."""
+    groups: np.ndarray
+    count: int
+
+    @classmethod
+    def of(cls, group_of: Mapping, image_ids, count: int) -> "Patients":
+        """The patients of `image_ids` from an image_id -> patient mapping (folds.csv's `group`)."""
+        missing = [int(i) for i in image_ids if int(i) not in group_of]
+        if missing:
+            raise ValueError(f"no patient known for {len(missing)} image(s), e.g. {missing[:5]}")
+        return cls(np.asarray([group_of[int(i)] for i in image_ids]), int(count))
+
+    def weights(self, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+        """(n_boot, N) how often each image is drawn: its patient's count among `count` patients drawn."""
+        if self.count < 1:
+            raise ValueError(f"bootstrap needs at least one patient per resample, got {self.count}")
+        names, member = np.unique(self.groups, return_inverse=True)
+        drawn = rng.multinomial(self.count, np.full(len(names), 1.0 / len(names)), size=n_boot)
+        return drawn[:, member].astype(np.float64)
+
+    def images(self) -> int:
+        """Images in a resample on average (count x images per patient)."""
+        return round(self.count * len(self.groups) / len(np.unique(self.groups)))
+
+
 def resample_weights(n: int, size: int | None = None, n_boot: int = 1000, seed: int = 0,
-                     probabilities=None) -> np.ndarray:
+                     probabilities=None, patients: Patients | None = None) -> np.ndarray:
     """(n_boot, n) how many times each of n images is drawn in each resample of `size` (default n);
-    `probabilities` (N,) draws images unevenly (e.g. prior.prior_weights for another test mix)."""
+    `probabilities` (N,) draws images unevenly (e.g. prior.prior_weights for another test mix).
+    With `patients`, whole patients are drawn (`size` is then theirs: count x images per patient), and
+    `probabilities` reweights each drawn image (mean weight 1)."""
     if n < 1 or n_boot < 1:
         raise ValueError(f"bootstrap needs at least one image and one resample (n={n}, n_boot={n_boot})")
+    if patients is not None:
+        if len(patients.groups) != n:
+            raise ValueError(f"patients hold {len(patients.groups)} images, the resampled figure {n}")
+        weights = patients.weights(n_boot, np.random.default_rng(seed))
+        if probabilities is not None:
+            weights *= np.asarray(probabilities, float) * n / np.sum(probabilities)
+        return weights
     size = n if size is None else int(size)
     if size < 1:
         raise ValueError(f"bootstrap resample size must be >= 1, got {size}")
@@ -35,14 +75,23 @@ def resample_weights(n: int, size: int | None = None, n_boot: int = 1000, seed: 
     return np.random.default_rng(seed).multinomial(size, p, size=n_boot).astype(np.float64)
 
 
+def resample_facts(n: int, size: int | None, n_boot: int, patients: Patients | None = None) -> dict:
+    """What an interval's resamples were: {size (images), n, n_boot} and, by patient, `patients`."""
+    if patients is None:
+        return {"size": int(size or n), "n": int(n), "n_boot": int(n_boot)}
+    return {"size": patients.images(), "n": int(n), "n_boot": int(n_boot), "patients": patients.count,
+            "n_patients": int(len(np.unique(patients.groups)))}
+
+
 def interval(values, statistic: Callable | None = None, size: int | None = None, n_boot: int = 1000,
-             level: float = 0.95, seed: int = 0) -> dict:
+             level: float = 0.95, seed: int = 0, patients: Patients | None = None) -> dict:
     """Point estimate and percentile interval of a statistic over images.
 
     values: (N,) per-image values (statistic default: their mean, NaN skipped), or a tuple of arrays of
     length N resampled together and passed to `statistic(*arrays)` (e.g. (y_true, y_pred) and
-    balanced accuracy). size: images per resample (default N; a test set's size to see its spread).
-    Returns {estimate, low, high, level, size, n, n_boot, std} with plain floats.
+    balanced accuracy). size: images per resample (default N; a test set's size to see its spread);
+    patients: draw whole patients instead. Returns {estimate, low, high, level, size, n, n_boot, std} with
+    plain floats (and `patients`, `n_patients` with patients).
     """
     if not 0 < level < 1:
         raise ValueError(f"interval level must be in (0, 1), got {level}")
@@ -55,17 +104,19 @@ def interval(values, statistic: Callable | None = None, size: int | None = None,
             raise ValueError("interval: several arrays need a statistic")
         x = arrays[0].astype(np.float64)
         valid = np.isfinite(x)
-        weights = resample_weights(n, size, n_boot, seed)
+        weights = resample_weights(n, size, n_boot, seed, patients=patients)
         with np.errstate(invalid="ignore", divide="ignore"):
             draws = (weights @ np.where(valid, x, 0.0)) / (weights @ valid)
         estimate = float(np.nanmean(x)) if valid.any() else np.nan
     else:
-        rng = np.random.default_rng(seed)
-        size = n if size is None else int(size)
-        draws = np.array([statistic(*(a[idx] for a in arrays))
-                          for idx in rng.integers(0, n, size=(n_boot, size))], dtype=np.float64)
+        if patients is None:
+            draws_idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n if size is None else int(size)))
+        else:  # each resample's images, a patient's as often as it was drawn
+            weights = resample_weights(n, n_boot=n_boot, seed=seed, patients=patients).astype(int)
+            draws_idx = [np.repeat(np.arange(n), w) for w in weights]
+        draws = np.array([statistic(*(a[idx] for a in arrays)) for idx in draws_idx], dtype=np.float64)
         estimate = float(statistic(*arrays))
-    return summarise(draws, estimate, level) | {"size": int(size or n), "n": int(n), "n_boot": int(n_boot)}
+    return summarise(draws, estimate, level) | resample_facts(n, size, n_boot, patients)
 
 
 def summarise(draws: np.ndarray, estimate: float, level: float = 0.95) -> dict:
@@ -81,23 +132,26 @@ def summarise(draws: np.ndarray, estimate: float, level: float = 0.95) -> dict:
 
 
 def format_interval(result: dict, digits: int = 4) -> str:
-    """'0.6123 [0.5512, 0.6690]' (95 % interval at n = 97)."""
+    """'0.6123 [0.5512, 0.6690]' (95 % interval at n = 97), or '(95 % at 21 patients)'."""
+    at = f"{result['patients']} patients" if result.get("patients") else f"n = {result['size']}"
     return (f"{result['estimate']:.{digits}f} [{result['low']:.{digits}f}, {result['high']:.{digits}f}]"
-            f" ({100 * result['level']:.0f} % at n = {result['size']})")
+            f" ({100 * result['level']:.0f} % at {at})")
 
 
 def classifier_intervals(y_true, y_score, threshold: float, size: int | None = PHASE_TEST_SIZES[1],
                          n_boot: int = 1000, seed: int = 0, level: float = 0.95,
-                         test_prior: float | None = None, with_auc: bool = True) -> dict[str, dict]:
+                         test_prior: float | None = None, with_auc: bool = True,
+                         patients: Patients | None = None) -> dict[str, dict]:
     """Intervals of a classifier's headline figures at its threshold on resamples of `size` images
     (AUC, recall, precision, specificity, F1, balanced accuracy, accuracy); with `test_prior` images are
-    drawn so that resamples hold that positive share on average. Estimates are the (reweighted) OOF's."""
+    drawn so that resamples hold that positive share on average; with `patients`, whole patients are
+    drawn. Estimates are the (reweighted) OOF's."""
     from strokekit.evaluation import metrics, prior
 
     y = np.asarray(y_true).astype(int)
     p = np.asarray(y_score, dtype=float)
     draw = None if test_prior is None else prior.prior_weights(y, test_prior)
-    weights = resample_weights(len(y), size, n_boot, seed, draw)
+    weights = resample_weights(len(y), size, n_boot, seed, draw, patients)
     pred = p >= threshold
     count = lambda mask: weights @ mask.astype(np.float64)
     tp, fp, fn, tn = count(pred & (y == 1)), count(pred & (y == 0)), count(~pred & (y == 1)), count(~pred & (y == 0))
@@ -112,24 +166,28 @@ def classifier_intervals(y_true, y_score, threshold: float, size: int | None = P
         probs = None if draw is None else draw / draw.sum()
         aucs = []
         for _ in range(n_boot):
-            idx = rng.choice(len(y), size=size or len(y), p=probs)
+            idx = (rng.choice(len(y), size=size or len(y), p=probs) if patients is None else  # AUC: prior-free
+                   np.repeat(np.arange(len(y)), patients.weights(1, rng)[0].astype(int)))
             aucs.append(metrics.roc_auc(y[idx], p[idx]) if 0 < y[idx].sum() < len(idx) else np.nan)
         out["auc"] = summarise(np.array(aucs), float(metrics.roc_auc(y, p)), level)
-    return {k: v | {"size": int(size or len(y)), "n": len(y), "n_boot": n_boot} for k, v in out.items()}
+    facts = resample_facts(len(y), size, n_boot, patients)
+    return {k: v | facts for k, v in out.items()}
 
 
 def threshold_curve_draws(y_true, y_score, objective: str = "f1", size: int | None = PHASE_TEST_SIZES[1],
                           n_boot: int = 1000, seed: int = 0, test_prior: float | None = None,
-                          target_recall: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+                          target_recall: float | None = None,
+                          patients: Patients | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(thresholds (T,), draws (n_boot, T)): a threshold objective (f1, youden, balanced_accuracy, or for
     `recall` the precision where the OOF recall meets target_recall, NaN elsewhere) at every distinct score,
-    on resamples of `size` images (drawn at `test_prior`'s positive share when given)."""
+    on resamples of `size` images (drawn at `test_prior`'s positive share when given; whole patients with
+    `patients`)."""
     from strokekit.evaluation import metrics, prior
 
     y = np.asarray(y_true).astype(int).ravel()
     p = np.asarray(y_score, dtype=float).ravel()
     draw = None if test_prior is None else prior.prior_weights(y, test_prior)
-    weights = resample_weights(len(y), size, n_boot, seed, draw)
+    weights = resample_weights(len(y), size, n_boot, seed, draw, patients)
     order = np.argsort(-p, kind="mergesort")
     last = np.r_[np.nonzero(np.diff(p[order]))[0], p.size - 1]
     tp = np.cumsum(weights[:, order] * y[order], axis=1)[:, last]
@@ -147,21 +205,22 @@ def threshold_curve_draws(y_true, y_score, objective: str = "f1", size: int | No
 
 
 def phase1_intervals(y_true, labels, probs=None, size: int | None = None, n_boot: int = 1000, seed: int = 0,
-                     level: float = 0.95) -> dict[str, dict]:
+                     level: float = 0.95, patients: Patients | None = None) -> dict[str, dict]:
     """score.py phase 1: intervals of recall, precision, specificity, F1, balanced accuracy, accuracy of
     submitted 0/1 labels (and AUC when probabilities are given), resampling the scored images."""
-    out = classifier_intervals(y_true, labels, 0.5, size, n_boot, seed, level, with_auc=False)
+    out = classifier_intervals(y_true, labels, 0.5, size, n_boot, seed, level, with_auc=False, patients=patients)
     if probs is not None:
         from strokekit.evaluation import metrics
 
         y = np.asarray(y_true).astype(int)
         auc = lambda yy, pp: metrics.roc_auc(yy, pp) if 0 < yy.sum() < len(yy) else np.nan
-        out["auc"] = interval((y, np.asarray(probs, float)), auc, size=size, n_boot=n_boot, level=level, seed=seed)
+        out["auc"] = interval((y, np.asarray(probs, float)), auc, size=size, n_boot=n_boot, level=level, seed=seed,
+                              patients=patients)
     return out
 
 
 def phase2_intervals(official_iou, official_dice, strict=None, size: int | None = None, n_boot: int = 1000,
-                     seed: int = 0, level: float = 0.95) -> dict[str, dict]:
+                     seed: int = 0, level: float = 0.95, patients: Patients | None = None) -> dict[str, dict]:
     """score.py phase 2: intervals of the official per-image IoU / Dice means and, given strict per-image
     counts (metrics.SegStats, (N, 3) each), of the strict lesion-mean Dice / IoU (macro-imagewise and
     micro), all from the same resamples of the scored images."""
@@ -178,12 +237,13 @@ def phase2_intervals(official_iou, official_dice, strict=None, size: int | None 
                 name = f"{kind}_{reduction.replace('-', '_')}_lesion_mean"
                 parts[name] = [ratio_term(*counts(c), kind, reduction, np.nan) for c in (1, 2)]
     n = len(parts["official_iou"][0][0])
-    weights = resample_weights(n, size, n_boot, seed)
+    weights = resample_weights(n, size, n_boot, seed, patients=patients)
+    facts = resample_facts(n, size, n_boot, patients)
     out = {}
     for name, terms in parts.items():
         estimate = float(combine([(num[:, None], den[:, None]) for num, den in terms])[0])
         draws = combine([(num[:, None], den[:, None]) for num, den in terms], weights)[:, 0]
-        out[name] = summarise(draws, estimate, level) | {"size": int(size or n), "n": n, "n_boot": n_boot}
+        out[name] = summarise(draws, estimate, level) | facts
     return out
 
 

@@ -98,9 +98,11 @@ def submission_name(pred: os.PathLike | str) -> str:
 
 
 def score_phase1(pred_path: os.PathLike | str, truth_path: os.PathLike | str,
-                 probs_path: os.PathLike | str | None = None, n_boot: int = 1000) -> dict:
+                 probs_path: os.PathLike | str | None = None, n_boot: int = 1000,
+                 patients: dict[int, str] | None = None) -> dict:
     """Confusion matrix and threshold metrics of an asama1.txt; ROC AUC from a probs CSV if given; 95 %
-    bootstrap intervals of each (`n_boot` resamples of the scored images; 0 = none)."""
+    bootstrap intervals of each (`n_boot` resamples of the scored images, or with `patients` (image id ->
+    patient) of whole patients, as many as the test set holds; 0 = none)."""
     truth = read_labels(truth_path)
     pred = read_labels(pred_path)
     try:
@@ -128,7 +130,7 @@ def score_phase1(pred_path: os.PathLike | str, truth_path: os.PathLike | str,
 
         complete = probs is not None and all(i in probs for i in ids)  # AUC's interval only over every image
         result["intervals"] = phase1_intervals(y, answered, [probs[i] for i in ids] if complete else None,
-                                               n_boot=n_boot)
+                                               n_boot=n_boot, patients=_patients(patients, ids))
     return result
 
 
@@ -185,9 +187,11 @@ def score_image(pred: np.ndarray, true: np.ndarray, se_size: int = 3, region_rul
 
 
 def score_phase2(pred_dir: os.PathLike | str, truth_dir: os.PathLike | str, se_size: int = 3,
-                 region_rule: bool = True, empty: float = 1.0, n_boot: int = 1000) -> dict:
+                 region_rule: bool = True, empty: float = 1.0, n_boot: int = 1000,
+                 patients: dict[int, str] | None = None) -> dict:
     """Score a folder of `<id>.png` masks against a folder of true MASK PNGs (every truth id is scored), with
-    95 % bootstrap intervals of the headline figures (`n_boot` resamples of the scored images; 0 = none)."""
+    95 % bootstrap intervals of the headline figures (`n_boot` resamples of the scored images, or with
+    `patients` of whole patients; 0 = none)."""
     pred_dir, truth_dir = Path(pred_dir), Path(truth_dir)
     truth_files = mask_files(truth_dir)
     if not truth_files:
@@ -204,7 +208,7 @@ def score_phase2(pred_dir: os.PathLike | str, truth_dir: os.PathLike | str, se_s
         from strokekit.evaluation.bootstrap import phase2_intervals
 
         intervals = phase2_intervals([r["iou"] for r in records], [r["dice"] for r in records], strict,
-                                     n_boot=n_boot)
+                                     n_boot=n_boot, patients=_patients(patients, [r["id"] for r in records]))
     return {"phase": 2, "pred": str(pred_dir), "truth": str(truth_dir), "n_images": len(records),
             "se_size": se_size, "rule": "region" if region_rule else "pixel",
             "empty_image_score": empty,
@@ -219,6 +223,16 @@ def score_phase2(pred_dir: os.PathLike | str, truth_dir: os.PathLike | str, se_s
             "per_image": records}
 
 
+def _patients(patients: dict[int, str] | None, ids: list[int]):
+    """bootstrap.Patients for the scored `ids`: every patient among them drawn per resample."""
+    if patients is None:
+        return None
+    from strokekit.evaluation.bootstrap import Patients
+
+    found = Patients.of(patients, ids, 1)
+    return Patients(found.groups, len(set(found.groups)))
+
+
 def intervals_table(result: dict) -> str:
     """The result's 95 % bootstrap intervals, one line per figure ('' when none were computed)."""
     from strokekit.evaluation.bootstrap import format_interval
@@ -228,7 +242,8 @@ def intervals_table(result: dict) -> str:
     if not rows:
         return ""
     width = max(len(name) for name, _ in rows)
-    lines = ["95 % intervals (bootstrap over the scored images):"]
+    first = rows[0][1]
+    lines = [f"95 % intervals (bootstrap over the scored {'patients' if first.get('patients') else 'images'}):"]
     lines += [f"  {name:<{width}}  {format_interval(value)}" for name, value in rows]
     return "\n".join(lines)
 

@@ -194,3 +194,33 @@ def test_check_phase2_against_a_test_folder(phase2, tmp_path):
 def test_phase_needs_pred_and_truth(tmp_path):
     out = run("--phase", 1, "--pred", "x.txt", cwd=tmp_path)
     assert out.returncode == 2 and "needs --pred and --truth" in out.stderr
+
+
+def test_phase2_intervals_by_patient(tmp_path):
+    """--patients: the intervals resample the test set's patients (PatientID of its DICOM headers), not images."""
+    import shutil
+
+    from strokekit.data.dicom import read_dicom_header
+    from strokekit.phantom.dataset import make_phantom
+
+    test = make_phantom(tmp_path / "data", n=30, seed=5, size=64, n_test1=4, n_test2=14) / "YARISMA_2"
+    pred = tmp_path / "pred"
+    shutil.copytree(test / "MASK", pred)
+    for extra in sorted(pred.glob("*.png"))[::2]:
+        extra.unlink()  # half the masks missing: per-image scores of 1 and 0
+    patients = {read_dicom_header(p)["PatientID"] for p in (test / "DICOM").glob("*.dcm")}
+    assert 1 < len(patients) < len(list((test / "DICOM").glob("*.dcm")))  # patients hold several slices
+    by_image = run("--phase", 2, "--pred", pred, "--truth", test / "MASK", "--out", tmp_path / "a.json", cwd=tmp_path)
+    assert by_image.returncode == 0, by_image.stderr
+    done = run("--phase", 2, "--pred", pred, "--truth", test / "MASK", "--patients", test, "--out",
+               tmp_path / "b.json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "bootstrap over the scored patients" in done.stdout and f"at {len(patients)} patients" in done.stdout
+    a, b = (json.loads((tmp_path / f"{n}.json").read_text())["intervals"]["official_iou"] for n in "ab")
+    assert b["patients"] == b["n_patients"] == len(patients) and "patients" not in a
+    assert a["estimate"] == b["estimate"] and (a["low"], a["high"]) != (b["low"], b["high"])
+    (test / "DICOM" / f"{sorted(p.stem for p in (test / 'MASK').glob('*.png'))[0]}.dcm").unlink()
+    refused = run("--phase", 2, "--pred", pred, "--truth", test / "MASK", "--patients", test / "DICOM",
+                  "--out", tmp_path / "c.json", cwd=tmp_path)
+    assert refused.returncode == 2 and refused.stderr.startswith("error: --patients: 1 of 14")
+    assert not (tmp_path / "c.json").exists()
