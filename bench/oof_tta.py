@@ -15,8 +15,8 @@ infer.py on the phantom's test sets (YARISMA_1: --n-test1 mixed slices, YARISMA_
 scored by score.py with 95 % bootstrap intervals. The OOF estimate of each figure is the spec's own (its
 interval: 1,000 resamples of the test set's size from the OOF). Each setting is also tuned and submitted
 with `ensemble.py --test-patients P` (P: the test set's patient count from its DICOM headers): the OOF
-resamples then draw P whole patients, so the interval is the spread a test set of P patients shows. Besides the table, the JSON holds what could
-explain a gap: each setting's threshold and plateau, its mean OOF probability, the OOF and test positive
+resamples then draw P whole patients, so the interval is the spread a test set of P patients shows (and
+score.py --patients resamples the test set's patients). Besides the table, the JSON holds what could explain a gap: each setting's threshold and plateau, its mean OOF probability, the OOF and test positive
 shares, the test figure at the threshold the test would have chosen, and whether the two settings' fold
 weights are identical (same seed, so the k-fold ensemble applied is the same one).
 Writes bench/results/oof_tta.json. Trains one process at a time; OMP_NUM_THREADS=1 and nice it on a shared box.
@@ -129,7 +129,8 @@ def phase1(setting: str, sets: list[str], data: Path, work: Path, args, patients
     score = work / "scores" / f"{name}.json"
     key = data / "YARISMA_1" / "ASAMA1_Cevaplar.txt"
     cli("score", ["--phase", "1", "--pred", str(sub / "asama1.txt"), "--truth", str(key),
-                  "--probs", str(sub / "probs.csv"), "--out", str(score)])
+                  "--probs", str(sub / "probs.csv"), "--out", str(score),
+                  *(["--patients", str(data / "YARISMA_1")] if patients else [])])
     return {"run": str(runs / run_name), "spec": read_yaml(spec), "score": json.loads(score.read_text()),
             "oof_mean_prob": oof_mean_prob(runs / run_name),
             "test_best": {m: test_threshold_best(sub, key, m) for m in ("f1", "balanced_accuracy")}}
@@ -155,7 +156,7 @@ def phase2(setting: str, sets: list[str], data: Path, work: Path, args, name: st
                   "--overwrite"])
     score = work / "scores" / f"{name}.json"
     cli("score", ["--phase", "2", "--pred", str(sub), "--truth", str(data / "YARISMA_2" / "MASK"),
-                  "--out", str(score)])
+                  "--out", str(score), *(["--patients", str(data / "YARISMA_2")] if patients else [])])
     return {"run": str(runs / run_name), "spec": read_yaml(spec), "score": json.loads(score.read_text())}
 
 
