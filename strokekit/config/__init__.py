@@ -52,6 +52,8 @@ DEFAULTS: dict[str, Any] = {
     "decoder_attention": None,  # seg, smp Unet / UnetPlusPlus: decoder attention, e.g. scse
     "norm": "batch",           # batch | instance | group: every BatchNorm swapped (small batches, from scratch)
     "deep_supervision": 0,     # seg U-Nets: a loss on this many intermediate decoder stages too (nnU-Net); 0 = off
+    "seg_head": "softmax",     # seg: softmax (3 exclusive classes) | sigmoid (2 independent lesion channels, the
+                               # DPN-U-Net's; losses bce / focal / dice per channel, models.SigmoidLesionHead)
     # optimisation
     "epochs": 10,
     "batch_size": 16,

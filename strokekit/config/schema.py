@@ -241,6 +241,7 @@ SCHEMA: dict[str, Rule] = {
     "decoder_attention": Choice(*DECODER_ATTENTION, nullable=True),
     "norm": Choice("batch", "instance", "group"),                      # models/norm.NORMS
     "deep_supervision": Int(0, 5),
+    "seg_head": Choice("softmax", "sigmoid"),
     "epochs": Int(1),
     "batch_size": Int(1),
     "accum_steps": Int(1),
@@ -362,6 +363,13 @@ def cross_checks(cfg: dict) -> list[tuple[str, str]]:
     if cfg["epoch_steps"] is not None and cfg["sampler"] in (None, "none"):
         problems.append(("epoch_steps", "needs a sampler that draws batches with replacement (balanced for "
                                         "classifiers, lesion for seg)"))
+    if cfg["seg_head"] == "sigmoid":
+        softmax_only = [name for name in loss_terms(cfg["loss"]) if name in ("ce", "lovasz")] if cfg["loss"] else []
+        if task != "seg":
+            problems.append(("seg_head", f"sigmoid is a seg head, not one for task {task}"))
+        elif softmax_only:
+            problems.append(("loss", f"{', '.join(softmax_only)} is for the softmax head (exclusive classes); "
+                                     "seg_head: sigmoid trains with bce, focal, dice, batch_dice or image_dice"))
     if cfg["deep_supervision"] and task != "seg":
         problems.append(("deep_supervision", f"is for seg U-Nets, not task {task}"))
     if cfg["pseudo"] and task != "seg":

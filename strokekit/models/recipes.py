@@ -39,8 +39,8 @@ class HypercolumnUNet(nn.Module):
     """Encoder features at strides 32..2 -> slim decoder stages (x2 upsampling; a 3x3 conv-BN-ReLU bottleneck
     fusing the upsampled map with the encoder's skip to 16 channels; a 3x3 conv-BN-ReLU 16 -> 16) -> every
     stage's output upsampled to the input size and concatenated (the hypercolumn, 5 x 16 channels) -> spatial
-    dropout -> 1x1 conv to the classes (the paper: a depthwise conv to 2 sigmoid channels; here the kit's
-    3-class softmax head, docs/recipes.md)."""
+    dropout -> 1x1 conv to the outputs (the paper: a depthwise conv to 2 sigmoid channels: with `seg_head:
+    sigmoid` build_model asks for 2 and wraps them, models/sigmoid_head.py; docs/recipes.md)."""
 
     SLIM_DECODER = (16, 16, 16, 16, 16)  # the paper's (Sec. 4.1); smp's Unet decoder uses (256, 128, 64, 32, 16)
 

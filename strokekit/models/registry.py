@@ -21,6 +21,7 @@ from strokekit.models.weights import (WeightsError, apply_offline_policy, downlo
                                       timm_pretrained_file)
 from strokekit.models.deep_supervision import DeepSupervision
 from strokekit.models.norm import replace_batchnorm
+from strokekit.models.sigmoid_head import SigmoidLesionHead
 from strokekit.vocabulary import TASK_OUTPUTS
 
 CUSTOM_MODELS: dict[str, Callable[[dict, int], nn.Module]] = {}
@@ -120,6 +121,9 @@ def build_model(cfg: dict, num_outputs: int | None = None) -> nn.Module:
     """The model a config names, with pretrained or local weights loaded (fails fast when offline)."""
     apply_offline_policy()
     num_outputs = num_outputs or head_size(cfg["task"])
+    sigmoid = cfg["task"] == "seg" and cfg.get("seg_head") == "sigmoid"
+    if sigmoid:
+        num_outputs -= 1  # the net predicts the 2 lesion channels, SigmoidLesionHead adds the background's 0
     name = cfg["model"]
     if name in CUSTOM_MODELS:
         wanted = "seg" if cfg["task"] == "seg" else "classifier"
@@ -146,6 +150,8 @@ def build_model(cfg: dict, num_outputs: int | None = None) -> nn.Module:
         model = LesionAuxClassifier(model, cfg)
     if cfg["task"] == "seg" and cfg.get("deep_supervision"):
         model = DeepSupervision(model, cfg["in_chans"], num_outputs, depth=int(cfg["deep_supervision"]))
+    if sigmoid:
+        model = SigmoidLesionHead(model)  # logits [0, a, b]: read as a softmax head's (models/sigmoid_head.py)
     return model
 
 

@@ -4,6 +4,10 @@ Two modes, chosen by the task:
 - `binary`: classifier logits (N, 2) against targets (N,) in {0, 1}. CE uses the two logits; BCE, focal and
   Lovasz use the log-odds z1 - z0 (= logit of softmax[:, 1]), so every loss trains the same head.
 - `multiclass`: segmentation logits (N, C, H, W) against class maps (N, H, W).
+- `multilabel`: a sigmoid seg head (config `seg_head: sigmoid`, models.SigmoidLesionHead): logits
+  [0, a, b] whose lesion channels' log-odds a (ischemia) and b (hemorrhage) are two independent sigmoid
+  outputs; bce, focal and the Dice losses score each lesion channel against its own 0/1 map (smp's
+  multilabel mode), `ce` and `lovasz` are the softmax head's and are refused.
 `class_weights` (one weight per class) apply to ce, bce (as pos_weight = w1 / w0, or per channel) and focal.
 `dice` and `lovasz` come from smp.losses (smp's Dice counts the background class too); `batch_dice` /
 `image_dice` are foreground-only soft Dice over the batch (nnU-Net) / per image.
@@ -21,7 +25,8 @@ from torch import nn
 from strokekit.errors import UserError
 from strokekit.vocabulary import IGNORE_LABEL
 
-MODES = ("binary", "multiclass")
+MODES = ("binary", "multiclass", "multilabel")
+SOFTMAX_ONLY = ("ce", "lovasz")  # losses of mutually exclusive classes: no multilabel form
 
 
 class LossNameError(UserError, KeyError):
@@ -30,6 +35,14 @@ class LossNameError(UserError, KeyError):
 
 def _log_odds(logits: torch.Tensor) -> torch.Tensor:
     return logits[:, 1] - logits[:, 0]
+
+
+def lesion_channels(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multilabel mode: (lesion log-odds (N, 2, H, W), 0/1 maps (N, 2, H, W), IGNORE_LABEL where the class map
+    is) from logits [0, a, b] and a class map: channel 0 ischemia (class 1), channel 1 hemorrhage (class 2)."""
+    odds = logits.float()[:, 1:] - logits.float()[:, :1]
+    maps = torch.stack([target == 1, target == 2], dim=1).long()
+    return odds, maps.masked_fill((target == IGNORE_LABEL).unsqueeze(1), IGNORE_LABEL)
 
 
 class CrossEntropy(nn.Module):
@@ -51,14 +64,21 @@ class BinaryCrossEntropy(nn.Module):
         super().__init__()
         self.mode = mode
         w = _as_tensor(class_weights)
-        if mode == "binary" and w is not None:
-            w = w[1:] / w[0]  # pos_weight
+        if mode in ("binary", "multilabel") and w is not None:
+            w = w[1:] / w[0]  # pos_weight (per lesion channel in multilabel mode)
         self.register_buffer("weight", w, persistent=False)
 
     def forward(self, logits, target):
         logits = logits.float()
         if self.mode == "binary":
             return F.binary_cross_entropy_with_logits(_log_odds(logits), target.float(), pos_weight=self.weight)
+        if self.mode == "multilabel":
+            odds, maps = lesion_channels(logits, target)
+            valid = maps != IGNORE_LABEL
+            weight = None if self.weight is None else self.weight.view(1, -1, *([1] * (odds.ndim - 2)))
+            loss = F.binary_cross_entropy_with_logits(odds, maps.where(valid, 0).float(), pos_weight=weight,
+                                                      reduction="none")
+            return (loss * valid).sum() / valid.sum().clamp_min(1)
         valid = (target != IGNORE_LABEL).unsqueeze(1)
         onehot = F.one_hot(target.where(valid[:, 0], 0), logits.shape[1]).movedim(-1, 1).float()
         loss = F.binary_cross_entropy_with_logits(logits, onehot, reduction="none")
@@ -73,12 +93,14 @@ class _SmpLoss(nn.Module):
     def __init__(self, mode: str, make: Callable[..., nn.Module]):
         super().__init__()
         self.mode = mode
-        self.loss = make("binary") if mode == "binary" else make("multiclass", ignore_index=IGNORE_LABEL)
+        self.loss = make("binary") if mode == "binary" else make(mode, ignore_index=IGNORE_LABEL)
 
     def forward(self, logits, target):
         logits = logits.float()
         if self.mode == "binary":
             return self.loss(_log_odds(logits).unsqueeze(1), target.float().unsqueeze(1))
+        if self.mode == "multilabel":
+            return self.loss(*lesion_channels(logits, target))
         return self.loss(logits, target)
 
 
@@ -89,7 +111,32 @@ def focal(mode: str, class_weights=None) -> nn.Module:
     if mode == "binary":  # one output: the class weights become alpha, the positive class's share
         alpha = None if weights is None else weights[1] / (weights[0] + weights[1])
         return _SmpLoss(mode, lambda m: FocalLoss(m, alpha=alpha))
+    if mode == "multilabel":  # one weight per lesion channel
+        return MultilabelFocal(weights and weights[1:])
     return _SmpLoss(mode, lambda m, **kw: FocalLoss(m, class_weights=weights, **kw))
+
+
+class MultilabelFocal(nn.Module):
+    """Sigmoid focal loss (gamma 2) of each lesion channel over its valid pixels, then the channels' mean (or
+    mean weighted by `weights`), as smp's FocalLoss reduces its classes (its multilabel mode fails on ignored
+    pixels, so the channels are filtered here)."""
+
+    def __init__(self, weights=None, gamma: float = 2.0):
+        super().__init__()
+        self.register_buffer("weight", _as_tensor(weights), persistent=False)
+        self.gamma = gamma
+
+    def forward(self, logits, target):
+        from torchvision.ops import sigmoid_focal_loss
+
+        odds, maps = lesion_channels(logits, target)
+        valid = maps != IGNORE_LABEL
+        losses = torch.stack([sigmoid_focal_loss(odds[:, c][valid[:, c]], maps[:, c][valid[:, c]].float(),
+                                                 alpha=-1, gamma=self.gamma, reduction="sum")
+                              / valid[:, c].sum().clamp_min(1) for c in range(odds.shape[1])])
+        if self.weight is None:
+            return losses.mean()
+        return (losses * self.weight).sum() / self.weight.sum()
 
 
 def dice(mode: str, class_weights=None) -> nn.Module:
@@ -116,6 +163,11 @@ class ForegroundDice(nn.Module):
         if self.mode == "binary":
             probs, onehot = torch.sigmoid(_log_odds(logits))[:, None], target.float()[:, None]
             dims = (0,)
+        elif self.mode == "multilabel":  # each lesion channel's own sigmoid
+            odds, maps = lesion_channels(logits, target)
+            valid = maps != IGNORE_LABEL
+            probs, onehot = torch.sigmoid(odds) * valid, (maps * valid).float()
+            dims = (0, *range(2, logits.ndim)) if self.batch else tuple(range(2, logits.ndim))
         else:
             valid = (target != IGNORE_LABEL).unsqueeze(1)
             probs = logits.softmax(1)[:, 1:] * valid
@@ -176,10 +228,15 @@ def parse_loss_spec(spec) -> dict[str, float]:
 
 
 def build_loss(spec, mode: str, class_weights=None) -> nn.Module:
-    """The loss module a config's `loss` names, for `mode` 'binary' (classifiers) or 'multiclass' (seg)."""
+    """The loss module a config's `loss` names, for `mode` 'binary' (classifiers), 'multiclass' (seg) or
+    'multilabel' (seg with a sigmoid head)."""
     if mode not in MODES:
         raise ValueError(f"loss mode must be one of {MODES}, got {mode!r}")
     terms = parse_loss_spec(spec)
+    refused = [name for name in terms if mode == "multilabel" and name in SOFTMAX_ONLY]
+    if refused:
+        raise LossNameError(f"loss {', '.join(refused)} is for the softmax head (mutually exclusive classes); "
+                            "seg_head: sigmoid trains with bce, focal, dice, batch_dice or image_dice")
     parts = {name: LOSSES[name](mode, class_weights) for name in terms}
     if len(parts) == 1 and next(iter(terms.values())) == 1.0:
         return next(iter(parts.values()))

@@ -196,7 +196,11 @@ class SegTask(Task):
         return SliceDataset(rows, cfg, train, masks=True, full_masks=not train)
 
     def build_loss(self, cfg: dict, class_weights=None) -> torch.nn.Module:
-        loss = super().build_loss(cfg, class_weights)
+        """The config's loss; with `seg_head: sigmoid` in multilabel mode (each lesion channel its own sigmoid)."""
+        if cfg.get("seg_head") == "sigmoid":
+            loss = build_loss(cfg["loss"], "multilabel", class_weights)
+        else:
+            loss = super().build_loss(cfg, class_weights)
         return DeepSupervisionLoss(loss) if cfg.get("deep_supervision") else loss
 
     def sampler(self, dataset: SliceDataset, cfg: dict) -> dict:
