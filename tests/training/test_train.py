@@ -232,9 +232,11 @@ def test_bad_config_value_exits_2_as_a_process(train_phantom, tmp_path):
 
 def test_a_second_run_on_a_fold_folder_is_refused(train_phantom, tmp_path):
     """Two train.py on one fold folder at once: the second (plain, or --overwrite, which would clear the first's
-    files) exits 2 naming the first's pid (strokekit/locks.py), and the first finishes intact."""
+    files) exits 2 naming the first's pid (strokekit/locks.py), and the first finishes intact. The first run is
+    held still (SIGSTOP) after its first epoch while the second ones start, so it is busy however slow they are,
+    and a short run is enough; it then goes on (SIGCONT) and must finish as if nothing had happened."""
     run_dir = tmp_path / "tiny_stroke" / "fold0"
-    command = _train_command(train_phantom, tmp_path, "epochs=25")
+    command = _train_command(train_phantom, tmp_path, "epochs=3")
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
     seconds = []
     try:
@@ -242,21 +244,23 @@ def test_a_second_run_on_a_fold_folder_is_refused(train_phantom, tmp_path):
         while not (run_dir / "log.csv").exists():  # an epoch is done: the run is under way
             assert first.poll() is None and time.time() < deadline, first.stdout.read()
             time.sleep(0.05)
+        first.send_signal(signal.SIGSTOP)  # a stopped process keeps its flock
         seconds = [subprocess.Popen(command + extra, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                     env=ENV) for extra in ([], ["--overwrite"])]
         results = [(proc.wait(timeout=120), proc.stderr.read()) for proc in seconds]
-        assert first.poll() is None, "the first run ended before the second ones were refused: raise its epochs"
+        assert first.poll() is None, "the first run ended before the second ones were refused"
     finally:
         for proc in seconds:  # (not refused: they train)
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+        first.send_signal(signal.SIGCONT)
         out, _ = first.communicate(timeout=600)
     for code, err in results:
         assert code == 2 and f"is in use by another train.py run: pid {first.pid} on " in err, err
     assert first.returncode == 0, out
-    assert pd.read_csv(run_dir / "log.csv")["epoch"].tolist() == list(range(1, 26))
-    assert (run_dir / "done").is_file() and read_checkpoint(run_dir / "last.pt")["epoch"] == 25
+    assert pd.read_csv(run_dir / "log.csv")["epoch"].tolist() == [1, 2, 3]
+    assert (run_dir / "done").is_file() and read_checkpoint(run_dir / "last.pt")["epoch"] == 3
     assert not list(run_dir.glob(".*"))  # no temp file left, and the lock file went with the run
 
 
