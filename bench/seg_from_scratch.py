@@ -54,6 +54,10 @@ ROWS = {  # name -> (config, --set values): one ingredient at a time, same slice
     # the same two recipes with the from-scratch override: their own loss terms, CE weighing lesion pixels 30x
     "recipe_vgg_unet_scse_wce": ("recipes/vgg_unet/seg_unet_scse", [*BASE, "class_weights=[1,30,30]"]),
     "recipe_deep_ensemble_r34_wce": ("recipes/deep_ensemble/seg_unet_r34", [*BASE, "class_weights=[1,30,30]"]),
+    # the VGG16 recipe with unet_r34_seg's loss instead of its own: batch Dice of the lesions only (smp's Dice
+    # scores the background too) + CE weighing lesion pixels 30x
+    "recipe_vgg_unet_scse_wce_bd": ("recipes/vgg_unet/seg_unet_scse",
+                                    [*BASE, "class_weights=[1,30,30]", "loss=batch_dice+ce"]),
     "recipe_dpn92_hypercolumn": ("recipes/dpn_unet/seg_dpn92_hypercolumn", [*BASE, "epoch_steps=null"]),
 }
 
