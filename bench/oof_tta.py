@@ -312,8 +312,34 @@ def main(argv=None) -> int:
     return report(rows, results, diagnostics, same, data, patients, start, args)
 
 
+MIMICS = "old_infarct|streaks"  # phantom findings that look like a lesion (phantom/lesions.py)
+
+
+def mimic_breakdown(score: dict, data: Path) -> dict:
+    """Phase 2: the test's official IoU on slices with and without a lesion mimic, and each set's mimic share
+    (the phantom's truth table): how much of a gap the test's patient mix explains."""
+    import pandas as pd
+
+    truth = pd.read_csv(data / "phantom_truth.csv").set_index("id")
+    mimic = truth["findings"].fillna("").str.contains(MIMICS)
+    per_image = pd.DataFrame(score["per_image"]).set_index("id")
+    per_image["mimic"] = mimic.loc[per_image.index].to_numpy()
+    lesion_train = truth[(truth["split"] == "train") & (truth["class"] != "no_stroke")].index
+    return {"test_iou_with_mimic": float(per_image.loc[per_image["mimic"], "iou"].mean()),
+            "test_iou_without_mimic": float(per_image.loc[~per_image["mimic"], "iou"].mean()),
+            "test_mimic_share": float(per_image["mimic"].mean()),
+            "train_lesion_mimic_share": float(mimic.loc[lesion_train].mean()),
+            "test_iou_at_train_share": float(mimic.loc[lesion_train].mean()
+                                             * per_image.loc[per_image["mimic"], "iou"].mean()
+                                             + (1 - mimic.loc[lesion_train].mean())
+                                             * per_image.loc[~per_image["mimic"], "iou"].mean())}
+
+
 def report(rows, results, diagnostics, same, data: Path, patients: dict, start: float, args) -> int:
     """Print the table and write the JSON."""
+    for setting, r in results.items():
+        diagnostics.setdefault(setting, {})["phase2_mimics"] = mimic_breakdown(r["phase2"]["score"], data)
+        print(f"{setting}, phase 2 by lesion mimics: {diagnostics[setting]['phase2_mimics']}")
     interval = lambda v: f"{v[0]:.3f}, {v[1]:.3f}"
     print(table([[r["setting"], r["phase"], r["metric"], f"{r['oof']:.3f} [{interval(r['oof_95'])}]",
                   f"{r['test']:.3f} [{interval(r['test_95'])}]", f"{r['gap']:+.3f}", "yes" if r["inside"] else "NO"]
