@@ -10,34 +10,34 @@ import pytest
 import torch
 import yaml
 
+import ensemble
+import train as train_script
 from conftest import small_phantom
 from strokekit.models.checkpoint import read_checkpoint, save_atomic
 from strokekit.training.soup import SoupError, check_soupable, eval_weights, read_soup_run, soup_runs
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.slow  # trains four tiny runs (~20 s)
+pytestmark = pytest.mark.slow  # trains four tiny runs (~10 s)
 
 
-def train(*args, cwd):
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *map(str, args), "--fold", "0", "--no-progress"],
-                          cwd=cwd, capture_output=True, text=True, timeout=600,
-                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+def train(*args):
+    """train.py's main() in this process (no interpreter start-up per run)."""
+    assert train_script.main([*map(str, args), "--fold", "0", "--no-progress"]) == 0
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, one_thread):
     """s_s3, s_s4: from scratch under two seeds; ft_s5, ft_s6: both fine-tuned from s_s3's best.pt."""
     root = tmp_path_factory.mktemp("soup")
     data = small_phantom(root, n=60, seed=5, size=48, n_test1=2, n_test2=2)
     base = {"task": "stroke", "model": "tiny_cnn", "img_size": 32, "epochs": 1, "batch_size": 8, "num_workers": 0,
             "data": str(data), "oof_tta": ["none", "hflip"]}
     (root / "s.yaml").write_text(yaml.safe_dump({**base, "name": "s"}), encoding="utf-8")
-    train("--config", root / "s.yaml", "--seeds", "3,4", "--out", root / "runs", cwd=root)
+    train("--config", root / "s.yaml", "--seeds", "3,4", "--out", root / "runs")
     (root / "ft.yaml").write_text(yaml.safe_dump({**base, "name": "ft", "epochs": 2, "lr": 3e-3,
                                                   "weights": str(root / "runs" / "s_s3" / "fold0" / "best.pt")}),
                                   encoding="utf-8")
-    train("--config", root / "ft.yaml", "--seeds", "5,6", "--out", root / "runs", cwd=root)
+    train("--config", root / "ft.yaml", "--seeds", "5,6", "--out", root / "runs")
     return root / "runs"
 
 
@@ -76,7 +76,7 @@ def test_soup_of_seeds_from_one_checkpoint_is_their_mean(runs):
     assert not list(soup.parent.glob(".ft.*"))           # no partial or old copy left beside it
 
 
-def test_ensemble_py_soup_writes_a_spec_of_the_souped_run(runs):
+def test_ensemble_py_soup_writes_a_spec_of_the_souped_run(runs, capsys):
     spec = runs.parent / "soup.yaml"
     proc = subprocess.run([sys.executable, str(ROOT / "ensemble.py"), "--task", "stroke", runs / "ft_s5",
                            runs / "ft_s6", "--soup", runs.parent / "soups" / "cli", "--out", spec, "--n-boot", "50"],
@@ -86,10 +86,11 @@ def test_ensemble_py_soup_writes_a_spec_of_the_souped_run(runs):
     members = yaml.safe_load(spec.read_text())["members"]
     assert [m["name"] for m in members] == ["cli"]
     assert all("soups/cli/fold0/best.pt" in c for m in members for c in m["checkpoints"])
-    refused = subprocess.run([sys.executable, str(ROOT / "ensemble.py"), "--task", "stroke", runs / "s_s3",
-                              runs / "s_s4", "--soup", runs.parent / "soups" / "bad", "--out", spec],
-                             cwd=runs.parent, capture_output=True, text=True, timeout=600)
-    assert refused.returncode == 2 and refused.stderr.startswith("error: cannot soup"), refused.stderr
+    capsys.readouterr()
+    code = ensemble.main([str(a) for a in ("--task", "stroke", runs / "s_s3", runs / "s_s4", "--soup",
+                                           runs.parent / "soups" / "bad", "--out", spec)])  # in this process
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: cannot soup"), err
 
 
 def test_runs_from_different_inits_are_refused(runs):
