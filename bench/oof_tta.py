@@ -16,7 +16,8 @@ scored by score.py with 95 % bootstrap intervals. The OOF estimate of each figur
 interval: 1,000 resamples of the test set's size from the OOF). Each setting is also tuned and submitted
 with `ensemble.py --test-patients P` (P: the test set's patient count from its DICOM headers): the OOF
 resamples then draw P whole patients, so the interval is the spread a test set of P patients shows (and
-score.py --patients resamples the test set's patients). Besides the table, the JSON holds what could explain a gap: each setting's threshold and plateau, its mean OOF probability, the OOF and test positive
+score.py --patients resamples the test set's patients). The `nested` rows are the specs' nested OOF estimates
+(each fold decided with the threshold / setting tuned on the other folds: ensembling/nested.py). Besides the table, the JSON holds what could explain a gap: each setting's threshold and plateau, its mean OOF probability, the OOF and test positive
 shares, the test figure at the threshold the test would have chosen, and whether the two settings' fold
 weights are identical (same seed, so the k-fold ensemble applied is the same one).
 Writes bench/results/oof_tta.json. Trains one process at a time; OMP_NUM_THREADS=1 and nice it on a shared box.
@@ -231,10 +232,23 @@ def rows_phase2(setting: str, r: dict) -> list[dict]:
     test = {"official_iou": score["official"]["mean_imagewise"]["iou"],
             "dice_macro_imagewise_lesion_mean": score["strict"]["dice_macro_imagewise_lesion_mean"]}
     out = []
-    for label, objective, key in PHASE2:
-        estimate = oof["best_by_objective"][objective] if objective != "official_iou" else None
-        chosen = oof["postprocessed_interval"] if objective == "official_iou" else estimate["interval"]
-        out.append(row(setting, "phase 2", label, chosen, test[key], score["intervals"][key]))
+    for label, objective, key in PHASE2:  # the submitted setting's OOF figure under each rule
+        out.append(row(setting, "phase 2", label, oof["objective_intervals"][objective], test[key],
+                       score["intervals"][key]))
+    return out
+
+
+def rows_nested(setting: str, r1: dict, r2: dict) -> list[dict]:
+    """The nested OOF estimates (each fold decided with the choice made on the other folds) against the test."""
+    nested1, score1 = r1["spec"]["oof"].get("nested"), r1["score"]
+    out = [row(f"{setting}, nested", "phase 1", m, nested1["figures"][m], score1[m], score1["intervals"][m])
+           for m in PHASE1] if nested1 else []
+    nested2, score2 = r2["spec"]["oof"].get("nested"), r2["score"]
+    test2 = {"official_iou": score2["official"]["mean_imagewise"]["iou"],
+             "dice_macro_imagewise_lesion_mean": score2["strict"]["dice_macro_imagewise_lesion_mean"]}
+    for label, objective, key in PHASE2 if nested2 else ():
+        out.append(row(f"{setting}, nested", "phase 2", label, nested2["objectives"][objective], test2[key],
+                       score2["intervals"][key]))
     return out
 
 
@@ -278,6 +292,8 @@ def main(argv=None) -> int:
         results[by] = {"phase1": phase1(by, sets, data, args.work, args, patients=patients[1]),
                        "phase2": phase2(by, sets, data, args.work, args, patients=patients[2])}
         rows += rows_phase1(by, results[by]["phase1"]) + rows_phase2(by, results[by]["phase2"])
+        rows += rows_nested(setting, results[setting]["phase1"], results[setting]["phase2"])
+        rows += rows_nested(by, results[by]["phase1"], results[by]["phase2"])
     if args.no_diagnostics:
         return report(rows, results, {}, None, data, patients, start, args)
     (plain, _, tta, _) = results.values()

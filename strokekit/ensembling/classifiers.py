@@ -22,6 +22,7 @@ from strokekit.errors import InputFileError, SettingError
 from strokekit.evaluation import bootstrap
 
 from strokekit.ensembling import selection
+from strokekit.ensembling.nested import nested_threshold_figures
 from strokekit.ensembling.spec import CLASSIFIER_BLENDS, checkpoint_ref, combine, member_scores
 from strokekit.ensembling.stacking import STACK, candidates_of, nested_stack, seg_features
 
@@ -190,6 +191,17 @@ def build_classifier_spec(runs: list[Run], task: str, spec_path, metric: str = "
                                                 test_prior, robust, size, n_boot, seed, patients)
     intervals = bootstrap.classifier_intervals(y, choice["blended"], tuned["threshold"], size, n_boot, seed,
                                                test_prior=test_prior, patients=patients)
+    image_folds = outer_folds(aligned, oofs)
+    def inner_tune(inner: np.ndarray) -> float:
+        """The spec's threshold tuning on a subset of the images."""
+        return selection.tune_classifier_threshold(
+            y[inner], choice["blended"][inner], objective, target_recall, tolerance, test_prior, robust, size,
+            n_boot, seed, None if patients is None else bootstrap.Patients(patients.groups[inner], patients.count)
+        )["threshold"]
+
+    nested = (nested_threshold_figures(y, choice["blended"], image_folds, inner_tune, size, n_boot, seed,
+                                       test_prior=test_prior, patients=patients)
+              if len(np.unique(image_folds)) > 1 else None)
     used = [run for run in runs if choice["weights"].get(run.name, 0) > 0]
     spec = {"task": task, "blend": choice["blend"], "tta": list(tta), "tta_scales": list(tta_scales),
             "members": [member_entry(run, folds[run.name], choice["weights"][run.name], spec_path, absolute,
@@ -200,6 +212,7 @@ def build_classifier_spec(runs: list[Run], task: str, spec_path, metric: str = "
             "oof": {"metric": metric, "metric_options": options, "n_images": int(len(y)),
                     "positives": int(y.sum()), "ensemble": choice["score"],
                     "best_member": max(singles.values()), "members": singles, "intervals": intervals,
+                    "nested": nested,
                     "blends_tried": {b: c["score"] for b, c in tried.items()}},
             "selection": {"top_k": top_k, "top_runs": top_runs, "runs_kept": sorted(members),
                           "greedy": greedy, "history": choice["history"], "note": choice.get("note", "")}}
@@ -207,6 +220,7 @@ def build_classifier_spec(runs: list[Run], task: str, spec_path, metric: str = "
         spec["stack"] = choice["stack"]
     report = {"folds": pd.concat(tables, ignore_index=True), "members": singles, "weights": choice["weights"],
               "ensemble": choice["score"], "metric": metric, "threshold": spec["threshold"], "intervals": intervals,
+              "nested": nested,
               "blends_tried": spec["oof"]["blends_tried"], "note": choice.get("note", ""),
               "stack": spec.get("stack")}
     return spec, report
@@ -296,7 +310,21 @@ def decision_lines(report: dict) -> list[str]:
               f"precision {oof['precision']:.4f}, specificity {oof['specificity']:.4f}, F1 {oof['f1']:.4f}, "
               f"balanced accuracy {oof['balanced_accuracy']:.4f}"
             + (f" (OOF reweighted to a test positive share of {t['test_prior']:.3f}; OOF's own "
-               f"{t['oof_prior']:.3f})" if "test_prior" in t else "")] + interval_lines(report.get("intervals"))
+               f"{t['oof_prior']:.3f})" if "test_prior" in t else "")] + interval_lines(report.get("intervals")) \
+        + nested_lines(report.get("nested"))
+
+
+def nested_lines(nested: dict | None) -> list[str]:
+    """The nested OOF figures: each fold's images at the threshold chosen on the other folds."""
+    if not nested:
+        return []
+    cuts = ", ".join(f"fold {k}: {v:.3f}" for k, v in nested["thresholds"].items())
+    lines = [f"nested OOF (each fold's images at the threshold tuned on the other folds, {cuts}; the forecast of "
+             "the test figures):"]
+    for name in ("balanced_accuracy", "f1", "recall", "specificity", "precision"):
+        value = nested["figures"][name]
+        lines.append(f"  {name:<18} {value['estimate']:.4f}  [{value['low']:.4f}, {value['high']:.4f}]")
+    return lines
 
 
 def interval_lines(intervals: dict | None) -> list[str]:

@@ -23,6 +23,7 @@ from strokekit.errors import UnknownNameError
 from strokekit.atomic import to_plain
 from strokekit.evaluation import bootstrap
 
+from strokekit.ensembling.nested import nested_estimate
 from strokekit.ensembling.robust import chosen_interval, robust_choice
 
 from strokekit.ensembling import selection
@@ -152,6 +153,11 @@ def build_seg_spec(runs: list[Run], spec_path, data, metric: str = "dice", top_k
         post = choose_postprocess(table, tolerance)
         post["interval"] = chosen_interval(search, post["row"], size, n_boot, seed, patients=patients)
     best_by = best_settings(search, size, n_boot, seed, patients=patients)
+    chosen_by = {name: chosen_interval(search, post["row"], size, n_boot, seed, objective=name, patients=patients)
+                 for name in OBJECTIVES}  # the submitted setting under every rule
+    searched_folds = oofs[next(iter(oofs))]["fold"][np.isin(ids, searched["image_id"])]
+    nested = (nested_estimate(search, searched_folds, robust, size, n_boot, tolerance, seed, patients=patients,
+                              objectives=OBJECTIVES) if len(np.unique(searched_folds)) > 1 else None)
     spec = {"task": "seg", "blend": choice["blend"], "tta": list(tta), "tta_scales": list(tta_scales),
             "members": [member_entry(run, folds[run.name], choice["weights"].get(run.name, 0), spec_path, absolute,
                                      oof={rank_metric: singles[run.name], "n_images": len(ids)})
@@ -163,6 +169,8 @@ def build_seg_spec(runs: list[Run], spec_path, data, metric: str = "dice", top_k
                     "members": singles, "members_metric": f"{rank_metric} (strict, per image, lesion mean)",
                     "postprocessed": post["score"], "postprocessed_best": float(table["score"].max()),
                     "postprocessed_interval": post["interval"], "objectives": post["objectives"],
+                    "objective_intervals": chosen_by,
+                    "nested": nested,
                     "per_class": post["scores"], "best_by_objective": {k: v["summary"] for k, v in best_by.items()},
                     "blends_tried": {b: c["score"] for b, c in tried.items()}},
             "postprocess_search": {"grid": grid, "rows": int(len(table)), "objective": metric,
@@ -183,7 +191,7 @@ def build_seg_spec(runs: list[Run], spec_path, data, metric: str = "dice", top_k
               "members": singles, "weights": choice["weights"], "ensemble": choice["score"],
               "metric": rank_metric, "objective": metric,
               "grid": table.drop(columns=[c for c in table if c.startswith("_")]),
-              "postprocess": post, "note": choice.get("note", ""), "best_by": best_by,
+              "postprocess": post, "note": choice.get("note", ""), "best_by": best_by, "nested": nested,
               "n_searched": len(searched["image_id"]), "n_images": len(ids),
               "seg_classifier": spec.get("seg_classifier"), "blends_tried": spec["oof"]["blends_tried"]}
     return spec, report
@@ -280,6 +288,9 @@ def format_seg_report(report: dict, top: int = 8) -> str:
     lines.append(f"chosen (middle of the near-best plateau of the {how}): OOF {report['objective']} "
                  f"{bootstrap.format_interval(post['interval'])}; best row {grid['score'].max():.4f}")
     lines.append("  " + ", ".join(f"{k} {v:.4f}" for k, v in post["objectives"].items()))
+    if report.get("nested"):
+        lines.append(f"nested OOF {report['objective']} (each fold's images with the setting chosen on the other "
+                     f"folds: the forecast of the test figure): {bootstrap.format_interval(report['nested'])}")
     lines.append("\nbest setting by each rule (the tolerant counting forgives inside the lesion, not outside):")
     for name, best in report.get("best_by", {}).items():
         summary = best["summary"]

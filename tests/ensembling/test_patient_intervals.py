@@ -27,8 +27,10 @@ def test_stroke_and_seg_specs_resample_whole_patients(loop, tmp_path, capsys):
             assert spec["postprocess_search"]["test_patients"] == 6
             assert "at 6 patients" in printed
             oof_ids = None
-        for value in intervals.values():
+        nested = spec["oof"]["nested"]  # the forecast: each fold tuned on the other fold, by patient too
+        for value in [*intervals.values(), *(nested["figures"].values() if task == "stroke" else [nested])]:
             assert value["patients"] == 6 and value["low"] <= value["estimate"] <= value["high"]
+        assert len(nested["thresholds" if task == "stroke" else "settings"]) == 2 and "nested OOF" in printed
         if oof_ids is not None:  # the patients are those of the OOF images, from folds.csv
             assert value["n_patients"] == groups.set_index("image_id").loc[oof_ids["image_id"], "group"].nunique()
 
