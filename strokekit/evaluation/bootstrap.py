@@ -5,9 +5,10 @@ not the OOF's size, so the spread is the one a leaderboard of that size shows). 
 vector over the images (how often each was drawn), so statistics that are ratios of sums over images
 (every segmentation objective, seg_objectives.py) are scored for all resamples and all settings with two
 matrix products. With `Patients` a resample draws whole patients instead (a test set of 97 slices from 21
-patients varies as 21 patients do, more than 97 independent images would). `interval` serves any per-image statistic (score.py, ensemble.py); `robust_choice` picks
-a post-processing setting by the median or 10th percentile of its bootstrap distribution and then walks to
-the middle of that statistic's plateau (seg_search.choose_postprocess).
+patients varies as 21 patients do, more than 97 independent images would). `interval` serves any per-image
+statistic (score.py, ensemble.py); `robust_choice` picks a post-processing setting by the median or 10th
+percentile of its bootstrap distribution and then walks to the middle of that statistic's plateau
+(seg_search.choose_postprocess).
 """
 from __future__ import annotations
 
