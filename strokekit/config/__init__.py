@@ -37,6 +37,8 @@ DEFAULTS: dict[str, Any] = {
     "img_size": 256,
     "mean": 0.5,               # normalisation of the [0,1] image: (x - mean) / std; a number or one per channel,
     "std": 0.25,               # e.g. ImageNet's [0.485, 0.456, 0.406] / [0.229, 0.224, 0.225]
+    "equalize": None,          # null | hist | clahe: each input channel equalised at training, OOF and inference alike
+                               # (the VGG16 paper's histogram equalisation; data/equalize.py); aug.clahe is random
     "overlay_method": "exact",  # training masks from an OVERLAY (when no MASK): exact (contour colours, lossless)
                                # | hsv (the multi-task paper's red-hue rule, the class from the image's folder)
     # model

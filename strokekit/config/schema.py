@@ -231,6 +231,7 @@ SCHEMA: dict[str, Rule] = {
     "mean": Rule("a finite number or a list of them (one per channel)", lambda v: _per_channel(v, positive=False)),
     "std": Rule("a finite number > 0 or a list of them (one per channel)", lambda v: _per_channel(v, positive=True)),
     "overlay_method": Choice("exact", "hsv"),
+    "equalize": Choice("hist", "clahe", nullable=True),                # data/equalize.EQUALIZE
     "model": Text(),
     "encoder": Text(),
     "pretrained": Bool(),

@@ -81,6 +81,8 @@ class PreprocessCache:
         self.image_params = (cfg["image_source"], repr(windows))
         if windows is not None and cfg.get("hu_range") is not None:  # HU outside it are clipped before windowing
             self.image_params += ("hu_range", repr(cfg["hu_range"]))
+        if cfg.get("equalize"):  # unset, the key is as before
+            self.image_params += ("equalize", cfg["equalize"])
         if neighbour_count(cfg):  # without neighbours the key is as before, so older entries stay valid
             self.image_params += ("neighbours", neighbour_count(cfg))
 

@@ -23,6 +23,7 @@ from PIL.Image import DecompressionBombError
 from strokekit.data.badinput import BadInputError, read_bytes
 from strokekit.data.dicom import read_dicom_hu, windows_to_channels
 from strokekit.data.encodings import decode_overlay, rgb_to_class_map
+from strokekit.data.equalize import equalize_channels
 from strokekit.vocabulary import HEMORRHAGIC, ISCHEMIC
 
 BRAIN_WINDOW = (40, 80)  # center, width in HU: how the organisers' PNGs look
@@ -206,7 +207,8 @@ def read_overlay_mask(png_path, overlay_path, method: str = "exact",
 
 
 def load_image(row, cfg: dict) -> np.ndarray:
-    """The model input of one index row as HxWxC uint8 (C = cfg['in_chans']), from PNG or DICOM."""
+    """The model input of one index row as HxWxC uint8 (C = cfg['in_chans']), from PNG or DICOM, each channel
+    equalised when cfg['equalize'] says so."""
     if cfg["image_source"] == "dicom":
         if not row.get("dicom"):
             raise BadInputError(row.get("png") or row["image_id"], "no DICOM file for this image")
@@ -215,6 +217,7 @@ def load_image(row, cfg: dict) -> np.ndarray:
         if not row.get("png"):
             raise BadInputError(row.get("dicom") or row["image_id"], "no PNG file for this image")
         image = read_png(row["png"])[..., None]
+    image = equalize_channels(image, cfg.get("equalize"))
     if image.shape[-1] != cfg["in_chans"]:
         image = np.repeat(image[..., :1], cfg["in_chans"], axis=-1)
     return np.ascontiguousarray(image)

@@ -16,6 +16,7 @@ import numpy as np
 
 from strokekit.data.badinput import BadInputError
 from strokekit.data.dicom import read_dicom_hu, windows_to_channels
+from strokekit.data.equalize import equalize_channels
 from strokekit.data.neighbours import neighbour_count, stack_slices
 
 
@@ -59,4 +60,5 @@ def hu_to_channels(hu: np.ndarray, windows, in_chans: int) -> np.ndarray:
 def jittered_input(hu: np.ndarray, cfg: dict, rng: np.random.Generator) -> np.ndarray:
     aug = cfg["aug"]
     windows = jittered_windows(cfg["windows"], aug.get("window_shift", 0), aug.get("window_scale", 0), rng)
-    return hu_to_channels(hu, windows, cfg["in_chans"])
+    image = hu_to_channels(hu, windows, cfg["in_chans"])
+    return equalize_channels(image, cfg.get("equalize"))  # as load_image does after its windows

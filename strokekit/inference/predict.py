@@ -36,6 +36,7 @@ from strokekit.data.badinput import BadInputError
 from strokekit.data.dicom import read_dicom_hu, window, windows_to_channels
 from strokekit.data.index import ORDER_COLUMNS
 from strokekit.data.neighbours import NeighbourError, attach_neighbours, neighbour_count, stack_slices
+from strokekit.data.equalize import equalize_channels
 from strokekit.data.readers import load_image
 from strokekit.ensembling.spec import SpecError, combine, member_thresholds, member_weights, read_spec
 from strokekit.ensembling.stacking import SEG_FEATURES, STACK, seg_features, stack_probs
@@ -45,7 +46,7 @@ from strokekit.models.registry import load_checkpoint
 from strokekit.progress import bar
 from strokekit.models.tta import forward_passes, predict_with_tta, resolve_flips, resolve_scales
 
-PREPROCESS_KEYS = ("image_source", "windows", "in_chans", "img_size", "mean", "std", "neighbours")
+PREPROCESS_KEYS = ("image_source", "windows", "in_chans", "img_size", "mean", "std", "neighbours", "equalize")
 # Images per forward pass on the CPU: bigger passes thrash the caches. resnet18 @224 / Unet-r34 @256 on 2
 # cores, channels_last: 112 / 19 images/s at 4, 117 / 20 at 8, 96 / 17 at 16, 75 / 16 at 64.
 CPU_FORWARD_IMAGES = 8
@@ -68,7 +69,8 @@ def default_batch_size(device: torch.device, n_flips: int) -> int:
 
 def preprocess_key(cfg: dict) -> tuple:
     """Members whose configs share this key read and preprocess an image identically."""
-    return tuple(repr(cfg.get(k, 0) if k == "neighbours" else cfg[k]) for k in PREPROCESS_KEYS)
+    optional = {"neighbours": 0, "equalize": None}  # keys older checkpoints' configs lack
+    return tuple(repr(cfg.get(k, optional[k]) if k in optional else cfg[k]) for k in PREPROCESS_KEYS)
 
 
 @dataclass
@@ -152,6 +154,7 @@ def _read_slice(row: dict, cfg: dict) -> np.ndarray:
     else:
         raise BadInputError(row.get("source", "array"), "an HU array for a member trained on PNG slices, and "
                             "png_window=None: give the PNG, or a png_window (the PNG export's HU window)")
+    image = equalize_channels(image, cfg.get("equalize"))  # as load_image does
     if image.shape[-1] != cfg["in_chans"]:
         image = np.repeat(image[..., :1], cfg["in_chans"], axis=-1)
     return np.ascontiguousarray(image)
