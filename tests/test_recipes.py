@@ -206,8 +206,8 @@ SYSTEMS_E2E = {  # per system: the recipes trained, then the ensemble.py argumen
     "deep_ensemble": (["deep_ensemble/stroke_resnet34.yaml", "deep_ensemble/stroke_mobilenet.yaml",
                        "deep_ensemble/stroke_densenet121.yaml", "deep_ensemble/seg_unet_r34.yaml"],
                       {"stroke": ["deep_ensemble_stroke_resnet34", "deep_ensemble_stroke_mobilenet",
-                                  "deep_ensemble_stroke_densenet121", "--blend", "vote", "--keep-blend", "--objective",
-                                  "f1"],
+                                  "deep_ensemble_stroke_densenet121", "--blend", "vote", "--keep-blend",
+                                  "--vote-threshold", "0.5", "--objective", "f1"],
                        "seg": ["deep_ensemble_seg_unet_r34"]}),
 }
 

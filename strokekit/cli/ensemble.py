@@ -62,6 +62,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--keep-blend", action="store_true",
                         help="classifiers: keep the asked --blend (e.g. a published majority vote) even when the "
                              "best member alone scores higher on OOF (default: keep that member)")
+    parser.add_argument("--vote-threshold", type=float, metavar="P",
+                        help="classifiers, --blend vote: every member votes at probability P (0.5: each model's "
+                             "argmax, as fastai's models vote) instead of at its own tuned OOF threshold")
     parser.add_argument("--greedy", action="store_true",
                         help="greedy forward selection of configs (with replacement: weights) on OOF")
     parser.add_argument("--metric", help="what ranks folds and members: classifiers "
@@ -140,6 +143,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--test-prior must be a share between 0 and 1 (exclusive)")
     if (args.test_size is not None and args.test_size < 1) or args.n_boot < 1:
         parser.error("--test-size and --n-boot must be >= 1")
+    if args.vote_threshold is not None and not (0 < args.vote_threshold < 1 and args.blend in ("vote", "auto")):
+        parser.error("--vote-threshold goes with --blend vote (or auto) and is a probability between 0 and 1")
     if args.test_patients is not None and args.test_patients < 1:
         parser.error("--test-patients must be >= 1")
     return args
@@ -169,6 +174,7 @@ def build(args) -> tuple[dict, dict, Path]:
                                              metric_options=options, keep_blend=args.keep_blend,
                                              robust=None if args.robust == "off" else args.robust,
                                              stack_seg_runs=seg_runs, stack_models=args.stack_models.split(","),
+                                             vote_threshold=args.vote_threshold,
                                              **common)
         return spec, report, out
     from strokekit.ensembling.segmenters import build_seg_spec

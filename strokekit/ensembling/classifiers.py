@@ -144,7 +144,7 @@ def build_classifier_spec(runs: list[Run], task: str, spec_path, metric: str = "
                           robust: str | None = None, top_runs: int | None = None,
                           stack_seg_runs: list[Run] | None = None,
                           stack_models=("logistic", "gbm"), group_of: dict | None = None,
-                          test_patients: int | None = None) -> tuple[dict, dict]:
+                          test_patients: int | None = None, vote_threshold: float | None = None) -> tuple[dict, dict]:
     """(spec, report) for a stroke / type ensemble of `runs`; see the module docstring.
 
     keep_blend=True keeps the asked blend (e.g. a published system's majority vote) even when the best
@@ -156,7 +156,9 @@ def build_classifier_spec(runs: list[Run], task: str, spec_path, metric: str = "
     blend="stack": a level-2 model by nested CV (stack_choice) on the members' probabilities and the
     features of `stack_seg_runs` (seg runs whose OOF covers the members' images), the inner CV choosing among
     the `stack_models` kinds' candidates. test_patients: resamples draw that many whole patients (their
-    images from `group_of`, image_id -> patient) instead of test_size images."""
+    images from `group_of`, image_id -> patient) instead of test_size images. vote_threshold: every member
+    votes (blend vote) at this probability instead of at its own tuned OOF threshold (a fastai model votes
+    with its argmax: 0.5)."""
     options = dict(metric_options or {})
     score = lambda y, p: selection.classifier_score(y, p, metric, **options)
     oofs = {run.name: selection.load_oof(run.path) for run in runs}
@@ -169,7 +171,8 @@ def build_classifier_spec(runs: list[Run], task: str, spec_path, metric: str = "
     y = aligned["target"].to_numpy()
     members = {run.name: aligned[run.name].to_numpy(dtype=np.float64) for run in runs}
     singles = {n: score(y, p) for n, p in members.items()}
-    own_t = {n: selection.tune_classifier_threshold(y, p, objective, target_recall, tolerance)["threshold"]
+    own_t = {n: vote_threshold if vote_threshold is not None else
+             selection.tune_classifier_threshold(y, p, objective, target_recall, tolerance)["threshold"]
              for n, p in members.items()}
     members = keep_top_runs(members, singles, top_runs)
     blends = CLASSIFIER_BLENDS if blend == "auto" else (blend,)

@@ -30,3 +30,23 @@ def test_vote_is_kept_only_when_asked(tmp_path):
     assert kept["blend"] == "vote" and len(kept["members"]) == 3
     assert "--keep-blend" in kept["selection"]["note"]
     assert kept["oof"]["ensemble"] < kept["oof"]["best_member"]
+
+
+def test_vote_threshold_makes_every_member_vote_at_that_probability(tmp_path):
+    """--vote-threshold 0.5: each member's vote is its argmax (a fastai model's), not its tuned threshold."""
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 300)
+    probs = {f"m{k}": np.clip(y * 0.25 + rng.random(300) * 0.6, 0, 1) for k in range(3)}  # tuned cuts sit low
+    runs = read_runs([fake_run(tmp_path, name, y, p) for name, p in probs.items()], "stroke")
+    tuned, _ = build_classifier_spec(runs, "stroke", tmp_path / "t.yaml", blend="vote", keep_blend=True)
+    at_half, _ = build_classifier_spec(runs, "stroke", tmp_path / "h.yaml", blend="vote", keep_blend=True,
+                                       vote_threshold=0.5)
+    assert [m["threshold"] for m in at_half["members"]] == [0.5, 0.5, 0.5]
+    assert all(m["threshold"] != 0.5 for m in tuned["members"])
+    from strokekit.ensembling.spec import combine
+
+    votes = combine(np.stack(list(probs.values())), "vote", thresholds=[0.5] * 3)
+    assert np.allclose(votes, np.mean([p >= 0.5 for p in probs.values()], axis=0))
+    from strokekit.evaluation.metrics import roc_auc
+
+    assert at_half["oof"]["ensemble"] == roc_auc(y, votes)  # the spec scored the argmax votes
