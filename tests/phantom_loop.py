@@ -1,7 +1,8 @@
 """The phantom loop shared by the end-to-end tests (test_ensemble_infer, test_export, test_predictor,
 test_manifest): a 64-px phantom, its folds, every config of CONFIGS trained on 2 folds through train.py,
-and the stroke / seg / type ensemble specs ensemble.py writes from them. Session fixtures, made once per
-test session (conftest.py imports them), so each file that needs them adds no training time.
+and the stroke / seg / type ensemble specs ensemble.py writes from them (its main() in the test process).
+Session fixtures, made once per test session (conftest.py imports them), so each file that needs them adds no
+training time.
 """
 import os
 import subprocess
@@ -32,6 +33,23 @@ def run_script(script: str, *args, cwd: Path, expect: int = 0) -> subprocess.Com
                           text=True, timeout=600)
     assert proc.returncode == expect, f"{script} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return proc
+
+
+def run_script_here(script: str, *args, cwd: Path) -> str:
+    """run_script for a script that must succeed, as its main() in this process (no interpreter start-up) from
+    `cwd`: its standard output."""
+    import contextlib
+    import io
+
+    out, err, before = io.StringIO(), io.StringIO(), os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = run_main(script.removesuffix(".py"), *args)
+    finally:
+        os.chdir(before)
+    assert code == 0, f"{script} exited {code}\n{out.getvalue()}\n{err.getvalue()}"
+    return out.getvalue()
 
 
 def train_all(root: Path, data: Path, parallel: int = 2) -> Path:
@@ -68,25 +86,25 @@ def loop(tmp_path_factory) -> SimpleNamespace:
 @pytest.fixture(scope="session")
 def stroke_spec(loop) -> tuple[Path, str]:
     out = loop.root / "ensembles" / "stroke.yaml"
-    proc = run_script("ensemble.py", "--task", "stroke", loop.runs / "stroke_a", loop.runs / "stroke_b",
-                      "--top-k", 1, "--greedy", "--blend", "auto", "--objective", "recall",
-                      "--target-recall", TARGET_RECALL, "--out", out, cwd=loop.root)
-    return out, proc.stdout
+    stdout = run_script_here("ensemble.py", "--task", "stroke", loop.runs / "stroke_a", loop.runs / "stroke_b",
+                             "--top-k", 1, "--greedy", "--blend", "auto", "--objective", "recall",
+                             "--target-recall", TARGET_RECALL, "--out", out, cwd=loop.root)
+    return out, stdout
 
 
 @pytest.fixture(scope="session")
 def seg_spec(loop) -> tuple[Path, str]:
     out = loop.root / "ensembles" / "seg.yaml"
-    proc = run_script("ensemble.py", "--task", "seg", loop.runs / "seg_a", loop.runs / "seg_b", "--greedy",
-                      "--seg-classifier", "type", "--out", out, cwd=loop.root)
-    return out, proc.stdout
+    stdout = run_script_here("ensemble.py", "--task", "seg", loop.runs / "seg_a", loop.runs / "seg_b", "--greedy",
+                             "--seg-classifier", "type", "--out", out, cwd=loop.root)
+    return out, stdout
 
 
 @pytest.fixture(scope="session")
 def type_spec(loop) -> Path:
     out = loop.root / "ensembles" / "type.yaml"
-    run_script("ensemble.py", "--task", "type", loop.runs / "type_a", "--objective", "youden", "--out", out,
-               cwd=loop.root)
+    run_script_here("ensemble.py", "--task", "type", loop.runs / "type_a", "--objective", "youden", "--out", out,
+                    cwd=loop.root)
     return out
 
 

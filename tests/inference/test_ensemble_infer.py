@@ -4,14 +4,18 @@ phases' submissions for the phantom's test folders -> score.py scores them.
 
 The decisions written in the spec are checked against the OOF files independently (blend recomputed,
 recall at the threshold recounted), the submissions against the test folders' ids and the validators.
+The phase-1 test runs infer.py and score.py as processes; the other script calls run their main() in this
+process from the same working directory (`run_here`), which spares an interpreter start-up each.
 """
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from phantom_loop import CONFIGS, TARGET_RECALL, run_script  # the session fixtures come through conftest.py
+from phantom_loop import CONFIGS, TARGET_RECALL, run_main, run_script  # session fixtures: through conftest.py
 
 from strokekit.evaluation import metrics
 from strokekit.data.index import build_index
@@ -20,6 +24,26 @@ from strokekit.ensembling.spec import combine, read_spec, write_spec
 from strokekit.inference.predict import EnsemblePredictor
 from strokekit.ensembling.selection import align_members, classifier_score, load_oof
 from strokekit.data.submission import mask_files, read_labels, read_phase2_mask, validate_phase1, validate_phase2
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: the in-process scripts on a busy 2-core runner
+
+
+@pytest.fixture
+def run_here(capsys):
+    """run_script's twin without a new interpreter: the script's main() in this process, from `cwd`, giving its
+    exit status and output as a CompletedProcess."""
+    def run(script: str, *args, cwd: Path, expect: int = 0) -> subprocess.CompletedProcess:
+        capsys.readouterr()
+        before = os.getcwd()
+        os.chdir(cwd)
+        try:
+            code = run_main(script.removesuffix(".py"), *args)
+        finally:
+            os.chdir(before)
+        out = capsys.readouterr()
+        assert code == expect, f"{script} exited {code}\n{out.out}\n{out.err}"
+        return subprocess.CompletedProcess([script, *map(str, args)], code, out.out, out.err)
+    return run
 
 
 def test_stroke_spec_decisions_hold_on_the_oof_files(loop, stroke_spec):
@@ -107,15 +131,15 @@ def test_phase1_submission_is_valid_and_scored(loop, stroke_spec):
     print(f"phase 1 on the phantom: balanced accuracy {scores['balanced_accuracy']:.3f}, AUC {scores['auc']:.3f}")
 
 
-def test_phase1_from_data_root_with_split_matches_and_refuses_overwrite(loop, stroke_spec):
+def test_phase1_from_data_root_with_split_matches_and_refuses_overwrite(loop, stroke_spec, run_here):
     spec_path, _ = stroke_spec
     first, second = loop.root / "submissions" / "root_a", loop.root / "submissions" / "root_b"
     for out in (first, second):
-        run_script("infer.py", "--phase", 1, "--ensemble", spec_path, "--data", loop.data, "--split", "test1",
+        run_here("infer.py", "--phase", 1, "--ensemble", spec_path, "--data", loop.data, "--split", "test1",
                    "--out", out, "--batch-size", 5, "--tta", "none", cwd=loop.root)
     assert (first / "asama1.txt").read_bytes() == (second / "asama1.txt").read_bytes()
     before = (first / "asama1.txt").stat().st_mtime_ns
-    proc = run_script("infer.py", "--phase", 1, "--ensemble", spec_path, "--data", loop.data, "--split", "test1",
+    proc = run_here("infer.py", "--phase", 1, "--ensemble", spec_path, "--data", loop.data, "--split", "test1",
                       "--out", first, cwd=loop.root, expect=2)
     assert "--overwrite" in proc.stderr and (first / "asama1.txt").stat().st_mtime_ns == before
 
@@ -131,10 +155,10 @@ def test_seg_spec_post_processing_was_searched_on_oof(seg_spec):
     assert "post-processing grid" in stdout
 
 
-def test_phase2_submission_is_valid_with_no_empty_mask(loop, seg_spec, type_spec):
+def test_phase2_submission_is_valid_with_no_empty_mask(loop, seg_spec, type_spec, run_here):
     spec_path, _ = seg_spec
     out = loop.root / "submissions" / "p2"
-    proc = run_script("infer.py", "--phase", 2, "--ensemble", spec_path, "--type-ensemble", type_spec,
+    proc = run_here("infer.py", "--phase", 2, "--ensemble", spec_path, "--type-ensemble", type_spec,
                       "--data", loop.data / "YARISMA_2", "--out", out, "--save-probs", cwd=loop.root)
     assert "type ensemble:" in proc.stdout
     truth_dir = loop.data / "YARISMA_2" / "MASK"
@@ -154,7 +178,7 @@ def test_phase2_submission_is_valid_with_no_empty_mask(loop, seg_spec, type_spec
     agree = np.mean([np.mean(redo[i] == masks[i]) for i in ids])
     assert agree > 0.99, f"only {agree:.4f} of pixels agree with post-processing the saved probabilities"
     score_json = loop.root / "scores" / "p2.json"
-    run_script("score.py", "--phase", 2, "--pred", out, "--truth", truth_dir, "--out", score_json, cwd=loop.root)
+    run_here("score.py", "--phase", 2, "--pred", out, "--truth", truth_dir, "--out", score_json, cwd=loop.root)
     scores = json.loads(score_json.read_text())
     assert scores["n_images"] == len(ids) and not scores["missing_ids"] and not scores["invalid"]
     official = scores["official"]["mean_imagewise"]
@@ -162,7 +186,8 @@ def test_phase2_submission_is_valid_with_no_empty_mask(loop, seg_spec, type_spec
     print(f"phase 2 on the phantom: official IoU {official['iou']:.3f}, Dice {official['dice']:.3f}")
 
 
-def test_gated_seg_spec_needs_its_classifier_and_gates_as_it_says(loop, seg_spec, stroke_spec, type_spec):
+def test_gated_seg_spec_needs_its_classifier_and_gates_as_it_says(loop, seg_spec, stroke_spec, type_spec,
+                                                                  run_here):
     """A seg spec whose post-processing gates the lesion classes (ensemble.py --gate-runs): infer.py refuses it
     without the classifier. A stroke gate: a mask is the ungated mask where P(stroke) >= the gate, empty below.
     A type gate (type-conditioned segmentation): each class is kept only where its type probability reaches
@@ -170,7 +195,7 @@ def test_gated_seg_spec_needs_its_classifier_and_gates_as_it_says(loop, seg_spec
     import yaml
 
     test_dir, tmp = loop.data / "YARISMA_2", loop.root / "gate"
-    run_script("infer.py", "--phase", 1, "--ensemble", stroke_spec[0], "--data", loop.data, "--split", "test2",
+    run_here("infer.py", "--phase", 1, "--ensemble", stroke_spec[0], "--data", loop.data, "--split", "test2",
                "--out", tmp / "p1", cwd=loop.root)
     p_stroke = pd.read_csv(tmp / "p1" / "probs.csv").set_index("image_id")["prob"]
     spec = yaml.safe_load(seg_spec[0].read_text(encoding="utf-8"))
@@ -184,7 +209,7 @@ def test_gated_seg_spec_needs_its_classifier_and_gates_as_it_says(loop, seg_spec
         return path
 
     def masks(name: str, *source) -> dict:
-        run_script("infer.py", "--phase", 2, "--ensemble", *source, "--data", test_dir, "--out", tmp / name,
+        run_here("infer.py", "--phase", 2, "--ensemble", *source, "--data", test_dir, "--out", tmp / name,
                    "--no-fallback", cwd=loop.root)
         return {i: read_phase2_mask(f) for i, f in mask_files(tmp / name).items()}
 
@@ -193,7 +218,7 @@ def test_gated_seg_spec_needs_its_classifier_and_gates_as_it_says(loop, seg_spec
     assert len(drawn) >= 2, "the permissive spec should draw lesions on several test images"
     gate = float((drawn[len(drawn) // 2 - 1] + drawn[len(drawn) // 2]) / 2)  # some drawn masks on either side
     gated = write("seg_gated", gate)
-    refused = run_script("infer.py", "--phase", 2, "--ensemble", gated, "--data", test_dir, "--out", tmp / "no",
+    refused = run_here("infer.py", "--phase", 2, "--ensemble", gated, "--data", test_dir, "--out", tmp / "no",
                          cwd=loop.root, expect=2)
     assert "--gate-ensemble" in refused.stderr and not (tmp / "no").exists()
     kept = masks("gated", gated, "--gate-ensemble", stroke_spec[0])
@@ -202,7 +227,7 @@ def test_gated_seg_spec_needs_its_classifier_and_gates_as_it_says(loop, seg_spec
     assert all(not kept[i].any() for i in below)
     assert all(np.array_equal(kept[i], plain[i]) for i in plain if p_stroke[i] >= gate)
     # type-conditioned: ensemble.py tunes a type gate on the type runs' OOF; infer.py applies it per class
-    tuned = run_script("ensemble.py", "--task", "seg", loop.runs / "seg_a", "--gate-runs", loop.runs / "type_a",
+    tuned = run_here("ensemble.py", "--task", "seg", loop.runs / "seg_a", "--gate-runs", loop.runs / "type_a",
                        "--out", tmp / "seg_type_gate.yaml", cwd=loop.root)
     assert yaml.safe_load((tmp / "seg_type_gate.yaml").read_text())["postprocess_search"]["gate_kind"] == "type"
     assert "gate" in tuned.stdout
@@ -214,7 +239,7 @@ def test_gated_seg_spec_needs_its_classifier_and_gates_as_it_says(loop, seg_spec
     assert all(np.array_equal(by_type[i], np.where(plain[i] == dropped[i], 0, plain[i])) for i in plain)
 
 
-def test_ensemble_refuses_runs_of_another_task(loop):
-    proc = run_script("ensemble.py", "--task", "stroke", loop.runs / "seg_a", "--out", loop.root / "x.yaml",
+def test_ensemble_refuses_runs_of_another_task(loop, run_here):
+    proc = run_here("ensemble.py", "--task", "stroke", loop.runs / "seg_a", "--out", loop.root / "x.yaml",
                       cwd=loop.root, expect=2)
     assert "trained another task" in proc.stderr and not (loop.root / "x.yaml").exists()
