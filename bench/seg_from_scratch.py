@@ -59,6 +59,10 @@ ROWS = {  # name -> (config, --set values): one ingredient at a time, same slice
     "recipe_vgg_unet_scse_wce_bd": ("recipes/vgg_unet/seg_unet_scse",
                                     [*BASE, "class_weights=[1,30,30]", "loss=batch_dice+ce"]),
     "recipe_dpn92_hypercolumn": ("recipes/dpn_unet/seg_dpn92_hypercolumn", [*BASE, "epoch_steps=null"]),
+    # its from-scratch override: class_weights only weigh the two channels against each other under the
+    # sigmoid head's focal loss, so BCE with each channel's lesion pixels weighed 30x (pos_weight) instead
+    "recipe_dpn92_hypercolumn_wbce": ("recipes/dpn_unet/seg_dpn92_hypercolumn",
+                                      [*BASE, "epoch_steps=null", "loss=bce", "class_weights=[1,30,30]"]),
 }
 
 
