@@ -44,6 +44,7 @@ from strokekit.data.index import build_index
 from strokekit.data.folds import FoldsError, read_folds
 from strokekit.errors import main_rank as speaks, script_main
 from strokekit import progress
+from strokekit.config.advice import advice
 from strokekit.training.runlog import ConsoleLog, exit_process, watch_interrupts
 from strokekit.training.tracking import check_available
 
@@ -238,6 +239,8 @@ def train_configured(args) -> int:
         # config, data index and folds: every mismatch is reported before any training starts
         cfg = resolve_config(args)
         check_available(cfg["log"])  # a missing tracker package: one line, before anything trains
+        for text in advice(cfg) if main_rank else ():
+            print(f"warning: {text}")
         runs = seed_configs(cfg, args.seeds)
         distributed.init(cfg)
         main_rank = distributed.is_main()  # under torchrun: join the process group (rank 0 alone writes the run folder)
