@@ -1,7 +1,7 @@
 """Segmentation from scratch at a fixed budget: which of nnU-Net's ingredients make the kit's U-Nets learn.
 
     python bench/seg_from_scratch.py --epochs 5                       # every row, fold 0 (~20 min a row on 2 cores)
-    python bench/seg_from_scratch.py --epochs 5 --only base,weighted_ce
+    python bench/seg_from_scratch.py --epochs 5 --only old_default,weighted_ce
 
 Every row trains `configs/unet_r34_seg.yaml` with `pretrained=false` (as offline users and the DPN-U-Net
 paper train) on the same phantom, the same fold, the same slices and the same number of training samples
