@@ -1,26 +1,32 @@
 """--resume under a config that trains differently is refused naming the keys, unless --set gives each change
 (then fold<k>/resume_changes.log records it); keys that change no learning (num_workers, paths) pass."""
-import os
-import subprocess
-import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
+import train as train_script
 from conftest import small_phantom
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def train(cwd, config, *extra, expect=0):
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", str(config), "--fold", "0",
-                           "--out", str(cwd / "runs"), "--no-progress", *extra], cwd=cwd, capture_output=True,
-                          text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == expect, proc.stdout + proc.stderr
-    return proc.stdout + proc.stderr
+@pytest.fixture
+def train(tmp_path, monkeypatch, capsys, one_thread):
+    """train.py's main() in this process (no interpreter start-up per run), from tmp_path: its output."""
+    monkeypatch.chdir(tmp_path)
+
+    def run(cwd, config, *extra, expect=0):
+        capsys.readouterr()
+        code = train_script.main(["--config", str(config), "--fold", "0", "--out", str(cwd / "runs"),
+                                  "--no-progress", *map(str, extra)])
+        out = capsys.readouterr()
+        assert code == expect, out.out + out.err
+        return out.out + out.err
+    return run
 
 
-def test_resume_refuses_silent_changes_and_records_explicit_ones(tmp_path):
+def test_resume_refuses_silent_changes_and_records_explicit_ones(tmp_path, train):
     data = small_phantom(tmp_path, n=40, seed=8, size=48, n_test1=2, n_test2=2)
     config = tmp_path / "r.yaml"
     base = {"task": "stroke", "model": "tiny_cnn", "img_size": 32, "epochs": 1, "batch_size": 16, "num_workers": 0,
