@@ -1,28 +1,22 @@
 """train.py --seeds: one run per seed (runs/<name>_s<seed>/, its own OOF), ranked across by ensemble.py's top-k."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
+import train
 from conftest import small_phantom
+from phantom_loop import run_script_here as script  # main() in this process, from cwd: its stdout
 from strokekit.evaluation.metrics import roc_auc
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def script(name, *args, cwd):
-    proc = subprocess.run([sys.executable, str(ROOT / name), *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=900, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models on a busy 2-core runner
 
 
 @pytest.fixture(scope="module")
-def seeded(tmp_path_factory):
+def seeded(tmp_path_factory, one_thread):
     root = tmp_path_factory.mktemp("seeds")
     data = small_phantom(root, n=60, seed=5, size=48, n_test1=2, n_test2=2)
     (root / "s.yaml").write_text(yaml.safe_dump({
@@ -58,7 +52,6 @@ def test_ensemble_keeps_the_top_k_runs_across_seeds(seeded):
     assert spec["selection"]["runs_kept"] == sorted(kept) and spec["selection"]["top_runs"] == 2
 
 
-def test_bad_seeds_are_refused_before_training(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs/tiny_stroke.yaml"),
-                           "--seeds", "1,x", "--data", str(tmp_path)], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2 and "--seeds" in proc.stderr
+def test_bad_seeds_are_refused_before_training(tmp_path, capsys):
+    code = train.main(["--config", str(ROOT / "configs/tiny_stroke.yaml"), "--seeds", "1,x", "--data", str(tmp_path)])
+    assert code == 2 and "--seeds" in capsys.readouterr().err
