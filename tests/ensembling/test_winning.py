@@ -7,10 +7,7 @@ import contextlib
 import importlib
 import io
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -173,10 +170,7 @@ def one_fold(tmp_path_factory, one_thread) -> SimpleNamespace:
               "class_weights": [1, 10, 10], "batch_size": 8, "num_workers": 0, "lr": 3.0e-3, "seed": 1,
               "aug": {"shift_scale_rotate": 0.0}, "data": str(data), "name": "seg_w"}
     (root / "seg_w.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
-    train = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", str(root / "seg_w.yaml"), "--fold",
-                            "0", "--out", str(root / "runs"), "--no-progress"], capture_output=True, text=True,
-                           timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert train.returncode == 0, train.stdout + train.stderr
+    run_main("train", "--config", root / "seg_w.yaml", "--fold", 0, "--out", root / "runs", "--no-progress")
     spec = root / "ens" / "seg.yaml"
     stdout = run_main("ensemble", "--task", "seg", root / "runs" / "seg_w", "--data", data, "--metric",
                       "official_iou", "--n-boot", 200, "--out", spec)   # --tta: the OOF's own flips
