@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from phantom_loop import run_main, run_script
+from phantom_loop import run_main, run_script_here
 
 PIXEL, IMAGE = 0.5, 0.3   # the loop's 10-epoch tiny U-Nets are unsure: looser filters than the defaults
 OPENED: list | None = None
@@ -104,12 +104,12 @@ def test_the_labels_are_the_ensembles_decisions(labelled, seg_spec, loop):
         assert (labelled.out / row["png"]).read_bytes() == Path(rows.set_index("image_id").at[d.image_id, "png"]).read_bytes()
 
 
-def test_round_two_trains_on_train_plus_pseudo_and_its_oof_never_scores_them(labelled, loop):
+def test_round_two_trains_on_train_plus_pseudo_and_its_oof_never_scores_them(labelled, loop, one_thread):
     n_kept = int(labelled.labels["kept"].sum())
     pseudo_ids = set(labelled.labels["image_id"])
     config = loop.root / "configs" / "seg_a.yaml"
-    run_script("train.py", "--config", config, "--fold", 0, "--out", labelled.root / "runs", "--no-progress",
-               "--set", f"pseudo={labelled.out}", "name=seg_a_round2", "epochs=1", cwd=loop.root)
+    run_script_here("train.py", "--config", config, "--fold", 0, "--out", labelled.root / "runs", "--no-progress",
+                    "--set", f"pseudo={labelled.out}", "name=seg_a_round2", "epochs=1", cwd=loop.root)
     round1 = loop.runs / "seg_a" / "fold0"
     round2 = labelled.root / "runs" / "seg_a_round2" / "fold0"
     s1, s2 = (yaml.safe_load((d / "summary.json").read_text()) for d in (round1, round2))
@@ -136,7 +136,8 @@ def test_refusals(labelled, loop, stroke_spec, seg_spec, tmp_path, capsys):
     assert not out.exists() and not (labelled.test / "inside").exists()
 
 
-def test_a_pseudo_folder_of_training_images_is_refused_by_train_py(labelled, loop, seg_spec, tmp_path):
+def test_a_pseudo_folder_of_training_images_is_refused_by_train_py(labelled, loop, seg_spec, tmp_path, capsys,
+                                                                   monkeypatch, one_thread):
     fake = tmp_path / "my_test"  # "test" images that are training images of the data set
     kanama = loop.data / "TRAINING" / "KANAMA"
     for kind, ext in (("PNG", ".png"), ("DICOM", ".dcm")):
@@ -145,8 +146,10 @@ def test_a_pseudo_folder_of_training_images_is_refused_by_train_py(labelled, loo
             shutil.copy(path, fake / kind / path.name)
     code, _ = label(seg_spec[0], fake, tmp_path / "clash", "--pixel-confidence", 0, "--image-confidence", 0)
     assert code == 0
-    proc = run_script("train.py", "--config", loop.root / "configs" / "seg_a.yaml", "--fold", 0, "--out",
-                      tmp_path / "runs", "--no-progress", "--set", f"pseudo={tmp_path / 'clash'}", "epochs=1",
-                      cwd=loop.root, expect=2)
-    assert "are training images of the data set" in proc.stderr
+    capsys.readouterr()
+    monkeypatch.chdir(loop.root)  # train.py's main() in this process, from where the scripts run
+    code = run_main("train", "--config", loop.root / "configs" / "seg_a.yaml", "--fold", 0, "--out",
+                    tmp_path / "runs", "--no-progress", "--set", f"pseudo={tmp_path / 'clash'}", "epochs=1")
+    err = capsys.readouterr().err
+    assert code == 2 and "are training images of the data set" in err, err
     assert not (tmp_path / "runs" / "seg_a" / "fold0" / "best.pt").exists()
