@@ -18,7 +18,7 @@ import yaml
 
 from phantom_loop import run_main, run_script_here
 
-PIXEL, IMAGE = 0.5, 0.3   # the loop's 10-epoch tiny U-Nets are unsure: looser filters than the defaults
+PIXEL, IMAGE = 0.5, 0.3   # the loop's 6-epoch tiny U-Nets are unsure: looser filters than the defaults
 OPENED: list | None = None
 
 
