@@ -163,17 +163,26 @@ def test_damaged_oof_files_are_user_errors_naming_the_file(tmp_path):
 
 @pytest.mark.parametrize("text", ["task: seg\nmembers: [\n", "task: !!python/object/apply:os.system ['touch {mark}']\n",
                                   "\xff\xfe not text"])
-def test_a_malformed_or_tagged_spec_is_one_error_line_and_runs_nothing(tmp_path, text):
+def test_a_malformed_or_tagged_spec_is_one_error_line_and_runs_nothing(tmp_path, text, capsys, monkeypatch):
+    """infer.py's and tune.py's main() in this process, from the repository root as run_script runs them: the
+    same script_main prints the error, and a YAML tag that ran would touch `mark` here as well. (A fresh
+    process's exit path: test_a_user_error_in_a_fresh_process_has_no_traceback.)"""
+    import tune
+
+    monkeypatch.chdir(ROOT)
     mark = tmp_path / "ran"
     spec = tmp_path / "spec.yaml"
     spec.write_bytes(text.format(mark=mark).encode("latin-1"))
     write_png(tmp_path / "test" / "PNG" / "1.png", np.zeros((32, 32), np.uint8))
-    done = run_script("infer.py", "--phase", "2", "--ensemble", spec, "--data", tmp_path / "test",
-                      "--out", tmp_path / "out")
-    assert done.returncode == 2 and done.stderr.startswith(f"error: {spec}: not a readable ensemble spec")
-    assert "Traceback" not in done.stderr and not mark.exists() and not (tmp_path / "out").exists()
+    capsys.readouterr()
+    code = infer.main([str(a) for a in ("--phase", "2", "--ensemble", spec, "--data", tmp_path / "test",
+                                        "--out", tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"error: {spec}: not a readable ensemble spec"), err
+    assert "Traceback" not in err and not mark.exists() and not (tmp_path / "out").exists()
     space = tmp_path / "space.yaml"
     space.write_bytes(text.format(mark=mark).encode("latin-1"))
-    tuned = run_script("tune.py", "--config", ROOT / "configs" / "tiny_stroke.yaml", "--space", space,
-                       "--data", tmp_path, "--trials", 1)
-    assert tuned.returncode == 2 and "Traceback" not in tuned.stderr and not mark.exists(), tuned.stderr
+    code = tune.main([str(a) for a in ("--config", ROOT / "configs" / "tiny_stroke.yaml", "--space", space,
+                                       "--data", tmp_path, "--trials", 1)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and not mark.exists(), err
