@@ -7,7 +7,8 @@ loss (aux_seg), and what each part of tiny_stroke_aux is worth (ablations), over
 
 stroke variants: tiny_stroke (as shipped: PNG at 96 px), tiny_stroke_aux (three DICOM windows at 128 px + the
 lesion-location auxiliary loss), and tiny_stroke_aux without aux_seg, and with the PNG (the brain window)
-instead of the DICOM windows. type variants: tiny_type (as shipped: PNG at 128 px, 6 epochs), tiny_type_aux (the
+instead of the DICOM windows, and with each augmentation of the from-scratch menu on top (HU-window jitter
+±10 HU / ±10 %, mixup 0.4, CutMix; mix_prob 0.5): `--variants` picks some, `--out` keeps them apart. type variants: tiny_type (as shipped: PNG at 128 px, 6 epochs), tiny_type_aux (the
 same recipe as tiny_stroke_aux, 12 epochs), its two ablations, and tiny_type with only the DICOM windows.
 Each run is train.py on one fold of the same phantom and folds file the tests use (make_phantom n=600 seed=0
 size=128; make_folds 5 folds seed 42); the figure is the fold's held-out AUC (summary.json final_metrics.auc,
@@ -35,6 +36,13 @@ VARIANTS = {
         "tiny_stroke_aux": ("tiny_stroke_aux", []),
         "tiny_stroke_aux, aux_seg=0": ("tiny_stroke_aux", ["aux_seg=0"]),
         "tiny_stroke_aux, PNG input": ("tiny_stroke_aux", ["image_source=png"]),
+        # the augmentation keys of issue 16, each on top of tiny_stroke_aux
+        "tiny_stroke_aux, HU-window jitter": ("tiny_stroke_aux", ["aug.window_shift=10", "aug.window_scale=0.1"]),
+        "tiny_stroke_aux, HU-window jitter 0.01": ("tiny_stroke_aux", ["aug.window_shift=0.01",
+                                                                       "aug.window_scale=0.0001"]),
+        "tiny_stroke_aux, HU-window jitter 2 HU": ("tiny_stroke_aux", ["aug.window_shift=2", "aug.window_scale=0.02"]),
+        "tiny_stroke_aux, mixup": ("tiny_stroke_aux", ["mixup=0.4", "mix_prob=0.5"]),
+        "tiny_stroke_aux, cutmix": ("tiny_stroke_aux", ["cutmix=1.0", "mix_prob=0.5"]),
     },
     "type": {
         "tiny_type": ("tiny_type", []),
