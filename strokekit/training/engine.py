@@ -237,7 +237,9 @@ def train_fold(cfg: dict, index, folds, fold: int, run_dir, resume_run: bool = F
 
     `on_epoch_end(epoch, row)`, if given, sees each epoch's log.csv row after last.pt is saved; an
     exception it raises (tune.py's pruning) ends the fold there, leaving the run unfinished (no `done`).
-    `draw_curves(rows, metric, path)`, if given, draws curves.png from log.csv's rows after each epoch (rank 0).
+    `draw_curves(rows, metric, path)`, if given, draws curves.png from log.csv's rows (rank 0): after the first
+    epoch, then at most every CURVES_EVERY_S seconds, and once more when the loop ends (done, early stop,
+    interrupt or error), so a drawing (~0.5 s) never costs as much as a short epoch.
     """
     run_dir, main = Path(run_dir), distributed.is_main()
     log = log if main else _quiet
@@ -259,6 +261,7 @@ def train_fold(cfg: dict, index, folds, fold: int, run_dir, resume_run: bool = F
     if "neighbours" in tr.info:
         log(f"fold {fold}: {describe_counts(tr.info['neighbours'])}")
     epoch_times = []  # this session's, for the ETA
+    curves = Curves(draw_curves if main else None, epochs_log.rows, tr.metric, run_dir / "curves.png")
     try:
         while tr.epoch < cfg["epochs"]:
             check_interrupt()
@@ -288,8 +291,7 @@ def train_fold(cfg: dict, index, folds, fold: int, run_dir, resume_run: bool = F
             tr.schedule.epoch_end(value, tr.mode)
             if main:
                 save_atomic(checkpoint(tr, metrics, last=True), last)
-                if draw_curves is not None:
-                    draw_curves(epochs_log.rows, tr.metric, run_dir / "curves.png")
+                curves.draw(final=False)
             log(f"fold {fold} epoch {tr.epoch}/{cfg['epochs']}: train_loss {row['train_loss']:.4f} "
                 f"val_loss {row.get('val_loss', float('nan')):.4f} {tr.metric} {value:.4f}"
                 f"{' *' if improved else ''}, lr {row['lr']:.2e}, {row['images_per_s']:.1f} img/s "
@@ -299,13 +301,41 @@ def train_fold(cfg: dict, index, folds, fold: int, run_dir, resume_run: bool = F
             if cfg["early_stop"] and tr.epoch - tr.best_epoch >= cfg["early_stop"]:
                 log(f"fold {fold}: early stop, no better {tr.metric} for {cfg['early_stop']} epochs")
                 break
-    except KeyboardInterrupt:
-        log(f"\nfold {fold}: interrupted after epoch {tr.epoch}; best {tr.metric}={tr.best} at epoch "
-            f"{tr.best_epoch} in {run_dir / 'best.pt'}; continue with --resume")
+    except BaseException as err:
+        if isinstance(err, KeyboardInterrupt):
+            log(f"\nfold {fold}: interrupted after epoch {tr.epoch}; best {tr.metric}={tr.best} at epoch "
+                f"{tr.best_epoch} in {run_dir / 'best.pt'}; continue with --resume")
+        curves.draw(final=True, quiet=True)
         raise
+    curves.draw(final=True)
     waits = [r["data_wait"] for r in epochs_log.rows if isinstance(r.get("data_wait"), (int, float))]
     tr.info["data_wait"] = round(float(np.mean(waits)), 4) if waits else None  # mean of log.csv's column
     return finish_fold(tr, fold, run_dir, started, log)
+
+
+CURVES_EVERY_S = 30.0
+
+
+class Curves:
+    """curves.png drawn from log.csv's rows: the first epoch's at once, then at most every CURVES_EVERY_S
+    seconds, and the last rows when the loop ends."""
+
+    def __init__(self, draw, rows: list, metric: str, path: Path):
+        self.fn, self.rows, self.metric, self.path = draw, rows, metric, path
+        self.drawn, self.at = 0, -float("inf")
+
+    def draw(self, final: bool, quiet: bool = False) -> None:
+        """final: draw whatever is new; quiet: the loop is ending on an error, which a figure's must not mask."""
+        if self.fn is None or len(self.rows) == self.drawn:
+            return
+        if not final and time.time() - self.at < CURVES_EVERY_S:
+            return
+        try:
+            self.fn(self.rows, self.metric, self.path)
+        except Exception:  # noqa: BLE001 - see `quiet`
+            if not quiet:
+                raise
+        self.drawn, self.at = len(self.rows), time.time()
 
 
 def _quiet(*args, **kwargs) -> None:
