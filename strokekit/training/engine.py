@@ -31,7 +31,7 @@ from strokekit.models.precision import autocast
 from strokekit.training.mixing import draw_mix
 from strokekit.models.registry import build_model
 from strokekit.training.optim import LrSchedule, build_optimizer
-from strokekit.training.runlog import EpochLog, check_interrupt, eta
+from strokekit.training.runlog import EpochLog, check_interrupt, eta, interrupted
 from strokekit.training.tasks import get_task, selection_metric
 from strokekit.training.topk import TopK
 from strokekit.training.validation import predict_loader
@@ -302,10 +302,12 @@ def train_fold(cfg: dict, index, folds, fold: int, run_dir, resume_run: bool = F
                 log(f"fold {fold}: early stop, no better {tr.metric} for {cfg['early_stop']} epochs")
                 break
     except BaseException as err:
-        if isinstance(err, KeyboardInterrupt):
+        if interrupted(err):
             log(f"\nfold {fold}: interrupted after epoch {tr.epoch}; best {tr.metric}={tr.best} at epoch "
                 f"{tr.best_epoch} in {run_dir / 'best.pt'}; continue with --resume")
         curves.draw(final=True, quiet=True)
+        if interrupted(err) and not isinstance(err, KeyboardInterrupt):
+            raise KeyboardInterrupt from err  # the scripts end it as the interrupt it is (exit 130)
         raise
     curves.draw(final=True)
     waits = [r["data_wait"] for r in epochs_log.rows if isinstance(r.get("data_wait"), (int, float))]

@@ -132,6 +132,13 @@ def check_interrupt() -> None:
         raise KeyboardInterrupt
 
 
+def interrupted(err: BaseException) -> bool:
+    """Whether `err` ends the run because of Ctrl-C: a KeyboardInterrupt, or any error once Ctrl-C came (a
+    KeyboardInterrupt raised inside C code can surface as another error, e.g. an ImportError from an
+    extension module whose initialisation it cut short)."""
+    return isinstance(err, KeyboardInterrupt) or _INTERRUPT_SEEN
+
+
 def exit_process(main, skip_teardown: bool = False) -> None:
     """Run a script's `main()` and end the process with its code. After Ctrl-C, skip the interpreter's
     teardown: every checkpoint is on disk already, and torch objects freed during teardown after an

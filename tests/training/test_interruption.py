@@ -169,3 +169,25 @@ def test_any_error_after_ctrl_c_still_exits_130_without_teardown():
     assert done.returncode == 130, done.stdout + done.stderr
     assert "RuntimeError: DataLoader worker interrupted" in done.stderr and "interrupted" in done.stderr
     assert "teardown ran" not in done.stdout
+
+
+def test_ctrl_c_inside_a_drawing_that_reports_it_as_another_error_still_ends_as_an_interrupt(small_data, tmp_path,
+                                                                                              monkeypatch):
+    """What CI saw: Ctrl-C right after epoch 1's last.pt landed in matplotlib's import for curves.png, which
+    turned it into 'ImportError: initialization failed'. The fold must still say where to --resume from and
+    end as the interrupt it is."""
+    from strokekit.training import runlog
+
+    def drawing_hit_by_ctrl_c(rows, metric, path):
+        monkeypatch.setattr(runlog, "_INTERRUPT_SEEN", True)  # what watch_interrupts' handler records
+        raise ImportError("initialization failed")
+
+    cfg = load_config(ROOT / "configs" / "tiny_stroke.yaml", TINY)
+    index, _ = build_index(small_data)
+    said = []
+    with pytest.raises(KeyboardInterrupt) as caught:
+        train_fold(cfg, index, read_folds(small_data / "folds.csv", index), 0, tmp_path / "fold0", progress=False,
+                   log=said.append, draw_curves=drawing_hit_by_ctrl_c)
+    assert isinstance(caught.value.__cause__, ImportError)
+    assert any("interrupted after epoch 1" in line and "--resume" in line for line in said)
+    assert read_checkpoint(tmp_path / "fold0" / "last.pt")["epoch"] == 1
