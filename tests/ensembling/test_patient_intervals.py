@@ -2,7 +2,6 @@
 groups), so the OOF's interval is the spread a test set of N patients shows."""
 import shutil
 
-import numpy as np
 import pandas as pd
 import yaml
 
@@ -45,4 +44,4 @@ def test_folds_without_patients_are_refused(loop, tmp_path, capsys):
                     "--out", tmp_path / "s.yaml") == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --test-patients") and "no DICOM patient ids" in err
-    assert not (tmp_path / "s.yaml").exists() and np.all(folds["group"].str.startswith("image-"))
+    assert not (tmp_path / "s.yaml").exists()
