@@ -175,7 +175,8 @@ def fit_state_dict(model: torch.nn.Module, state: dict, source: str) -> dict:
     from timm.models import adapt_input_conv
 
     own = model.state_dict()
-    if not set(state) & set(own) and any(k.startswith("net.") for k in state):  # an aux_seg model's classifier
+    # a wrapped model's net: an aux_seg classifier's, a deep_supervision or seg_head: sigmoid U-Net's (both: net.net.)
+    while not set(state) & set(own) and any(k.startswith("net.") for k in state):
         state = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
     if not set(state) & set(own) and any(f"encoder.{k}" in own for k in state):
         state = {f"encoder.{k}": v for k, v in state.items()}

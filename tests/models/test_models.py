@@ -255,3 +255,15 @@ def test_one_autocast_for_training_and_inference():
             assert (torch.ones(4, 4, device=cuda) @ torch.ones(4, 4, device=cuda)).dtype == dtype
     with pytest.raises(ValueError, match="amp 'fp8'"):
         autocast(cuda, "fp8")
+
+
+def test_weights_from_a_sigmoid_head_deep_supervision_checkpoint(tmp_path):
+    """Such a U-Net is SigmoidLesionHead(DeepSupervision(Unet)): its keys carry net.net.; all of the Unet loads."""
+    sets = dict(deep_supervision=2, seg_head="sigmoid", loss="bce")
+    trained = build_model(cfg_for("seg", "Unet", "resnet18", **sets))
+    assert any(k.startswith("net.net.") for k in trained.state_dict())
+    save_atomic(build_checkpoint(trained, cfg_for("seg", "Unet", "resnet18", **sets), 3, epoch=1), tmp_path / "b.pt")
+    warm = build_model(cfg_for("seg", "Unet", "resnet18", weights=str(tmp_path / "b.pt")))
+    unet = trained.net.net
+    assert torch.equal(warm.encoder.layer1[0].conv1.weight, unet.encoder.layer1[0].conv1.weight)
+    assert all(torch.equal(a, b) for a, b in zip(warm.decoder.state_dict().values(), unet.decoder.state_dict().values()))
