@@ -51,7 +51,10 @@ DEFAULTS: dict[str, Any] = {
     "drop_rate": 0.0,          # classifiers: dropout before the head; seg: spatial dropout (Dropout2d) before it
     "head_hidden": None,       # timm classifiers: a hidden dense layer of this width + ReLU before the output (the
                                # multi-task paper's Dense(128)); None = the output layer alone
-    "decoder_attention": None,  # seg, smp Unet / UnetPlusPlus: decoder attention, e.g. scse
+    "decoder_attention": None,  # seg, smp Unet / UnetPlusPlus / kit_unet: decoder attention, e.g. scse
+    "decoder_upsample": "nearest",     # seg, kit_unet: nearest | pixel_shuffle (ICNR, fastai's dynamic U-Net)
+    "decoder_block": "plain",          # seg, kit_unet: plain | residual (conv body + 1x1 projected shortcut)
+    "decoder_self_attention": False,   # seg, kit_unet: SAGAN self-attention on the stride-8 decoder stage
     "norm": "batch",           # batch | instance | group: every BatchNorm swapped (small batches, from scratch)
     "deep_supervision": 0,     # seg U-Nets: a loss on this many intermediate decoder stages too (nnU-Net); 0 = off
     "seg_head": "softmax",     # seg: softmax (3 exclusive classes) | sigmoid (2 independent lesion channels, the

@@ -240,6 +240,9 @@ SCHEMA: dict[str, Rule] = {
     "drop_rate": Float(0.0, 1.0, hi_open=True),
     "head_hidden": Int(1, nullable=True),
     "decoder_attention": Choice(*DECODER_ATTENTION, nullable=True),
+    "decoder_upsample": Choice("nearest", "pixel_shuffle"),            # models/kit_unet.UPSAMPLE
+    "decoder_block": Choice("plain", "residual"),                      # models/kit_unet.BLOCKS
+    "decoder_self_attention": Bool(),
     "norm": Choice("batch", "instance", "group"),                      # models/norm.NORMS
     "deep_supervision": Int(0, 5),
     "seg_head": Choice("softmax", "sigmoid"),
@@ -371,6 +374,11 @@ def cross_checks(cfg: dict) -> list[tuple[str, str]]:
         elif softmax_only:
             problems.append(("loss", f"{', '.join(softmax_only)} is for the softmax head (exclusive classes); "
                                      "seg_head: sigmoid trains with bce, focal, dice, batch_dice or image_dice"))
+    kit_only = [k for k, plain in (("decoder_upsample", "nearest"), ("decoder_block", "plain"),
+                                   ("decoder_self_attention", False)) if cfg[k] != plain]
+    if kit_only and (task != "seg" or cfg["model"] != "kit_unet"):
+        problems.append((kit_only[0], f"shapes kit_unet's decoder (model: kit_unet, task seg); model "
+                                      f"{cfg['model']} has its own"))
     if cfg["deep_supervision"] and task != "seg":
         problems.append(("deep_supervision", f"is for seg U-Nets, not task {task}"))
     if cfg["pseudo"] and task != "seg":
