@@ -76,6 +76,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--objective", default="f1", choices=("f1", "recall", "youden"),
                         help="threshold tuning: best F1, best precision at --target-recall, or Youden's J")
     parser.add_argument("--target-recall", type=float, default=0.97, help="for --objective recall (default 0.97)")
+    parser.add_argument("--threshold-range", type=float, nargs=2, metavar=("LO", "HI"),
+                        help="classifiers: search every decision threshold in [LO, HI] only (the multi-task paper's "
+                             "recall-tuned threshold fell in 0.45-0.6); with --objective recall, where none in the "
+                             "range reaches the target, the range's lowest is taken and the spec says so")
     parser.add_argument("--tolerance", type=float, default=0.005,
                         help="near-best band (relative) whose middle gives thresholds / post-processing")
     parser.add_argument("--tta", help="flips infer.py applies, comma-separated: none,hflip,vflip,hvflip (default: "
@@ -145,6 +149,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--test-size and --n-boot must be >= 1")
     if args.vote_threshold is not None and not (0 < args.vote_threshold < 1 and args.blend in ("vote", "auto")):
         parser.error("--vote-threshold goes with --blend vote (or auto) and is a probability between 0 and 1")
+    if args.threshold_range is not None and (args.task == "seg" or not 0 <= args.threshold_range[0]
+                                             < args.threshold_range[1] <= 1):
+        parser.error("--threshold-range LO HI: classifiers only (stroke / type), 0 <= LO < HI <= 1")
     if args.test_patients is not None and args.test_patients < 1:
         parser.error("--test-patients must be >= 1")
     return args
@@ -175,7 +182,7 @@ def build(args) -> tuple[dict, dict, Path]:
                                              robust=None if args.robust == "off" else args.robust,
                                              stack_seg_runs=seg_runs, stack_models=args.stack_models.split(","),
                                              vote_threshold=args.vote_threshold,
-                                             **common)
+                                             threshold_range=args.threshold_range, **common)
         return spec, report, out
     from strokekit.ensembling.segmenters import build_seg_spec
 

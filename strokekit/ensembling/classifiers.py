@@ -10,6 +10,8 @@ level-2 model on the members' OOF probabilities (and segmenter runs' features) b
 """
 from __future__ import annotations
 
+from functools import partial
+
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,7 +146,8 @@ def build_classifier_spec(runs: list[Run], task: str, spec_path, metric: str = "
                           robust: str | None = None, top_runs: int | None = None,
                           stack_seg_runs: list[Run] | None = None,
                           stack_models=("logistic", "gbm"), group_of: dict | None = None,
-                          test_patients: int | None = None, vote_threshold: float | None = None) -> tuple[dict, dict]:
+                          test_patients: int | None = None, vote_threshold: float | None = None,
+                          threshold_range: tuple[float, float] | None = None) -> tuple[dict, dict]:
     """(spec, report) for a stroke / type ensemble of `runs`; see the module docstring.
 
     keep_blend=True keeps the asked blend (e.g. a published system's majority vote) even when the best
@@ -158,9 +161,11 @@ def build_classifier_spec(runs: list[Run], task: str, spec_path, metric: str = "
     the `stack_models` kinds' candidates. test_patients: resamples draw that many whole patients (their
     images from `group_of`, image_id -> patient) instead of test_size images. vote_threshold: every member
     votes (blend vote) at this probability instead of at its own tuned OOF threshold (a fastai model votes
-    with its argmax: 0.5)."""
+    with its argmax: 0.5). threshold_range (lo, hi): every tuned threshold (the members' own, the final one,
+    the nested estimate's) is searched in [lo, hi] only (selection.tune_classifier_threshold's bounds)."""
     options = dict(metric_options or {})
     score = lambda y, p: selection.classifier_score(y, p, metric, **options)
+    tune_threshold = partial(selection.tune_classifier_threshold, bounds=threshold_range)
     oofs = {run.name: selection.load_oof(run.path) for run in runs}
     folds, tables = {}, []
     for run in runs:
@@ -172,7 +177,7 @@ def build_classifier_spec(runs: list[Run], task: str, spec_path, metric: str = "
     members = {run.name: aligned[run.name].to_numpy(dtype=np.float64) for run in runs}
     singles = {n: score(y, p) for n, p in members.items()}
     own_t = {n: vote_threshold if vote_threshold is not None else
-             selection.tune_classifier_threshold(y, p, objective, target_recall, tolerance)["threshold"]
+             tune_threshold(y, p, objective, target_recall, tolerance)["threshold"]
              for n, p in members.items()}
     members = keep_top_runs(members, singles, top_runs)
     blends = CLASSIFIER_BLENDS if blend == "auto" else (blend,)
@@ -190,14 +195,14 @@ def build_classifier_spec(runs: list[Run], task: str, spec_path, metric: str = "
         choice = guard_best_member(choice, members, singles)
     size = test_size or bootstrap.PHASE_TEST_SIZES[1 if task == "stroke" else 2]
     patients = bootstrap.Patients.of(group_of, aligned["image_id"], test_patients) if test_patients else None
-    tuned = selection.tune_classifier_threshold(y, choice["blended"], objective, target_recall, tolerance,
+    tuned = tune_threshold(y, choice["blended"], objective, target_recall, tolerance,
                                                 test_prior, robust, size, n_boot, seed, patients)
     intervals = bootstrap.classifier_intervals(y, choice["blended"], tuned["threshold"], size, n_boot, seed,
                                                test_prior=test_prior, patients=patients)
     image_folds = outer_folds(aligned, oofs)
     def inner_tune(inner: np.ndarray) -> float:
         """The spec's threshold tuning on a subset of the images."""
-        return selection.tune_classifier_threshold(
+        return tune_threshold(
             y[inner], choice["blended"][inner], objective, target_recall, tolerance, test_prior, robust, size,
             n_boot, seed, None if patients is None else bootstrap.Patients(patients.groups[inner], patients.count)
         )["threshold"]
@@ -306,6 +311,7 @@ def decision_lines(report: dict) -> list[str]:
     oof = t["oof"]
     return [f"threshold {t['value']:.4f} ({t['objective']}"
             + (f", recall >= {t['target_recall']}" if "target_recall" in t else "")
+            + (f", searched in [{t['bounds'][0]}, {t['bounds'][1]}]" if "bounds" in t else "")
             + (f", plateau of the bootstrap {t['robust']} at "
                + (f"{t['test_patients']} patients" if t.get("test_patients") else f"n = {t['test_size']}")
                if "robust" in t else "")
@@ -313,7 +319,8 @@ def decision_lines(report: dict) -> list[str]:
               f"precision {oof['precision']:.4f}, specificity {oof['specificity']:.4f}, F1 {oof['f1']:.4f}, "
               f"balanced accuracy {oof['balanced_accuracy']:.4f}"
             + (f" (OOF reweighted to a test positive share of {t['test_prior']:.3f}; OOF's own "
-               f"{t['oof_prior']:.3f})" if "test_prior" in t else "")] + interval_lines(report.get("intervals")) \
+               f"{t['oof_prior']:.3f})" if "test_prior" in t else "")] \
+        + ([f"WARNING {t['bounds_note']}"] if t.get("bounds_note") else []) + interval_lines(report.get("intervals")) \
         + nested_lines(report.get("nested"))
 
 

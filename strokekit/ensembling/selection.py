@@ -288,7 +288,7 @@ def plateau(values, scores, tolerance: float = 0.005) -> dict:
 def tune_classifier_threshold(y_true, y_score, objective: str = "f1", target_recall: float = 0.97,
                               tolerance: float = 0.005, test_prior: float | None = None,
                               robust: str | None = None, test_size: int | None = None, n_boot: int = 1000,
-                              seed: int = 0, patients=None) -> dict:
+                              seed: int = 0, patients=None, bounds: tuple[float, float] | None = None) -> dict:
     """A decision threshold from the middle of the near-best plateau, with its OOF metrics.
 
     objective "f1" / "youden": plateau of F1 / Youden's J over every OOF score used as threshold.
@@ -299,7 +299,10 @@ def tune_classifier_threshold(y_true, y_score, objective: str = "f1", target_rec
     reweighted figures, `oof_unweighted` the plain ones). robust (p10, median ...): the plateau is taken on
     that statistic of the objective over bootstrap resamples of test_size images (bootstrap.py), not on the
     OOF curve itself (whole patients per resample with `patients`, bootstrap.Patients); the recall target is
-    still met on OOF. Returns plain floats, ready for the spec.
+    still met on OOF. bounds (lo, hi): only thresholds in [lo, hi] are candidates (the multi-task paper's
+    recall-tuned threshold "between 0.45 and 0.6"); with objective recall, where no threshold in the range
+    meets the target, the range's lowest candidate (its highest recall) is taken and `bounds_note` says so.
+    Returns plain floats, ready for the spec.
     """
     from strokekit.evaluation import prior
 
@@ -317,6 +320,17 @@ def tune_classifier_threshold(y_true, y_score, objective: str = "f1", target_rec
         _, draws = bootstrap.threshold_curve_draws(y_true, y_score, objective, test_size, n_boot, seed,
                                                    test_prior, target_recall, patients)
         curve = bootstrap.robust_scores(draws, robust)
+    note = None
+    if bounds is not None:
+        inside = (table["threshold"] >= bounds[0]) & (table["threshold"] <= bounds[1])
+        if not inside.any():
+            raise ValueError(f"threshold range [{bounds[0]}, {bounds[1]}] holds no OOF score: widen it")
+        if objective == "recall" and not np.isfinite(np.where(inside, curve, np.nan)).any():
+            lowest = np.flatnonzero(inside)[np.argmin(table["threshold"][inside])]
+            curve = np.where(np.arange(len(curve)) == lowest, 1.0, np.nan)
+            note = (f"no threshold in [{bounds[0]}, {bounds[1]}] reaches recall {target_recall} on OOF: the "
+                    f"range's lowest, {float(table['threshold'][lowest]):.4f}, recall {table['recall'][lowest]:.3f}")
+        curve = np.where(inside, curve, np.nan)
     flat = plateau(table["threshold"], curve, tolerance)
     chosen = metrics.classification_metrics(y_true, y_score, flat["value"])
     out = {"threshold": flat["value"], "objective": objective, "plateau": flat["plateau"],
@@ -324,6 +338,10 @@ def tune_classifier_threshold(y_true, y_score, objective: str = "f1", target_rec
            "oof": {k: float(v) for k, v in chosen.items() if k != "threshold"}}
     if objective == "recall":
         out["target_recall"] = float(target_recall)
+    if bounds is not None:
+        out["bounds"] = [float(b) for b in bounds]
+        if note:
+            out["bounds_note"] = note
     if robust:
         out.update(robust=robust, robust_score=flat["score"], test_size=test_size, n_boot=n_boot)
         if patients is not None:

@@ -1,0 +1,69 @@
+"""ensemble.py --threshold-range LO HI: every tuned classifier threshold searched in [LO, HI] only (the multi-task
+paper's recall-tuned threshold fell "between 0.45 and 0.6")."""
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from strokekit.cli.ensemble import parse_args
+from strokekit.ensembling.classifiers import build_classifier_spec, read_runs
+from strokekit.ensembling.selection import tune_classifier_threshold
+
+
+def scores(n=400, seed=0):
+    """Positives around 0.3, negatives around 0.1: the F1-best threshold sits near 0.2, far below 0.45."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    return y, np.clip(np.where(y == 1, 0.3, 0.1) + rng.normal(0, 0.08, n), 0, 1)
+
+
+def test_bounds_keep_the_threshold_inside_the_range():
+    y, p = scores()
+    free = tune_classifier_threshold(y, p, "f1")
+    bound = tune_classifier_threshold(y, p, "f1", bounds=(0.45, 0.6))
+    assert free["threshold"] < 0.45 <= bound["threshold"] <= 0.6
+    assert bound["bounds"] == [0.45, 0.6] and "bounds_note" not in bound
+
+
+def test_recall_target_out_of_reach_in_the_range_takes_its_lowest_and_says_so():
+    y, p = scores()
+    inside = np.sort(p[(p >= 0.45) & (p <= 0.6)])
+    got = tune_classifier_threshold(y, p, "recall", target_recall=0.9, bounds=(0.45, 0.6))
+    assert got["threshold"] == pytest.approx(inside[0])
+    assert "reaches recall 0.9" in got["bounds_note"]
+    reachable = tune_classifier_threshold(y, p, "recall", target_recall=0.9, bounds=(0.0, 0.6))
+    assert reachable["oof"]["recall"] >= 0.9 and "bounds_note" not in reachable
+
+
+def fake_run(root, name, target, prob):
+    """A run of 3 folds, each holding a third of the images as its OOF."""
+    fold_of = np.arange(len(target)) % 3
+    for k in range(3):
+        fold = root / name / f"fold{k}"
+        fold.mkdir(parents=True)
+        (fold / "config.yaml").write_text(yaml.safe_dump({"task": "stroke", "model": name}))
+        (fold / "best.pt").write_bytes(b"")
+        (fold / "done").write_text("")
+        mine = fold_of == k
+        pd.DataFrame({"image_id": np.flatnonzero(mine), "fold": k, "target": target[mine],
+                      "prob": prob[mine]}).to_csv(fold / "oof.csv", index=False)
+    return root / name
+
+
+def test_every_threshold_of_the_spec_is_searched_in_the_range(tmp_path):
+    y, p = scores()
+    q = np.clip(p + np.random.default_rng(1).normal(0, 0.05, len(p)), 0, 1)
+    runs = read_runs([fake_run(tmp_path, "a", y, p), fake_run(tmp_path, "b", y, q)], "stroke")
+    spec, report = build_classifier_spec(runs, "stroke", tmp_path / "e.yaml", blend="vote", keep_blend=True,
+                                         threshold_range=(0.45, 0.6), n_boot=20)
+    assert 0.45 <= spec["threshold"]["value"] <= 0.6
+    assert all(0.45 <= m["threshold"] <= 0.6 for m in spec["members"])
+    assert all(0.45 <= t <= 0.6 for t in report["nested"]["thresholds"].values())
+
+
+def test_the_flag_is_for_classifiers_and_a_range_inside_0_1():
+    assert parse_args(["--task", "stroke", "runs/x", "--threshold-range", "0.45", "0.6"]).threshold_range == [0.45, 0.6]
+    for bad in (["--task", "seg", "runs/x", "--threshold-range", "0.4", "0.6"],
+                ["--task", "stroke", "runs/x", "--threshold-range", "0.6", "0.4"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
