@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import sys
 import time
 from pathlib import Path
@@ -69,8 +70,12 @@ def scaled(config: str, args) -> list[str]:
 
 
 def train(config: str, data: Path, work: Path, log: Path, args, flags: list, sets: list = ()) -> None:
+    from strokekit.config import load_config
+
+    seg = load_config(ROOT / RECIPES / f"{config}.yaml")["task"] == "seg"
+    extra = args.seg_set if seg else args.cls_set
     run([PY, "train.py", "--config", ROOT / RECIPES / f"{config}.yaml", "--data", data, "--out", work / "runs",
-         "--no-progress", "--overwrite", *flags, "--set", *scaled(config, args), *sets], log)
+         "--no-progress", "--overwrite", *flags, "--set", *scaled(config, args), *sets, *extra], log)
 
 
 def score(data: Path, work: Path, name: str, log: Path, phase1: Path | None, phase2: Path | None,
@@ -106,12 +111,16 @@ def _interval(scored: dict, key: str) -> list | None:
 
 def run_system(name: str, data: Path, work: Path, args) -> dict:
     configs, specs = SYSTEMS[name]
+    work.mkdir(parents=True, exist_ok=True)
     log = work / f"{name}.log"
     log.unlink(missing_ok=True)
     start, cpu = time.time(), cpu_seconds()
     if name == "dpn_unet":
         return {"system": name, **run_dpn(data, work, log, args), "cpu_s": round(cpu_seconds() - cpu),
                 "wall_s": round(time.time() - start)}
+    if args.classifiers_only:  # phase 1 (and the type spec) only: a classifier variant row
+        configs = [c for c in configs if "/seg_" not in c]
+        specs = {k: v for k, v in specs.items() if k != "seg"}
     for config in configs:
         train(config, data, work, log, args, ["--fold", "all"])
     paths = {}
@@ -139,6 +148,28 @@ def run_dpn(data: Path, work: Path, log: Path, args) -> dict:
             **score(data, work, "dpn_unet", log, paths["stroke"], paths["type"])}
 
 
+ROW_SETTINGS = ("cls_size", "seg_size", "cls_epochs", "seg_epochs", "dpn_runs", "dpn_top", "dpn_encoder")
+
+
+def save(row: dict, setting: dict) -> None:
+    """Merge one system's row into bench/results/recipes.json now (a killed bench keeps what it finished; two
+    benches on other systems may run side by side): rows of another setting are dropped, a redone row replaced."""
+    import fcntl
+
+    from common import RESULTS
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(Path(tempfile.gettempdir()) / "strokekit_recipes_bench.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        path = RESULTS / "recipes.json"
+        old = json.loads(path.read_text()) if path.is_file() else {}
+        same = all(old.get(k) == v for k, v in setting.items())
+        earlier = [{**{k: old[k] for k in ROW_SETTINGS if k in old}, **r} for r in (old.get("rows", []) if same else [])]
+        rows = [r for r in earlier if r["row"] != row["row"]] + [row]  # (older files kept the scaling file-wide)
+        kept = {k: v for k, v in old.items() if same and k not in ("machine", "rows", *setting)}
+        write_result("recipes", {"machine": machine(), **kept, **setting, "rows": rows})
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK / "recipes")
@@ -153,6 +184,12 @@ def main(argv=None) -> int:
     parser.add_argument("--dpn-top", type=int, default=2, help="DPN-U-Net: the best k kept (the paper: 6)")
     parser.add_argument("--dpn-encoder", default="dpn68", help="DPN-U-Net encoder at CPU scale (default dpn68)")
     parser.add_argument("--data", type=Path, help="an existing phantom with folds.csv (default: made under --work)")
+    parser.add_argument("--cls-set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="overrides for every classifier after the CPU scaling (a variant row: give --tag)")
+    parser.add_argument("--seg-set", nargs="*", default=[], metavar="KEY=VALUE", help="the same for every U-Net")
+    parser.add_argument("--classifiers-only", action="store_true",
+                        help="train and score the systems' classifiers only (phase 1), e.g. for a --cls-set variant")
+    parser.add_argument("--tag", default="", help="appended to each row's name, e.g. '+dicom_aux'")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in SYSTEMS]
@@ -160,19 +197,24 @@ def main(argv=None) -> int:
         parser.error(f"unknown systems {unknown}; valid: {', '.join(SYSTEMS)}")
     args.work.mkdir(parents=True, exist_ok=True)
     data = args.data or phantom(args.work, args.n, args.phantom_size)
+    if args.classifiers_only and "dpn_unet" in names:
+        parser.error("the DPN-U-Net's classifiers are its U-Nets: leave it out of --classifiers-only")
+    if (args.cls_set or args.seg_set) and not args.tag:
+        parser.error("--cls-set / --seg-set change the recipes: name the variant rows with --tag")
+    setting = {"n": args.n, "phantom_size": args.phantom_size}  # the phantom: rows of another one are dropped
+    scaling = {k: getattr(args, k) for k in ROW_SETTINGS}
     rows = []
     for name in names:
-        rows.append(run_system(name, data, args.work, args))
+        row = run_system(name, data, args.work / args.tag if args.tag else args.work, args)
+        rows.append({"row": name + args.tag, **row, **scaling, "cls_set": args.cls_set, "seg_set": args.seg_set})
         print(json.dumps(rows[-1]), flush=True)
+        save(rows[-1], setting)
 
     def cell(r, key):
         v, ci = r.get(key), r.get(f"{key}_95")
         return "-" if v is None else f"{v:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and None not in ci else "")
-    print(table([[r["system"], cell(r, "phase1_auc"), cell(r, "phase1_f1"), cell(r, "official_iou"), r["cpu_s"]]
+    print(table([[r["row"], cell(r, "phase1_auc"), cell(r, "phase1_f1"), cell(r, "official_iou"), r["cpu_s"]]
                  for r in rows], ["system", "phase-1 AUC", "phase-1 F1", "official IoU", "CPU s"]))
-    setting = {k: getattr(args, k) for k in ("n", "phantom_size", "cls_size", "seg_size", "cls_epochs", "seg_epochs",
-                                              "dpn_runs", "dpn_top", "dpn_encoder")}
-    write_result("recipes", {"machine": machine(), **setting, "rows": rows})
     return 0
 
 
