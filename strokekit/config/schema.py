@@ -25,7 +25,7 @@ SCHEDULES = ("cosine", "poly", "onecycle", "plateau", "exponential", "none")  # 
 SAMPLERS = {"stroke": ("balanced",), "type": ("balanced",), "seg": ("lesion",)}  # training/tasks Task.samplers
 CLASSIFIER_METRICS = ("auc", "recall", "precision", "f1", "specificity", "balanced_accuracy", "accuracy")
 SEG_SCORES = tuple(f"{metric}_{reduction}_{part}" for metric in ("iou", "dice")
-                   for reduction in ("micro", "macro_imagewise")
+                   for reduction in ("micro", "macro_imagewise", "patientwise")
                    for part in (*LESION_NAMES, "lesion_mean", "any_lesion"))
 AMP = ("bf16", "fp16", "none")
 TRACKERS = ("tensorboard", "wandb", "mlflow")                      # training/tracking.TRACKERS

@@ -227,7 +227,8 @@ class SegTask(Task):
             from strokekit.config.postprocess import normalise_spec
             pp = normalise_spec(pp)
         return {"ids": [], "stats": [], "any": [], "lesion": [], "probs": [] if keep_oof else None,
-                "hw": [], "oof_size": cfg["oof_size"], "pp": pp, "pp_stats": [], "pp_any": [], "pp_official": []}
+                "hw": [], "oof_size": cfg["oof_size"], "pp": pp, "pp_stats": [], "pp_any": [], "pp_official": [],
+                "groups": None}  # image_id -> patient (predict_loader): the patientwise scores
 
     def accumulate(self, state: dict, batch: dict, probs: torch.Tensor) -> None:
         """Per-image counts at each mask's own resolution (probabilities upsampled before the argmax)."""
@@ -258,9 +259,13 @@ class SegTask(Task):
 
     def finish(self, state: dict) -> dict[str, float]:
         lesion = np.asarray(state["lesion"], dtype=bool)
-        out = seg_metrics(state["stats"], state["any"], lesion)
+        groups = None
+        if state.get("groups") is not None:
+            groups = np.asarray([state["groups"][int(i)] for i in np.concatenate(state["ids"])], dtype=object)
+        out = seg_metrics(state["stats"], state["any"], lesion, groups)
         if state["pp"] is not None:
-            out.update({f"pp_{k}": v for k, v in seg_metrics(state["pp_stats"], state["pp_any"], lesion).items()})
+            out.update({f"pp_{k}": v for k, v in
+                        seg_metrics(state["pp_stats"], state["pp_any"], lesion, groups).items()})
             counts = np.asarray(state["pp_official"], dtype=np.int64).reshape(-1, 4)[lesion]
             scores = official.tolerant_scores(*counts.T)
             out.update({f"pp_official_{k}": float(np.mean(scores[k])) if len(counts) else float("nan")
@@ -277,15 +282,24 @@ class SegTask(Task):
         return str(path)
 
 
-def seg_metrics(stats: list, any_stats: list, lesion: np.ndarray) -> dict[str, float]:
+def seg_metrics(stats: list, any_stats: list, lesion: np.ndarray, groups: np.ndarray | None = None) -> dict[str, float]:
     """Strict per-class and any-lesion scores over the lesion slices, and the share of clean slices
-    (when validated) with a predicted lesion."""
+    (when validated) with a predicted lesion. `patientwise`: each patient's lesion slices pooled (its volume
+    IoU / Dice), then the mean over patients (`groups`: each image's patient; without, every image its own)."""
     per_class = metrics.SegStats(*(np.concatenate([s[k] for s in stats])[lesion] for k in range(4)))
     out = metrics.seg_scores(per_class)
     anyl = metrics.SegStats(*(np.concatenate([s[k] for s in any_stats])[lesion] for k in range(4)))
+    mine = np.arange(len(lesion))[lesion] if groups is None else np.asarray(groups)[lesion]
+    patients = metrics.pooled_by_group(per_class, mine)
     for name, fn in (("iou", metrics.iou_score), ("dice", metrics.dice_score)):
         for reduction in ("micro", "macro-imagewise"):
             out[f"{name}_{reduction.replace('-', '_')}_any_lesion"] = float(fn(*anyl, reduction=reduction)[1])
+        by_patient = fn(*patients, reduction="macro-imagewise")
+        out.update({f"{name}_patientwise_{cls}": float(by_patient[c]) for c, cls in ((1, "ischemic"),
+                                                                                       (2, "hemorrhagic"))})
+        out[f"{name}_patientwise_lesion_mean"] = metrics.lesion_mean(by_patient, (1, 2))
+        out[f"{name}_patientwise_any_lesion"] = float(
+            fn(*metrics.pooled_by_group(anyl, mine), reduction="macro-imagewise")[1])
     if (~lesion).any():  # negatives validated: how often a lesion is predicted on a clean slice
         pred_pixels = np.concatenate([s[0] + s[1] for s in any_stats])[~lesion, 1]
         out["negatives_with_lesion_pred"] = float((pred_pixels > 0).mean())

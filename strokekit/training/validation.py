@@ -49,10 +49,25 @@ def predict_loader(model, loader, task, cfg: dict, device, loss_fn=None, keep_oo
             check_complete(state, loader.dataset)
     out = None
     if state is not None:
+        if "groups" in state:  # seg: each image's patient, for the patientwise scores
+            state["groups"] = patients_of(loader.dataset.rows)
         out = task.finish(state)
         if losses:
             out = {"val_loss": sum(losses) / len(loader.dataset), **out}
     return distributed.broadcast(out), state
+
+
+def patients_of(rows) -> dict[int, str]:
+    """image_id -> its fold grouping key (patient, else study, else series, else the image: data/index.py)."""
+    import pandas as pd
+
+    from strokekit.data.index import group_ids
+
+    table = pd.DataFrame(list(rows))
+    for col in ("patient_id", "study_uid", "series_uid"):
+        if col not in table:
+            table[col] = ""
+    return dict(zip(table["image_id"].astype(int), group_ids(table.fillna(""))))
 
 
 def check_complete(state: dict, dataset) -> None:

@@ -133,6 +133,8 @@ def test_seg_run_dir_oof_and_dice(seg_run, train_phantom):
     assert np.allclose(oof["probs"].astype(np.float32).sum(axis=1), 1.0, atol=2e-2)
     assert (oof["fold"] == 0).all() and oof["orig_hw"].tolist() == [[128, 128]] * len(val)
     assert summary["final_metrics"]["dice_micro_any_lesion"] > 0.2
+    final = summary["final_metrics"]  # the phantom's patients hold several slices: pooled per patient differs
+    assert final["iou_patientwise_lesion_mean"] != pytest.approx(final["iou_macro_imagewise_lesion_mean"])
     # the OOF probabilities, upsampled, give back the validation Dice
     pred = torch.nn.functional.interpolate(torch.from_numpy(oof["probs"].astype(np.float32)), size=(128, 128),
                                            mode="bilinear", align_corners=False).argmax(1).numpy()
