@@ -24,8 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from strokekit.models.registry import ModelNameError, register_model
-from strokekit.models.weights import WeightsError, downloads_allowed, missing_weights_message, smp_pretrained_file
+from strokekit.models.registry import register_model, smp_encoder
 
 UPSAMPLE = ("nearest", "pixel_shuffle")
 BLOCKS = ("plain", "residual")
@@ -148,17 +147,7 @@ class KitUNet(nn.Module):
 
 @register_model("kit_unet", kind="seg")
 def kit_unet(cfg: dict, num_outputs: int) -> nn.Module:
-    import segmentation_models_pytorch as smp
-
-    encoder, weights = cfg["encoder"], None
-    if encoder not in smp.encoders.get_encoder_names():
-        raise ModelNameError(f"kit_unet: unknown smp encoder {encoder!r} (e.g. resnet34, vgg16_bn, efficientnet-b3)")
-    if cfg["pretrained"] and not cfg["weights"]:
-        path, source = smp_pretrained_file(encoder)
-        if path is None and not downloads_allowed():
-            raise WeightsError(missing_weights_message(f"smp encoder {encoder}", source))
-        weights = "imagenet"
-    model = KitUNet(smp.encoders.get_encoder(encoder, in_channels=cfg["in_chans"], depth=5, weights=weights),
-                    num_outputs, cfg)
-    model.pretrained_loaded = weights is not None
+    encoder = smp_encoder(cfg, "kit_unet")
+    model = KitUNet(encoder, num_outputs, cfg)
+    model.pretrained_loaded = encoder.pretrained_loaded
     return model

@@ -13,8 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from strokekit.models.registry import ModelNameError, SequentialClassifier, register_model
-from strokekit.models.weights import WeightsError, downloads_allowed, missing_weights_message, smp_pretrained_file
+from strokekit.models.registry import SequentialClassifier, register_model, smp_encoder
 
 
 @register_model("simple_cnn")
@@ -72,17 +71,7 @@ class HypercolumnUNet(nn.Module):
 
 @register_model("hypercolumn_unet", kind="seg")
 def hypercolumn_unet(cfg: dict, num_outputs: int) -> nn.Module:
-    import segmentation_models_pytorch as smp
-
-    encoder, weights = cfg["encoder"], None
-    if encoder not in smp.encoders.get_encoder_names():
-        raise ModelNameError(f"hypercolumn_unet: unknown smp encoder {encoder!r} (e.g. dpn68, dpn92, resnet34)")
-    if cfg["pretrained"] and not cfg["weights"]:
-        path, source = smp_pretrained_file(encoder)
-        if path is None and not downloads_allowed():
-            raise WeightsError(missing_weights_message(f"smp encoder {encoder}", source))
-        weights = "imagenet"
-    model = HypercolumnUNet(smp.encoders.get_encoder(encoder, in_channels=cfg["in_chans"], depth=5,
-                                                     weights=weights), num_outputs, cfg["drop_rate"])
-    model.pretrained_loaded = weights is not None
+    encoder = smp_encoder(cfg, "hypercolumn_unet")
+    model = HypercolumnUNet(encoder, num_outputs, cfg["drop_rate"])
+    model.pretrained_loaded = encoder.pretrained_loaded
     return model

@@ -260,6 +260,25 @@ def _build_smp(cfg: dict, num_outputs: int) -> nn.Module:
     return model
 
 
+def smp_encoder(cfg: dict, model: str) -> nn.Module:
+    """The smp encoder (depth 5) a config names for the kit's own U-Nets (`model`), with its ImageNet weights
+    when `pretrained` and no `weights` (offline: from the local cache, else a clear WeightsError); the module's
+    `pretrained_loaded` says whether they came."""
+    import segmentation_models_pytorch as smp
+
+    name, weights = cfg["encoder"], None
+    if name not in smp.encoders.get_encoder_names():
+        raise ModelNameError(f"{model}: unknown smp encoder {name!r} (e.g. resnet34, dpn68, efficientnet-b3)")
+    if cfg["pretrained"] and not cfg["weights"]:
+        path, source = smp_pretrained_file(name)
+        if path is None and not downloads_allowed():
+            raise WeightsError(missing_weights_message(f"smp encoder {name}", source))
+        weights = "imagenet"
+    encoder = smp.encoders.get_encoder(name, in_channels=cfg["in_chans"], depth=5, weights=weights)
+    encoder.pretrained_loaded = weights is not None
+    return encoder
+
+
 def _is_strokekit_checkpoint(path) -> bool:
     try:
         from strokekit.models.checkpoint import read_checkpoint

@@ -82,3 +82,17 @@ def test_kit_unet_trains_with_deep_supervision_and_sigmoid_head():
 def test_decoder_options_of_another_model_are_refused(sets):
     with pytest.raises(ConfigError, match="kit_unet"):
         load_config(None, ["task=seg", *sets])
+
+
+def test_kit_unet_pretrained_offline_fails_fast(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from strokekit.models.weights import WeightsError
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("STROKEKIT_ALLOW_DOWNLOAD", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(WeightsError, match="resnet34"):
+        build_model(cfg("encoder=resnet34", "pretrained=true"))
