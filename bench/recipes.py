@@ -97,7 +97,7 @@ def score(data: Path, work: Path, name: str, log: Path, phase1: Path | None, pha
              "--truth", data / "YARISMA_1" / "ASAMA1_Cevaplar.txt", "--out", js], log)
         s = json.loads(js.read_text())
         out.update(phase1_auc=s["auc"], phase1_auc_95=_interval(s, "auc"), phase1_f1=s.get("f1"),
-                   phase1_f1_95=_interval(s, "f1"))
+                   phase1_f1_95=_interval(s, "f1"), **level_diagnostic(data, sub / "probs.csv"))
     if phase2 is not None:
         sub = work / "submissions" / name / "phase2"
         run([PY, "infer.py", "--phase", "2", "--ensemble", phase2, *(["--type-ensemble", type_spec] if type_spec
@@ -108,6 +108,23 @@ def score(data: Path, work: Path, name: str, log: Path, phase1: Path | None, pha
         s = json.loads(js.read_text())
         out.update(official_iou=s["official"]["mean_imagewise"]["iou"], official_iou_95=_interval(s, "official_iou"))
     return out
+
+
+def level_diagnostic(data: Path, probs_csv: Path) -> dict:
+    """What a phase-1 classifier tracks on test 1: the correlation of its probability with the slice's level in
+    the head (the phantom's truth table), beside the label's own. A classifier that learnt the lesion follows
+    the label; one that learnt the anatomy (stroke slices lie mid-brain in training) follows the level."""
+    import numpy as np
+    import pandas as pd
+
+    probs = pd.read_csv(probs_csv)[["image_id", "prob"]]
+    truth = pd.read_csv(data / "phantom_truth.csv").rename(columns={"id": "image_id"})
+    table = probs.merge(truth[truth["split"] == "test1"], on="image_id")
+    label = (table["class"] != "no_stroke").astype(float)
+    corr = lambda a, b: round(float(np.corrcoef(a, b)[0, 1]), 3)
+    return {"phase1_prob_level_corr": corr(table["prob"], table["level"]),
+            "phase1_label_level_corr": corr(label, table["level"]),
+            "phase1_prob_label_corr": corr(table["prob"], label)}
 
 
 def _interval(scored: dict, key: str) -> list | None:
@@ -176,6 +193,22 @@ def save(row: dict, setting: dict) -> None:
         write_result("recipes", {"machine": machine(), **kept, **setting, "rows": rows})
 
 
+def rediagnose(work: Path, data: Path) -> int:
+    """level_diagnostic for rows scored before it existed (their submissions are still under `work`)."""
+    from common import RESULTS
+
+    path = RESULTS / "recipes.json"
+    result = json.loads(path.read_text())
+    for row in result["rows"]:
+        tag = row["row"][len(row["system"]):]
+        probs = (work / tag if tag else work) / "submissions" / row["system"] / "phase1" / "probs.csv"
+        if "phase1_auc" in row and "phase1_prob_level_corr" not in row and probs.is_file():
+            row.update(level_diagnostic(data, probs))
+            print(row["row"], {k: v for k, v in row.items() if "level" in k or "label_corr" in k})
+    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK / "recipes")
@@ -199,7 +232,12 @@ def main(argv=None) -> int:
     parser.add_argument("--classifiers-only", action="store_true",
                         help="train and score the systems' classifiers only (phase 1), e.g. for a --cls-set variant")
     parser.add_argument("--tag", default="", help="appended to each row's name, e.g. '+dicom_aux'")
+    parser.add_argument("--rediagnose", action="store_true",
+                        help="add the phase-1 level diagnostic to the rows of bench/results/recipes.json that lack "
+                             "it, from their submissions under --work, and stop")
     args = parser.parse_args(argv)
+    if args.rediagnose:
+        return rediagnose(args.work, args.data or args.work / f"phantom_{args.n}_{args.phantom_size}")
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in SYSTEMS]
     if unknown:
