@@ -144,6 +144,9 @@ def run_system(name: str, data: Path, work: Path, args) -> dict:
     if args.classifiers_only:  # phase 1 (and the type spec) only: a classifier variant row
         configs = [c for c in configs if "/seg_" not in c]
         specs = {k: v for k, v in specs.items() if k != "seg"}
+    elif args.seg_only:        # phase 2 only (without the type spec): a U-Net variant row
+        configs = [c for c in configs if "/seg_" in c or c.endswith("tiny_seg")]
+        specs = {k: v for k, v in specs.items() if k == "seg"}
     for config in configs:
         train(config, data, work, log, args, ["--fold", "all"])
     paths = {}
@@ -231,6 +234,8 @@ def main(argv=None) -> int:
                         help="the multi-task system's phase-1 model (Table I's five; default its best, effnetv2b0)")
     parser.add_argument("--classifiers-only", action="store_true",
                         help="train and score the systems' classifiers only (phase 1), e.g. for a --cls-set variant")
+    parser.add_argument("--seg-only", action="store_true",
+                        help="train and score the systems' U-Nets only (phase 2), e.g. for a --seg-set variant")
     parser.add_argument("--tag", default="", help="appended to each row's name, e.g. '+dicom_aux'")
     parser.add_argument("--rediagnose", action="store_true",
                         help="add the phase-1 level diagnostic to the rows of bench/results/recipes.json that lack "
@@ -249,6 +254,8 @@ def main(argv=None) -> int:
         stroke = f"multitask/stroke_{args.multitask_stroke}"
         SYSTEMS["multitask"] = ([stroke, *configs[1:]],
                                 {**specs, "stroke": ([stroke.replace("/", "_")], specs["stroke"][1])})
+    if args.seg_only and (args.classifiers_only or "dpn_unet" in names):
+        parser.error("--seg-only: not with --classifiers-only, and the DPN-U-Net is all U-Net anyway")
     if args.classifiers_only and "dpn_unet" in names:
         parser.error("the DPN-U-Net's classifiers are its U-Nets: leave it out of --classifiers-only")
     if (args.cls_set or args.seg_set) and not args.tag:
