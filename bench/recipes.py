@@ -107,7 +107,21 @@ def score(data: Path, work: Path, name: str, log: Path, phase1: Path | None, pha
         run([PY, "score.py", "--phase", "2", "--pred", sub, "--truth", data / "YARISMA_2" / "MASK", "--out", js], log)
         s = json.loads(js.read_text())
         out.update(official_iou=s["official"]["mean_imagewise"]["iou"], official_iou_95=_interval(s, "official_iou"))
+        if type_spec is not None:  # the U-Net's own colours too: what the type classifier adds or costs
+            out.update(seg_alone(data, work, name, log, phase2))
     return out
+
+
+def seg_alone(data: Path, work: Path, name: str, log: Path, seg_spec: Path) -> dict:
+    """Phase 2 from the seg spec alone (the lesion classes the U-Net draws, no type classifier)."""
+    sub = work / "submissions" / name / "phase2_seg_alone"
+    run([PY, "infer.py", "--phase", "2", "--ensemble", seg_spec, "--data", data / "YARISMA_2", "--out", sub,
+         "--overwrite"], log)
+    js = work / "scores" / f"{name}_phase2_seg_alone.json"
+    run([PY, "score.py", "--phase", "2", "--pred", sub, "--truth", data / "YARISMA_2" / "MASK", "--out", js], log)
+    s = json.loads(js.read_text())
+    return {"official_iou_seg_alone": s["official"]["mean_imagewise"]["iou"],
+            "official_iou_seg_alone_95": _interval(s, "official_iou")}
 
 
 def level_diagnostic(data: Path, probs_csv: Path) -> dict:
@@ -197,19 +211,34 @@ def save(row: dict, setting: dict) -> None:
 
 
 def rediagnose(work: Path, data: Path) -> int:
-    """level_diagnostic for rows scored before it existed (their submissions are still under `work`)."""
+    """level_diagnostic and seg_alone for rows scored before they existed (their submissions and specs are still
+    under `work`)."""
+    import fcntl
+
     from common import RESULTS
 
     path = RESULTS / "recipes.json"
-    result = json.loads(path.read_text())
-    for row in result["rows"]:
-        tag = row["row"][len(row["system"]):]
-        probs = (work / tag if tag else work) / "submissions" / row["system"] / "phase1" / "probs.csv"
-        if "phase1_auc" in row and "phase1_prob_level_corr" not in row and probs.is_file():
-            row.update(level_diagnostic(data, probs))
-            print(row["row"], {k: v for k, v in row.items() if "level" in k or "label_corr" in k})
-    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    with open(Path(tempfile.gettempdir()) / "strokekit_recipes_bench.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # benches still running wait for this to finish
+        result = json.loads(path.read_text())
+        for row in result["rows"]:
+            _rediagnose_row(row, work, data)
+        path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return 0
+
+
+def _rediagnose_row(row: dict, work: Path, data: Path) -> None:
+    tag = row["row"][len(row["system"]):]
+    where = work / tag if tag else work
+    probs = where / "submissions" / row["system"] / "phase1" / "probs.csv"
+    if "phase1_auc" in row and "phase1_prob_level_corr" not in row and probs.is_file():
+        row.update(level_diagnostic(data, probs))
+        print(row["row"], {k: v for k, v in row.items() if "level" in k or "label_corr" in k})
+    seg_spec = where / "ensembles" / f"{row['system']}_seg.yaml"
+    typed = (where / "ensembles" / f"{row['system']}_type.yaml").is_file()
+    if "official_iou" in row and typed and "official_iou_seg_alone" not in row and seg_spec.is_file():
+        row.update(seg_alone(data, where, row["system"], work / "rediagnose.log", seg_spec))
+        print(row["row"], "seg alone", row["official_iou_seg_alone"])
 
 
 def main(argv=None) -> int:
