@@ -33,12 +33,18 @@ KIT_TRAINING = ["loss=ce", "class_weights=null", "sampler=balanced", "optimizer=
                 "lr=2e-3", "scheduler=cosine", "batch_size=16", "aug.hflip=0.5", "aug.shift_scale_rotate=0.5",
                 "aug.brightness_contrast=0.0"]
 SIMPLE_CNN = "configs/recipes/multitask/stroke_simple_cnn.yaml"
+EFFNET = "configs/recipes/multitask/stroke_effnetv2b0.yaml"
 TINY = "configs/tiny_stroke_aux.yaml"
 ROWS = {  # name -> (config, overrides)
     "tiny_cnn, kit training (tiny_stroke_aux)": (TINY, KIT_TRAINING),
     "tiny_cnn, recipe training": (TINY, RECIPE_TRAINING),
     "simple_cnn, recipe training (the recipe)": (SIMPLE_CNN, RECIPE_TRAINING),
     "simple_cnn, kit training": (SIMPLE_CNN, KIT_TRAINING + ["drop_rate=0.5", "mean=0.0", "std=1.0"]),
+    # the recipe's EfficientNetV2-B0 (its own training, dropout 0.4, ImageNet statistics; no weights here):
+    # global average pooling, as timm and Keras have it, against average and max pooling side by side
+    "effnetv2b0, recipe training (the recipe)": (EFFNET, RECIPE_TRAINING[:8] + RECIPE_TRAINING[-3:]),
+    "effnetv2b0, recipe training, global_pool catavgmax": (EFFNET, RECIPE_TRAINING[:8] + RECIPE_TRAINING[-3:]
+                                                           + ["global_pool=catavgmax"]),
 }
 
 
@@ -52,10 +58,14 @@ def main(argv=None) -> int:
     parser.add_argument("--data", type=Path, required=True, help="a phantom with folds.csv (bench/recipes.py's)")
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK / "recipe_classifiers")
     parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--only", type=int, nargs="*", help="row numbers to run (default all); the others are kept "
+                                                             "from the results file")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     rows = []
     for k, (name, (config, sets)) in enumerate(ROWS.items()):
+        if args.only is not None and k not in args.only:
+            continue
         out, log = args.work / f"row{k}", args.work / f"row{k}.log"
         log.unlink(missing_ok=True)
         start, cpu = time.time(), children_cpu_seconds()
@@ -69,6 +79,12 @@ def main(argv=None) -> int:
         print(json.dumps(rows[-1]), flush=True)
     print(table([[r["row"], " / ".join(f"{a:.3f}" for a in r["fold_auc"]), r["mean_auc"], r["cpu_s"]] for r in rows],
                 ["row", "fold AUC", "mean", "CPU s"]))
+    path = ROOT / "bench" / "results" / "recipe_classifiers.json"
+    old = json.loads(path.read_text()) if path.is_file() and args.only is not None else {}
+    redone = {r["row"] for r in rows}
+    kept = [r for r in old.get("rows", []) if r["row"] not in redone and old.get("data") == str(args.data)]
+    order = list(ROWS)
+    rows = sorted(kept + rows, key=lambda r: order.index(r["row"]) if r["row"] in order else len(order))
     write_result("recipe_classifiers", {"machine": machine(), "data": str(args.data), "epochs": args.epochs,
                                         "input": INPUT, "rows": rows})
     return 0

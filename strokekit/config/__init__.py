@@ -49,6 +49,8 @@ DEFAULTS: dict[str, Any] = {
     "aux_seg": 0.0,            # stroke/type: weight of an auxiliary loss on where the lesions are (from the masks),
                                # a 1x1-conv head on the last feature map; 0 = off. Inference is unchanged
     "drop_rate": 0.0,          # classifiers: dropout before the head; seg: spatial dropout (Dropout2d) before it
+    "global_pool": None,       # timm classifiers: the pooling before the head, avg | max | avgmax | catavgmax
+                               # (timm's); None = the model's own (most: avg)
     "head_hidden": None,       # timm classifiers: a hidden dense layer of this width + ReLU before the output (the
                                # multi-task paper's Dense(128)); None = the output layer alone
     "decoder_attention": None,  # seg, smp Unet / UnetPlusPlus / kit_unet: decoder attention, e.g. scse

@@ -238,6 +238,7 @@ SCHEMA: dict[str, Rule] = {
     "weights": Text(nullable=True),
     "aux_seg": Float(0.0),
     "drop_rate": Float(0.0, 1.0, hi_open=True),
+    "global_pool": Choice("avg", "max", "avgmax", "catavgmax", nullable=True),   # timm's SelectAdaptivePool2d
     "head_hidden": Int(1, nullable=True),
     "decoder_attention": Choice(*DECODER_ATTENTION, nullable=True),
     "decoder_upsample": Choice("nearest", "pixel_shuffle"),            # models/kit_unet.UPSAMPLE
@@ -379,6 +380,9 @@ def cross_checks(cfg: dict) -> list[tuple[str, str]]:
     if kit_only and (task != "seg" or cfg["model"] != "kit_unet"):
         problems.append((kit_only[0], f"shapes kit_unet's decoder (model: kit_unet, task seg); model "
                                       f"{cfg['model']} has its own"))
+    if cfg["global_pool"] is not None and (task == "seg" or cfg["model"] in ("tiny_cnn", "simple_cnn")):
+        problems.append(("global_pool", f"chooses a timm classifier's pooling; {cfg['model']} (task {task}) has "
+                                        "its own"))
     if cfg["deep_supervision"] and task != "seg":
         problems.append(("deep_supervision", f"is for seg U-Nets, not task {task}"))
     if cfg["pseudo"] and task != "seg":

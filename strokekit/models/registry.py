@@ -200,6 +200,8 @@ def _build_timm(cfg: dict, num_outputs: int) -> nn.Module:
                             f"strokekit models: {', '.join(CUSTOM_MODELS)}; any timm name also works "
                             "(list them with python -c \"import timm; print(timm.list_models('*resnet*'))\").")
     kwargs = dict(num_classes=num_outputs, in_chans=cfg["in_chans"], drop_rate=cfg["drop_rate"])
+    if cfg.get("global_pool"):
+        kwargs["global_pool"] = cfg["global_pool"]
     weights, overlay = cfg["weights"], None
     if weights and not _is_strokekit_checkpoint(weights):
         overlay = dict(file=str(weights))  # timm adapts the head and in_chans itself

@@ -267,3 +267,22 @@ def test_weights_from_a_sigmoid_head_deep_supervision_checkpoint(tmp_path):
     unet = trained.net.net
     assert torch.equal(warm.encoder.layer1[0].conv1.weight, unet.encoder.layer1[0].conv1.weight)
     assert all(torch.equal(a, b) for a, b in zip(warm.decoder.state_dict().values(), unet.decoder.state_dict().values()))
+
+
+def test_global_pool_picks_a_timm_classifiers_pooling():
+    """global_pool: catavgmax puts max pooling beside the average (a small lesion's evidence kept undiluted)."""
+    plain = build_model(cfg_for("stroke", "resnet18"))
+    both = build_model(cfg_for("stroke", "resnet18", global_pool="catavgmax"))
+    assert plain.fc.in_features == 512 and both.fc.in_features == 1024
+    x = torch.zeros(1, 512, 4, 4)
+    x[0, :, 0, 0] = 16.0                       # one hot cell: its mean is 1, its max 16
+    pooled = both.global_pool(x)
+    assert torch.allclose(pooled[0, :512], torch.ones(512)) and torch.allclose(pooled[0, 512:], torch.full((512,), 16.0))
+
+
+@pytest.mark.parametrize("sets", [["task=seg", "model=Unet"], ["task=stroke", "model=simple_cnn"]])
+def test_global_pool_is_refused_where_the_model_has_its_own(sets):
+    from strokekit.config import ConfigError
+
+    with pytest.raises(ConfigError, match="global_pool"):
+        load_config(None, [*sets, "global_pool=max"])
