@@ -75,7 +75,14 @@ def scaled(config: str, args) -> list[str]:
             f"batch_size={batch}", "pretrained=false", "num_workers=0", "epoch_steps=null"]
 
 
+def runs_root(work: Path, args) -> Path:
+    """Where the runs are: this row's own, or an earlier row's with --reuse-runs."""
+    return work / "runs" if args.reuse_runs is None else args.work / args.reuse_runs / "runs"
+
+
 def train(config: str, data: Path, work: Path, log: Path, args, flags: list, sets: list = ()) -> None:
+    if args.reuse_runs is not None:  # ensemble and score the runs of an earlier bench (runs_root)
+        return
     from strokekit.config import load_config
 
     seg = load_config(ROOT / RECIPES / f"{config}.yaml")["task"] == "seg"
@@ -166,7 +173,7 @@ def run_system(name: str, data: Path, work: Path, args) -> dict:
     paths = {}
     for spec, (runs, extra) in specs.items():
         paths[spec] = work / "ensembles" / f"{name}_{spec}.yaml"
-        run([PY, "ensemble.py", "--task", spec, *[work / "runs" / r for r in runs], *extra,
+        run([PY, "ensemble.py", "--task", spec, *[runs_root(work, args) / r for r in runs], *extra,
              *(["--data", data] if spec == "seg" else []), "--n-boot", "200", "--out", paths[spec]], log)
     figures = score(data, work, name, log, paths.get("stroke"), paths.get("seg"), paths.get("type"))
     return {"system": name, **figures, "cpu_s": round(cpu_seconds() - cpu), "wall_s": round(time.time() - start)}
@@ -177,14 +184,14 @@ def run_dpn(data: Path, work: Path, log: Path, args) -> dict:
     config = "dpn_unet/seg_dpn92_hypercolumn"
     seeds = ",".join(str(s) for s in range(args.dpn_runs))
     train(config, data, work, log, args, ["--fold", "0", "--seeds", seeds], [f"encoder={args.dpn_encoder}"])
-    runs = sorted((work / "runs").glob("dpn_unet_seg_dpn92_hypercolumn_s*"))[:args.dpn_runs]
+    runs = sorted(runs_root(work, args).glob("dpn_unet_seg_dpn92_hypercolumn_s*"))[:args.dpn_runs]
     paths = {}
     for target in ("stroke", "type"):
         paths[target] = work / "ensembles" / f"dpn_{target}.yaml"
         run([PY, "ensemble.py", "--task", "seg", *runs, "--top-runs", args.dpn_top, "--metric", "iou", "--tta", "none",
-             "--grid", ROOT / "configs/grids/dpn_unet_paper.yaml", "--seg-classifier", target, "--seg-feature", "mean",
+             "--grid", ROOT / f"configs/grids/dpn_unet_{args.dpn_grid}.yaml", "--seg-classifier", target, "--seg-feature", "mean",
              "--data", data, "--n-boot", "200", "--out", paths[target]], log)
-    return {"runs": args.dpn_runs, "kept": args.dpn_top, "encoder": args.dpn_encoder,
+    return {"runs": args.dpn_runs, "kept": args.dpn_top, "encoder": args.dpn_encoder, "grid": args.dpn_grid,
             **score(data, work, "dpn_unet", log, paths["stroke"], paths["type"])}
 
 
@@ -254,6 +261,12 @@ def main(argv=None) -> int:
     parser.add_argument("--dpn-runs", type=int, default=3, help="DPN-U-Net: N seeded runs (the paper: ~40)")
     parser.add_argument("--dpn-top", type=int, default=2, help="DPN-U-Net: the best k kept (the paper: 6)")
     parser.add_argument("--dpn-encoder", default="dpn68", help="DPN-U-Net encoder at CPU scale (default dpn68)")
+    parser.add_argument("--dpn-grid", default="paper", choices=("paper", "closing"),
+                        help="DPN-U-Net post-processing: the paper's fixed threshold 0.47 + closing 3 (default), or "
+                             "the searched grid configs/grids/dpn_unet_closing.yaml")
+    parser.add_argument("--reuse-runs", metavar="TAG",
+                        help="train nothing: ensemble and score the runs an earlier bench with this --tag left under "
+                             "--work ('' for none)")
     parser.add_argument("--data", type=Path, help="an existing phantom with folds.csv (default: made under --work)")
     parser.add_argument("--cls-set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="overrides for every classifier after the CPU scaling (a variant row: give --tag)")
