@@ -169,7 +169,7 @@ def run_system(name: str, data: Path, work: Path, args) -> dict:
         configs = [c for c in configs if "/seg_" in c or c.endswith("tiny_seg")]
         specs = {k: v for k, v in specs.items() if k == "seg"}
     for config in configs:
-        train(config, data, work, log, args, ["--fold", "all"])
+        train(config, data, work, log, args, ["--fold", args.fold])
     paths = {}
     for spec, (runs, extra) in specs.items():
         paths[spec] = work / "ensembles" / f"{name}_{spec}.yaml"
@@ -195,7 +195,7 @@ def run_dpn(data: Path, work: Path, log: Path, args) -> dict:
             **score(data, work, "dpn_unet", log, paths["stroke"], paths["type"])}
 
 
-ROW_SETTINGS = ("cls_size", "seg_size", "cls_epochs", "seg_epochs", "dpn_runs", "dpn_top", "dpn_encoder")
+ROW_SETTINGS = ("cls_size", "seg_size", "cls_epochs", "seg_epochs", "dpn_runs", "dpn_top", "dpn_encoder", "fold")
 
 
 def save(row: dict, setting: dict) -> None:
@@ -261,6 +261,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dpn-runs", type=int, default=3, help="DPN-U-Net: N seeded runs (the paper: ~40)")
     parser.add_argument("--dpn-top", type=int, default=2, help="DPN-U-Net: the best k kept (the paper: 6)")
     parser.add_argument("--dpn-encoder", default="dpn68", help="DPN-U-Net encoder at CPU scale (default dpn68)")
+    parser.add_argument("--fold", default="all",
+                        help="the folds the systems train (default all; e.g. 0: one model, for a budget row)")
     parser.add_argument("--dpn-grid", default="paper", choices=("paper", "closing"),
                         help="DPN-U-Net post-processing: the paper's fixed threshold 0.47 + closing 3 (default), or "
                              "the searched grid configs/grids/dpn_unet_closing.yaml")
