@@ -92,13 +92,15 @@ def train(config: str, data: Path, work: Path, log: Path, args, flags: list, set
 
 
 def score(data: Path, work: Path, name: str, log: Path, phase1: Path | None, phase2: Path | None,
-          type_spec: Path | None = None) -> dict:
-    """infer.py + score.py on the held-out test sets: phase-1 AUC / F1 and phase-2 official IoU, 95 % intervals."""
+          type_spec: Path | None = None, outside: bool = False) -> dict:
+    """infer.py + score.py on the held-out test sets: phase-1 AUC / F1 and phase-2 official IoU, 95 % intervals.
+    outside: the specs name another row's runs (--reuse-runs), which infer.py allows only when told."""
     out = {}
+    trust = ["--allow-outside"] if outside else []
     if phase1 is not None:
         sub = work / "submissions" / name / "phase1"
         run([PY, "infer.py", "--phase", "1", "--ensemble", phase1, "--data", data / "YARISMA_1", "--out", sub,
-             "--overwrite"], log)
+             "--overwrite", *trust], log)
         js = work / "scores" / f"{name}_phase1.json"
         run([PY, "score.py", "--phase", "1", "--pred", sub / "asama1.txt", "--probs", sub / "probs.csv",
              "--truth", data / "YARISMA_1" / "ASAMA1_Cevaplar.txt", "--out", js], log)
@@ -109,21 +111,21 @@ def score(data: Path, work: Path, name: str, log: Path, phase1: Path | None, pha
         sub = work / "submissions" / name / "phase2"
         run([PY, "infer.py", "--phase", "2", "--ensemble", phase2, *(["--type-ensemble", type_spec] if type_spec
                                                                       else []),
-             "--data", data / "YARISMA_2", "--out", sub, "--overwrite"], log)
+             "--data", data / "YARISMA_2", "--out", sub, "--overwrite", *trust], log)
         js = work / "scores" / f"{name}_phase2.json"
         run([PY, "score.py", "--phase", "2", "--pred", sub, "--truth", data / "YARISMA_2" / "MASK", "--out", js], log)
         s = json.loads(js.read_text())
         out.update(official_iou=s["official"]["mean_imagewise"]["iou"], official_iou_95=_interval(s, "official_iou"))
         if type_spec is not None:  # the U-Net's own colours too: what the type classifier adds or costs
-            out.update(seg_alone(data, work, name, log, phase2))
+            out.update(seg_alone(data, work, name, log, phase2, trust))
     return out
 
 
-def seg_alone(data: Path, work: Path, name: str, log: Path, seg_spec: Path) -> dict:
+def seg_alone(data: Path, work: Path, name: str, log: Path, seg_spec: Path, trust: list = ()) -> dict:
     """Phase 2 from the seg spec alone (the lesion classes the U-Net draws, no type classifier)."""
     sub = work / "submissions" / name / "phase2_seg_alone"
     run([PY, "infer.py", "--phase", "2", "--ensemble", seg_spec, "--data", data / "YARISMA_2", "--out", sub,
-         "--overwrite"], log)
+         "--overwrite", *trust], log)
     js = work / "scores" / f"{name}_phase2_seg_alone.json"
     run([PY, "score.py", "--phase", "2", "--pred", sub, "--truth", data / "YARISMA_2" / "MASK", "--out", js], log)
     s = json.loads(js.read_text())
@@ -175,7 +177,8 @@ def run_system(name: str, data: Path, work: Path, args) -> dict:
         paths[spec] = work / "ensembles" / f"{name}_{spec}.yaml"
         run([PY, "ensemble.py", "--task", spec, *[runs_root(work, args) / r for r in runs], *extra,
              *(["--data", data] if spec == "seg" else []), "--n-boot", "200", "--out", paths[spec]], log)
-    figures = score(data, work, name, log, paths.get("stroke"), paths.get("seg"), paths.get("type"))
+    figures = score(data, work, name, log, paths.get("stroke"), paths.get("seg"), paths.get("type"),
+                    outside=args.reuse_runs is not None)
     return {"system": name, **figures, "cpu_s": round(cpu_seconds() - cpu), "wall_s": round(time.time() - start)}
 
 
@@ -192,7 +195,7 @@ def run_dpn(data: Path, work: Path, log: Path, args) -> dict:
              "--grid", ROOT / f"configs/grids/dpn_unet_{args.dpn_grid}.yaml", "--seg-classifier", target, "--seg-feature", "mean",
              "--data", data, "--n-boot", "200", "--out", paths[target]], log)
     return {"runs": args.dpn_runs, "kept": args.dpn_top, "encoder": args.dpn_encoder, "grid": args.dpn_grid,
-            **score(data, work, "dpn_unet", log, paths["stroke"], paths["type"])}
+            **score(data, work, "dpn_unet", log, paths["stroke"], paths["type"], outside=args.reuse_runs is not None)}
 
 
 ROW_SETTINGS = ("cls_size", "seg_size", "cls_epochs", "seg_epochs", "dpn_runs", "dpn_top", "dpn_encoder", "fold")
