@@ -6,7 +6,8 @@
     python bench/recipes.py --only vgg_unet,deep_ensemble --seg-set 'class_weights=[1,30,30]' --tag +wce
     python bench/recipes.py --only dpn_unet --seg-set loss=bce 'class_weights=[1,30,30]' --tag +bce_w30
     python bench/recipes.py --only multitask --classifiers-only --multitask-stroke simple_cnn --cls-size 128 \
-        --cls-set image_source=dicom 'windows=[[40,80],[80,200],[35,20]]' in_chans=3 aux_seg=1.0 --tag +simple_cnn+dicom_aux
+        --cls-set image_source=dicom 'windows=[[40,80],[80,200],[35,20]]' in_chans=3 aux_seg=1.0 \
+        --tag +simple_cnn+dicom_aux
 
 Each system trains its recipes as shipped except for the CPU scaling (`--set`): smaller images (classifiers
 96 px, U-Nets 128 px), fewer epochs, batch 8 (the DPN-U-Net keeps 12), no ImageNet weights (offline; the
@@ -192,7 +193,8 @@ def run_dpn(data: Path, work: Path, log: Path, args) -> dict:
     for target in ("stroke", "type"):
         paths[target] = work / "ensembles" / f"dpn_{target}.yaml"
         run([PY, "ensemble.py", "--task", "seg", *runs, "--top-runs", args.dpn_top, "--metric", "iou", "--tta", "none",
-             "--grid", ROOT / f"configs/grids/dpn_unet_{args.dpn_grid}.yaml", "--seg-classifier", target, "--seg-feature", "mean",
+             "--grid", ROOT / f"configs/grids/dpn_unet_{args.dpn_grid}.yaml", "--seg-classifier", target,
+             "--seg-feature", "mean",
              "--data", data, "--n-boot", "200", "--out", paths[target]], log)
     return {"runs": args.dpn_runs, "kept": args.dpn_top, "encoder": args.dpn_encoder, "grid": args.dpn_grid,
             **score(data, work, "dpn_unet", log, paths["stroke"], paths["type"], outside=args.reuse_runs is not None)}
@@ -214,8 +216,9 @@ def save(row: dict, setting: dict) -> None:
         path = RESULTS / "recipes.json"
         old = json.loads(path.read_text()) if path.is_file() else {}
         same = all(old.get(k) == v for k, v in setting.items())
-        earlier = [{**{k: old[k] for k in ROW_SETTINGS if k in old}, **r} for r in (old.get("rows", []) if same else [])]
-        rows = [r for r in earlier if r["row"] != row["row"]] + [row]  # (older files kept the scaling file-wide)
+        file_wide = {k: old[k] for k in ROW_SETTINGS if k in old}  # older files kept the scaling file-wide
+        earlier = [{**file_wide, **r} for r in (old.get("rows", []) if same else [])]
+        rows = [r for r in earlier if r["row"] != row["row"]] + [row]
         kept = {k: v for k, v in old.items() if same and k not in ("machine", "rows", *setting)}
         write_result("recipes", {"machine": machine(), **kept, **setting, "rows": rows})
 

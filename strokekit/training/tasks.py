@@ -282,7 +282,8 @@ class SegTask(Task):
         return str(path)
 
 
-def seg_metrics(stats: list, any_stats: list, lesion: np.ndarray, groups: np.ndarray | None = None) -> dict[str, float]:
+def seg_metrics(stats: list, any_stats: list, lesion: np.ndarray,
+                groups: np.ndarray | None = None) -> dict[str, float]:
     """Strict per-class and any-lesion scores over the lesion slices, and the share of clean slices
     (when validated) with a predicted lesion. `patientwise`: each patient's lesion slices pooled (its volume
     IoU / Dice), then the mean over patients (`groups`: each image's patient; without, every image its own)."""

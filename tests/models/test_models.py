@@ -266,7 +266,8 @@ def test_weights_from_a_sigmoid_head_deep_supervision_checkpoint(tmp_path):
     warm = build_model(cfg_for("seg", "Unet", "resnet18", weights=str(tmp_path / "b.pt")))
     unet = trained.net.net
     assert torch.equal(warm.encoder.layer1[0].conv1.weight, unet.encoder.layer1[0].conv1.weight)
-    assert all(torch.equal(a, b) for a, b in zip(warm.decoder.state_dict().values(), unet.decoder.state_dict().values()))
+    pairs = zip(warm.decoder.state_dict().values(), unet.decoder.state_dict().values())
+    assert all(torch.equal(a, b) for a, b in pairs)
 
 
 def test_global_pool_picks_a_timm_classifiers_pooling():
@@ -277,7 +278,8 @@ def test_global_pool_picks_a_timm_classifiers_pooling():
     x = torch.zeros(1, 512, 4, 4)
     x[0, :, 0, 0] = 16.0                       # one hot cell: its mean is 1, its max 16
     pooled = both.global_pool(x)
-    assert torch.allclose(pooled[0, :512], torch.ones(512)) and torch.allclose(pooled[0, 512:], torch.full((512,), 16.0))
+    assert torch.allclose(pooled[0, :512], torch.ones(512))
+    assert torch.allclose(pooled[0, 512:], torch.full((512,), 16.0))
 
 
 @pytest.mark.parametrize("sets", [["task=seg", "model=Unet"], ["task=stroke", "model=simple_cnn"]])
