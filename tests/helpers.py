@@ -61,3 +61,23 @@ def random_seg_oof(n=10, low=16, size=40, seed=3):
 def training_files(data: Path, folder: str) -> list[Path]:
     """The files of one TRAINING class folder of a phantom (`INMEYOK`, `KANAMA/MASK` ...), sorted."""
     return sorted((data / "TRAINING" / folder).iterdir())
+
+
+def write_classifier_run(root: Path, name: str, target, prob, fold_of=None, task: str = "stroke") -> Path:
+    """A finished classifier run folder `root/name` as ensemble.py reads it: per fold a config, an empty best.pt,
+    `done` and the fold's OOF rows (`fold_of`: each image's fold; default one fold holding every image)."""
+    import pandas as pd
+    import yaml
+
+    target, prob = np.asarray(target), np.asarray(prob)
+    fold_of = np.zeros(len(target), int) if fold_of is None else np.asarray(fold_of)
+    for k in np.unique(fold_of):
+        fold = root / name / f"fold{k}"
+        fold.mkdir(parents=True)
+        (fold / "config.yaml").write_text(yaml.safe_dump({"task": task, "model": name}))
+        (fold / "best.pt").write_bytes(b"")
+        (fold / "done").write_text("")
+        mine = fold_of == k
+        pd.DataFrame({"image_id": np.flatnonzero(mine), "fold": int(k), "target": target[mine],
+                      "prob": prob[mine]}).to_csv(fold / "oof.csv", index=False)
+    return root / name

@@ -1,28 +1,16 @@
 """ensemble.py --keep-blend: a published system's majority vote survives even when one member is better."""
 import numpy as np
-import pandas as pd
-import yaml
 
 from strokekit.ensembling.classifiers import build_classifier_spec, read_runs
-
-
-def fake_run(root, name, target, prob):
-    fold = root / name / "fold0"
-    fold.mkdir(parents=True)
-    (fold / "config.yaml").write_text(yaml.safe_dump({"task": "stroke", "model": name}))
-    (fold / "best.pt").write_bytes(b"")
-    (fold / "done").write_text("")
-    pd.DataFrame({"image_id": np.arange(len(target)), "fold": 0, "target": target, "prob": prob}).to_csv(
-        fold / "oof.csv", index=False)
-    return root / name
+from helpers import write_classifier_run
 
 
 def test_vote_is_kept_only_when_asked(tmp_path):
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 200)
-    dirs = [fake_run(tmp_path, "good", y, np.clip(y * 0.3 + rng.random(200) * 0.7, 0, 1)),
-            fake_run(tmp_path, "noise1", y, rng.random(200)),
-            fake_run(tmp_path, "noise2", y, rng.random(200))]
+    dirs = [write_classifier_run(tmp_path, "good", y, np.clip(y * 0.3 + rng.random(200) * 0.7, 0, 1)),
+            write_classifier_run(tmp_path, "noise1", y, rng.random(200)),
+            write_classifier_run(tmp_path, "noise2", y, rng.random(200))]
     runs = read_runs(dirs, "stroke")
     guarded, _ = build_classifier_spec(runs, "stroke", tmp_path / "e.yaml", blend="vote")
     assert [m["name"] for m in guarded["members"]] == ["good"]  # the vote lost to its best member
@@ -37,7 +25,7 @@ def test_vote_threshold_makes_every_member_vote_at_that_probability(tmp_path):
     rng = np.random.default_rng(1)
     y = rng.integers(0, 2, 300)
     probs = {f"m{k}": np.clip(y * 0.25 + rng.random(300) * 0.6, 0, 1) for k in range(3)}  # tuned cuts sit low
-    runs = read_runs([fake_run(tmp_path, name, y, p) for name, p in probs.items()], "stroke")
+    runs = read_runs([write_classifier_run(tmp_path, name, y, p) for name, p in probs.items()], "stroke")
     tuned, _ = build_classifier_spec(runs, "stroke", tmp_path / "t.yaml", blend="vote", keep_blend=True)
     at_half, _ = build_classifier_spec(runs, "stroke", tmp_path / "h.yaml", blend="vote", keep_blend=True,
                                        vote_threshold=0.5)

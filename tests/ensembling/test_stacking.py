@@ -16,6 +16,7 @@ from strokekit.ensembling.spec import SpecError, read_spec, write_spec
 from strokekit.ensembling.stacking import (CANDIDATES, apply_model, candidates_of, fit_model, nested_stack,
                                            seg_features, stack_probs)
 from strokekit.errors import SettingError
+from helpers import write_classifier_run
 
 N_FOLDS = 5
 
@@ -90,17 +91,11 @@ def fake_runs(root, n=150, seed=0):
     folds = np.arange(n) % N_FOLDS
     dirs = []
     for name, noise in (("clf_a", 0.8), ("clf_b", 1.2)):
-        for k in range(N_FOLDS):
-            d = root / name / f"fold{k}"
-            d.mkdir(parents=True)
-            (d / "config.yaml").write_text(yaml.safe_dump({"task": "stroke", "model": name}))
-            (d / "best.pt").write_bytes(b"")
-            (d / "done").write_text("")
+        prob = np.zeros(n)
+        for k in range(N_FOLDS):  # drawn fold by fold, as before, so the same seed gives the same OOF
             rows = folds == k
-            prob = 1 / (1 + np.exp(-(y[rows] * 2 - 1 + rng.normal(0, noise, rows.sum()))))
-            pd.DataFrame({"image_id": np.flatnonzero(rows), "fold": k, "target": y[rows], "prob": prob}).to_csv(
-                d / "oof.csv", index=False)
-        dirs.append(root / name)
+            prob[rows] = 1 / (1 + np.exp(-(y[rows] * 2 - 1 + rng.normal(0, noise, rows.sum()))))
+        dirs.append(write_classifier_run(root, name, y, prob, folds))
     probs = np.zeros((n, 3, 16, 16), np.float32)
     probs[:, 0] = 1.0
     lesion = y.astype(bool) & (rng.random(n) < 0.7)  # the segmenter finds 70 % of the strokes

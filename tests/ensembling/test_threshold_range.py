@@ -1,13 +1,12 @@
 """ensemble.py --threshold-range LO HI: every tuned classifier threshold searched in [LO, HI] only (the multi-task
 paper's recall-tuned threshold fell "between 0.45 and 0.6")."""
 import numpy as np
-import pandas as pd
 import pytest
-import yaml
 
 from strokekit.cli.ensemble import parse_args
 from strokekit.ensembling.classifiers import build_classifier_spec, read_runs
 from strokekit.ensembling.selection import tune_classifier_threshold
+from helpers import write_classifier_run
 
 
 def scores(n=400, seed=0):
@@ -35,25 +34,11 @@ def test_recall_target_out_of_reach_in_the_range_takes_its_lowest_and_says_so():
     assert reachable["oof"]["recall"] >= 0.9 and "bounds_note" not in reachable
 
 
-def fake_run(root, name, target, prob):
-    """A run of 3 folds, each holding a third of the images as its OOF."""
-    fold_of = np.arange(len(target)) % 3
-    for k in range(3):
-        fold = root / name / f"fold{k}"
-        fold.mkdir(parents=True)
-        (fold / "config.yaml").write_text(yaml.safe_dump({"task": "stroke", "model": name}))
-        (fold / "best.pt").write_bytes(b"")
-        (fold / "done").write_text("")
-        mine = fold_of == k
-        pd.DataFrame({"image_id": np.flatnonzero(mine), "fold": k, "target": target[mine],
-                      "prob": prob[mine]}).to_csv(fold / "oof.csv", index=False)
-    return root / name
-
-
 def test_every_threshold_of_the_spec_is_searched_in_the_range(tmp_path):
     y, p = scores()
+    folds = np.arange(len(y)) % 3
     q = np.clip(p + np.random.default_rng(1).normal(0, 0.05, len(p)), 0, 1)
-    runs = read_runs([fake_run(tmp_path, "a", y, p), fake_run(tmp_path, "b", y, q)], "stroke")
+    runs = read_runs([write_classifier_run(tmp_path, "a", y, p, folds), write_classifier_run(tmp_path, "b", y, q, folds)], "stroke")
     spec, report = build_classifier_spec(runs, "stroke", tmp_path / "e.yaml", blend="vote", keep_blend=True,
                                          threshold_range=(0.45, 0.6), n_boot=20)
     assert 0.45 <= spec["threshold"]["value"] <= 0.6
