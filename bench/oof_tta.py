@@ -4,6 +4,7 @@ same k-fold TTA ensemble on the phantom's own test sets, and how far each OOF es
     python bench/oof_tta.py                    # 600-slice 128-px phantom, 3 folds, ~20 min on 1 core
     python bench/oof_tta.py --folds 5 --n 800  # a bigger run
     python bench/oof_tta.py --settings tta --no-diagnostics   # the shipped setting only, both interval kinds
+    python bench/oof_tta.py --settings tta --no-diagnostics --seed 1   # the same on another phantom
 
 For each setting the k folds of tiny_stroke_aux (phase 1) and tiny_seg (phase 2) are trained on the same
 phantom and folds with the same seed, once with `oof_tta: [none]` (the OOF as it was made before issue 17:
@@ -52,16 +53,17 @@ def cli(name: str, argv: list[str]) -> None:
         raise SystemExit(f"{name}.py failed ({code}): {' '.join(argv)}")
 
 
-def phantom(work: Path, n: int, size: int, n_test1: int, n_test2: int, folds: int) -> Path:
-    """The phantom (seed 0, like the tests') with its own test sets and `folds` folds (seed 42), made once."""
+def phantom(work: Path, n: int, size: int, n_test1: int, n_test2: int, folds: int, seed: int = 0) -> Path:
+    """The phantom (seed 0 by default, like the tests') with its own test sets and `folds` folds (seed 42), made
+    once."""
     from strokekit.data.folds import make_folds, write_folds
     from strokekit.data.index import build_index
     from strokekit.phantom.dataset import make_phantom
 
-    data = work / f"phantom_{n}_{size}_{n_test1}_{n_test2}"
+    data = work / (f"phantom_{n}_{size}_{n_test1}_{n_test2}" + (f"_seed{seed}" if seed else ""))
     if not (data / f"folds{folds}.csv").is_file():
         if not (data / "phantom_truth.csv").is_file():
-            make_phantom(data, n=n, seed=0, size=size, n_test1=n_test1, n_test2=n_test2, overwrite=data.exists())
+            make_phantom(data, n=n, seed=seed, size=size, n_test1=n_test1, n_test2=n_test2, overwrite=data.exists())
         index, _ = build_index(data)
         write_folds(make_folds(index, n_folds=folds, seed=42), data / f"folds{folds}.csv")
     return data
@@ -268,6 +270,9 @@ def main(argv=None) -> int:
     parser.add_argument("--n-test1", type=int, default=192, help="phase-1 test slices (default 192, the real set's)")
     parser.add_argument("--n-test2", type=int, default=97, help="phase-2 test slices (default 97, the real set's)")
     parser.add_argument("--folds", type=int, default=3, help="folds (default 3)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="the phantom's seed (default 0); another seed is another data set: its runs go under "
+                             "--work/seedN and its figures to oof_tta[_tta]_seedN.json")
     parser.add_argument("--set", nargs="*", default=[], help="extra config values for every run (e.g. epochs=2)")
     parser.add_argument("--settings", choices=("all", "tta"), default="all",
                         help="all: plain and TTA OOF (default); tta: the shipped TTA OOF only")
@@ -276,9 +281,11 @@ def main(argv=None) -> int:
     parser.add_argument("--no-write", action="store_true",
                         help="do not write bench/results/oof_tta.json (oof_tta_tta.json with --settings tta)")
     args = parser.parse_args(argv)
+    if args.seed:
+        args.work = args.work / f"seed{args.seed}"
     args.work.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    data = phantom(args.work, args.n, args.size, args.n_test1, args.n_test2, args.folds)
+    data = phantom(args.work, args.n, args.size, args.n_test1, args.n_test2, args.folds, args.seed)
     patients = {1: test_patients(data, "test1"), 2: test_patients(data, "test2")}
     print(f"test sets: phase 1 {args.n_test1} slices from {patients[1]} patients, phase 2 {args.n_test2} from "
           f"{patients[2]}")
@@ -363,8 +370,9 @@ def report(rows, results, diagnostics, same, data: Path, patients: dict, start: 
                                   "inside OOF interval"]))
     print(f"{time.time() - start:.0f} s")
     if not args.no_write:
-        write_result("oof_tta" if args.settings == "all" else "oof_tta_tta", {
-            "machine": machine(), "phantom": {"n": args.n, "size": args.size, "seed": 0, "n_test1": args.n_test1,
+        name = ("oof_tta" if args.settings == "all" else "oof_tta_tta") + (f"_seed{args.seed}" if args.seed else "")
+        write_result(name, {
+            "machine": machine(), "phantom": {"n": args.n, "size": args.size, "seed": args.seed, "n_test1": args.n_test1,
                                               "n_test2": args.n_test2, "folds": args.folds, "data": str(data),
                                               "test_patients": {f"phase{k}": v for k, v in patients.items()}},
             "set": args.set, "submit_tta": SUBMIT_TTA, "rows": rows, "diagnostics": diagnostics,
