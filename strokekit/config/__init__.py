@@ -51,10 +51,13 @@ DEFAULTS: dict[str, Any] = {
     "drop_rate": 0.0,          # classifiers: dropout before the head; seg: spatial dropout (Dropout2d) before it
     "global_pool": None,       # timm classifiers: the pooling before the head, avg | max | avgmax | catavgmax
                                # (timm's); None = the model's own (most: avg)
+    "pre_logits": True,        # timm classifiers: False drops the model's pre-logits block (VGG's fc6 / fc7, run as
+                               # convolutions) so pooling -> output follows the last convolution, as a fine-tuned
+                               # VGG whose FC layers were replaced by one output layer (the VGG16 paper, fastai)
     "head_hidden": None,       # timm classifiers: a hidden dense layer of this width + ReLU before the output (the
                                # multi-task paper's Dense(128)); None = the output layer alone
     "decoder_attention": None,  # seg, smp Unet / UnetPlusPlus / kit_unet: decoder attention, e.g. scse
-    "decoder_upsample": "nearest",     # seg, kit_unet: nearest | pixel_shuffle (ICNR, fastai's dynamic U-Net)
+    "decoder_upsample": "nearest",     # seg, kit_unet: nearest | pixel_shuffle (ICNR, fastai's dynamic U-Net) | transpose
     "decoder_block": "plain",          # seg, kit_unet: plain | residual (conv body + 1x1 projected shortcut)
     "decoder_self_attention": False,   # seg, kit_unet: SAGAN self-attention on the stride-8 decoder stage
     "norm": "batch",           # batch | instance | group: every BatchNorm swapped (small batches, from scratch)

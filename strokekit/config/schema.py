@@ -239,9 +239,10 @@ SCHEMA: dict[str, Rule] = {
     "aux_seg": Float(0.0),
     "drop_rate": Float(0.0, 1.0, hi_open=True),
     "global_pool": Choice("avg", "max", "avgmax", "catavgmax", nullable=True),   # timm's SelectAdaptivePool2d
+    "pre_logits": Bool(),
     "head_hidden": Int(1, nullable=True),
     "decoder_attention": Choice(*DECODER_ATTENTION, nullable=True),
-    "decoder_upsample": Choice("nearest", "pixel_shuffle"),            # models/kit_unet.UPSAMPLE
+    "decoder_upsample": Choice("nearest", "pixel_shuffle", "transpose"),            # models/kit_unet.UPSAMPLE
     "decoder_block": Choice("plain", "residual"),                      # models/kit_unet.BLOCKS
     "decoder_self_attention": Bool(),
     "norm": Choice("batch", "instance", "group"),                      # models/norm.NORMS
@@ -383,6 +384,9 @@ def cross_checks(cfg: dict) -> list[tuple[str, str]]:
     if cfg["global_pool"] is not None and (task == "seg" or cfg["model"] in ("tiny_cnn", "simple_cnn")):
         problems.append(("global_pool", f"chooses a timm classifier's pooling; {cfg['model']} (task {task}) has "
                                         "its own"))
+    if not cfg["pre_logits"] and (task == "seg" or cfg["model"] in ("tiny_cnn", "simple_cnn")):
+        problems.append(("pre_logits", f"drops a timm classifier's pre-logits block; {cfg['model']} (task {task}) "
+                                       "has none"))
     if cfg["deep_supervision"] and task != "seg":
         problems.append(("deep_supervision", f"is for seg U-Nets, not task {task}"))
     if cfg["pseudo"] and task != "seg":

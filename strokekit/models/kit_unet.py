@@ -1,10 +1,13 @@
 """`kit_unet` (seg): a U-Net on any smp encoder whose decoder blocks the config composes, for the published
 decoders smp's Unet cannot express.
 
-    decoder_upsample: nearest | pixel_shuffle   x2 upsampling: nearest neighbour (smp's) or a 1x1 conv to 4x
+    decoder_upsample: nearest | pixel_shuffle | transpose
+                                                x2 upsampling: nearest neighbour (smp's); a 1x1 conv to 4x
                                                  the channels + PixelShuffle, initialised ICNR so it starts as
                                                  a nearest upsampling without checkerboard (fastai's dynamic
-                                                 U-Net; the deep-ensemble paper, §2.2.2)
+                                                 U-Net; the deep-ensemble paper, §2.2.3); or a learned 2x2
+                                                 transposed convolution, stride 2, + BN + ReLU (the original
+                                                 U-Net's "up-convolution"; the VGG16 paper's deconvolution)
     decoder_block: plain | residual             after [upsampled, skip]: two 3x3 conv-BN-ReLU (smp's), or a
                                                  residual block F = G + Conv(F_prev) with a 1x1 projection of
                                                  the block's input (the VGG16 paper's improved U-Net, eq. 2)
@@ -12,7 +15,7 @@ decoders smp's Unet cannot express.
                                                  starting at 0) on the decoder stage at stride 8, where fastai's
                                                  dynamic U-Net places it
     decoder_attention: scse                     scSE on each block's output, as smp's Unet
-    drop_rate                                   spatial dropout before the 1x1 head
+    drop_rate                                   spatial dropout before the 3x3 head
 
 The decoder's widths are smp's Unet's (256, 128, 64, 32, 16); its five stages are `decoder.blocks`, so
 `deep_supervision` and the tools that find a U-Net's stages see them. With every option at its default the
@@ -26,7 +29,7 @@ from torch import nn
 
 from strokekit.models.registry import register_model, smp_encoder
 
-UPSAMPLE = ("nearest", "pixel_shuffle")
+UPSAMPLE = ("nearest", "pixel_shuffle", "transpose")
 BLOCKS = ("plain", "residual")
 DECODER_CHANNELS = (256, 128, 64, 32, 16)
 SELF_ATTENTION_STRIDE = 8
@@ -61,6 +64,19 @@ class PixelShuffleUp(nn.Module):
         return F.relu(self.bn(self.shuffle(self.conv(x))))
 
 
+class TransposeUp(nn.Module):
+    """x2 upsampling by a learned 2x2 transposed convolution with stride 2, BN and ReLU (the U-Net paper's
+    up-convolution; each input cell paints its own 2x2 output patch, so no checkerboard overlap)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.ConvTranspose2d(channels, channels, 2, stride=2, bias=False)
+        self.bn = nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.conv(x)))
+
+
 class NearestUp(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.interpolate(x, scale_factor=2.0, mode="nearest")
@@ -90,7 +106,7 @@ class DecoderBlock(nn.Module):
     def __init__(self, c_in: int, c_skip: int, c_out: int, upsample: str, block: str, attention: str | None,
                  self_attention: bool):
         super().__init__()
-        self.up = PixelShuffleUp(c_in) if upsample == "pixel_shuffle" else NearestUp()
+        self.up = {"pixel_shuffle": PixelShuffleUp, "transpose": TransposeUp}.get(upsample, lambda c: NearestUp())(c_in)
         c_cat = c_in + c_skip
         self.body = nn.Sequential(_conv_bn(c_cat, c_out), _conv_bn(c_out, c_out, relu=block == "plain"))
         self.shortcut = _conv_bn(c_cat, c_out, k=1, relu=False) if block == "residual" else None

@@ -139,6 +139,8 @@ def build_model(cfg: dict, num_outputs: int | None = None) -> nn.Module:
         model = _build_smp(cfg, num_outputs)
     else:
         model = _build_timm(cfg, num_outputs)
+        if not cfg.get("pre_logits", True):
+            drop_pre_logits(model, num_outputs, cfg.get("global_pool") or "avg")
     if cfg.get("head_hidden"):
         if cfg["task"] == "seg" or name in CUSTOM_MODELS:
             raise ModelNameError(f"head_hidden adds a layer to a timm classifier's head, not to {name}")
@@ -218,6 +220,18 @@ def _build_timm(cfg: dict, num_outputs: int) -> nn.Module:
         raise WeightsError(f"{name}: loading weights from {overlay or 'the hub'} failed: {err}") from None
     model._weights_loaded = True
     return model
+
+
+def drop_pre_logits(model: nn.Module, num_outputs: int, pool: str) -> None:
+    """Config pre_logits: false: the timm model's pre-logits block (VGG's fc6 / fc7 as a 7x7 and a 1x1 conv,
+    ~120 M parameters) is removed and the output layer sized for the last convolution's channels, pooled by
+    `pool` -- the VGG16 paper's "fully connected layers removed, one layer with as many neurons as classes"."""
+    block = getattr(model, "pre_logits", None)
+    if block is None or isinstance(block, nn.Identity) or not hasattr(model, "prune_intermediate_layers"):
+        raise ModelNameError(f"pre_logits: false removes a timm classifier's pre-logits block (VGG's fc6 / fc7); "
+                             f"{type(model).__name__} has none")
+    model.prune_intermediate_layers(prune_head=True)   # timm: the block goes, the head takes the features
+    model.reset_classifier(num_outputs, pool)
 
 
 def add_hidden_layer(model: nn.Module, width: int, num_outputs: int) -> None:

@@ -4,7 +4,7 @@ import torch
 
 from strokekit.config import ConfigError, load_config
 from strokekit.models.deep_supervision import decoder_stages
-from strokekit.models.kit_unet import DecoderBlock, PixelShuffleUp, SelfAttention
+from strokekit.models.kit_unet import DecoderBlock, PixelShuffleUp, SelfAttention, TransposeUp
 from strokekit.models.registry import build_model
 
 
@@ -65,6 +65,23 @@ def test_kit_unet_options_shape_the_decoder():
     res = build_model(cfg("decoder_block=residual", "decoder_attention=scse", "drop_rate=0.2"))
     assert all(b.shortcut is not None for b in res.decoder.blocks)
     assert isinstance(res.segmentation_head[0], torch.nn.Dropout2d)
+
+
+def test_transpose_upsampling_is_a_learned_up_convolution():
+    """decoder_upsample: transpose (the VGG16 paper's deconvolution): a 2x2 transposed conv, stride 2, in every
+    decoder block; one input cell reaches exactly its own 2x2 output patch, weighted by learned kernels."""
+    model = build_model(cfg("decoder_upsample=transpose")).eval()
+    ups = [b.up for b in model.decoder.blocks]
+    assert all(isinstance(u, TransposeUp) for u in ups) and len(ups) == 5
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 96)).shape == (1, 3, 64, 96)
+    up = TransposeUp(4).eval()
+    x = torch.zeros(1, 4, 3, 3)
+    x[0, :, 1, 1] = 1.0
+    with torch.no_grad():
+        changed = (up.conv(x) != 0).any(1)[0]
+    assert changed[2:4, 2:4].all() and changed.sum() == 4
+    assert not torch.equal(up.conv.weight[:, :, 0, 0], up.conv.weight[:, :, 1, 1])   # not a nearest copy
 
 
 def test_kit_unet_trains_with_deep_supervision_and_sigmoid_head():

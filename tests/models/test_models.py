@@ -288,3 +288,28 @@ def test_global_pool_is_refused_where_the_model_has_its_own(sets):
 
     with pytest.raises(ConfigError, match="global_pool"):
         load_config(None, [*sets, "global_pool=max"])
+
+
+def test_pre_logits_false_drops_vggs_fully_connected_block():
+    """VGG's fc6 / fc7 (timm runs them as a 7x7 and a 1x1 conv) go: the output layer reads the pooled last
+    convolution (512 channels), the features keep their weights, and the model still trains."""
+    kept = build_model(cfg_for("stroke", "vgg11"))
+    dropped = build_model(cfg_for("stroke", "vgg11", pre_logits=False))
+    assert not isinstance(kept.pre_logits, nn.Identity) and isinstance(dropped.pre_logits, nn.Identity)
+    assert kept.get_classifier().in_features == 4096 and dropped.get_classifier().in_features == 512
+    params = lambda m: sum(p.numel() for p in m.parameters())
+    assert params(kept) - params(dropped) > 100_000_000      # fc6 alone: 512 * 7 * 7 * 4096 weights
+    x = torch.randn(2, 3, 64, 64)
+    features = dropped.eval().forward_features(x)
+    assert torch.equal(dropped.forward_head(features, pre_logits=True), features.mean((2, 3)))
+    forward_backward(dropped)
+
+
+def test_pre_logits_false_is_refused_where_there_is_no_such_block():
+    from strokekit.config import ConfigError
+    from strokekit.models.registry import ModelNameError
+
+    with pytest.raises(ModelNameError, match="pre_logits"):
+        build_model(cfg_for("stroke", "resnet18", pre_logits=False))
+    with pytest.raises(ConfigError, match="pre_logits"):
+        load_config(None, ["task=seg", "model=Unet", "pre_logits=false"])
