@@ -44,7 +44,8 @@ SYSTEMS = {  # name -> (configs trained, ensemble.py arguments per spec: {spec: 
                                                              "mobilenet")] + ["deep_ensemble/seg_unet_r34"],
                       {"stroke": ([f"deep_ensemble_stroke_{m}" for m in ("resnet50", "resnet34", "densenet121",
                                                                          "vgg19", "mobilenet")],
-                                  ["--blend", "vote", "--keep-blend", "--vote-threshold", "0.5", "--objective", "f1"]),
+                                  ["--blend", "vote", "--keep-blend", "--vote-threshold", "0.5",
+                                   "--threshold-range", "0.5", "0.7"]),
                        "seg": (["deep_ensemble_seg_unet_r34"], [])}),
     "dpn_unet": (["dpn_unet/seg_dpn92_hypercolumn"], {}),   # its own N runs and seg-based specs: run_dpn
     "tiny_seg": (["../tiny_seg"], {"seg": (["tiny_seg"], [])}),
