@@ -33,20 +33,22 @@ from common import DEFAULT_WORK, ROOT, machine, run, children_cpu_seconds as cpu
 
 PY = sys.executable
 RECIPES = "configs/recipes"
+ARGMAX, THRESHOLDS = ROOT / "configs/grids/argmax.yaml", ROOT / "configs/grids/threshold_only.yaml"
 SYSTEMS = {  # name -> (configs trained, ensemble.py arguments per spec: {spec: (run names, args)})
     "multitask": (["multitask/stroke_effnetv2b0", "multitask/type_simple_cnn", "multitask/seg_unet_r50"],
                   {"stroke": (["multitask_stroke_effnetv2b0"], ["--objective", "recall", "--target-recall", "0.88"]),
-                   "type": (["multitask_type_simple_cnn"], []),
-                   "seg": (["multitask_seg_unet_r50"], ["--metric", "iou"])}),
+                   "type": (["multitask_type_simple_cnn"], ["--threshold-range", "0.5", "0.5"]),
+                   "seg": (["multitask_seg_unet_r50"], ["--metric", "iou", "--grid", ARGMAX])}),
     "vgg_unet": (["vgg_unet/stroke_vgg16", "vgg_unet/seg_unet_scse"],
-                 {"stroke": (["vgg_unet_stroke_vgg16"], []), "seg": (["vgg_unet_seg_unet_scse"], [])}),
+                 {"stroke": (["vgg_unet_stroke_vgg16"], []),
+                  "seg": (["vgg_unet_seg_unet_scse"], ["--metric", "iou", "--grid", THRESHOLDS])}),
     "deep_ensemble": ([f"deep_ensemble/stroke_{m}" for m in ("resnet50", "resnet34", "densenet121", "vgg19",
                                                              "mobilenet")] + ["deep_ensemble/seg_unet_r34"],
                       {"stroke": ([f"deep_ensemble_stroke_{m}" for m in ("resnet50", "resnet34", "densenet121",
                                                                          "vgg19", "mobilenet")],
                                   ["--blend", "vote", "--keep-blend", "--vote-threshold", "0.5",
-                                   "--threshold-range", "0.5", "0.7"]),
-                       "seg": (["deep_ensemble_seg_unet_r34"], [])}),
+                                   "--threshold-range", "0.5", "0.5"]),
+                       "seg": (["deep_ensemble_seg_unet_r34"], ["--metric", "iou", "--grid", ARGMAX])}),
     "dpn_unet": (["dpn_unet/seg_dpn92_hypercolumn"], {}),   # its own N runs and seg-based specs: run_dpn
     "tiny_seg": (["../tiny_seg"], {"seg": (["tiny_seg"], [])}),
 }
@@ -193,7 +195,7 @@ def run_dpn(data: Path, work: Path, log: Path, args) -> dict:
     paths = {}
     for target in ("stroke", "type"):
         paths[target] = work / "ensembles" / f"dpn_{target}.yaml"
-        run([PY, "ensemble.py", "--task", "seg", *runs, "--top-runs", args.dpn_top, "--metric", "iou", "--tta", "none",
+        run([PY, "ensemble.py", "--task", "seg", *runs, "--top-runs", args.dpn_top, "--keep-blend", "--metric", "iou", "--tta", "none",
              "--grid", ROOT / f"configs/grids/dpn_unet_{args.dpn_grid}.yaml", "--seg-classifier", target,
              "--seg-feature", "mean",
              "--data", data, "--n-boot", "200", "--out", paths[target]], log)

@@ -184,7 +184,8 @@ def test_dpn_unet_system_end_to_end(phantom, tmp_path):
            "--set", *SHRINK, "img_size=32", "oof_size=32", f"data={phantom}", "encoder=dpn68")  # the lighter variant
     runs = sorted((tmp_path / "runs").glob("dpn_unet_seg_dpn92_hypercolumn_s*"))
     assert len(runs) == 2
-    common = ["--task", "seg", *runs, "--top-runs", 1, "--metric", "iou", "--tta", "none", "--seg-feature", "mean",
+    common = ["--task", "seg", *runs, "--top-runs", 1, "--keep-blend", "--metric", "iou", "--tta", "none",
+              "--seg-feature", "mean",
               "--grid", ROOT / "configs/grids/dpn_unet_paper.yaml", "--n-boot", 20]
     script("ensemble", *common, "--seg-classifier", "stroke", "--out", tmp_path / "ens/dpn_stroke.yaml")
     script("ensemble", *common, "--seg-classifier", "type", "--out", tmp_path / "ens/dpn_type.yaml")
@@ -200,15 +201,19 @@ def test_dpn_unet_system_end_to_end(phantom, tmp_path):
 SYSTEMS_E2E = {  # per system: the recipes trained, then the ensemble.py arguments per spec (docs/recipes.md)
     "multitask": (["multitask/stroke_effnetv2b0.yaml", "multitask/type_simple_cnn.yaml", "multitask/seg_unet_r50.yaml"],
                   {"stroke": ["multitask_stroke_effnetv2b0", "--objective", "recall", "--target-recall", 0.88],
-                   "type": ["multitask_type_simple_cnn"], "seg": ["multitask_seg_unet_r50", "--metric", "iou"]}),
-    "vgg_unet": (["vgg_unet/stroke_densenet121.yaml", "vgg_unet/seg_unet_scse.yaml"],   # VGG16's 4096-wide
-                 {"stroke": ["vgg_unet_stroke_densenet121"], "seg": ["vgg_unet_seg_unet_scse"]}),  # FC: too big here
+                   "type": ["multitask_type_simple_cnn", "--threshold-range", 0.5, 0.5],
+                   "seg": ["multitask_seg_unet_r50", "--metric", "iou", "--grid", ROOT / "configs/grids/argmax.yaml"]}),
+    "vgg_unet": (["vgg_unet/stroke_vgg16.yaml", "vgg_unet/seg_unet_scse.yaml"],
+                 {"stroke": ["vgg_unet_stroke_vgg16"],
+                  "seg": ["vgg_unet_seg_unet_scse", "--metric", "iou", "--grid",
+                          ROOT / "configs/grids/threshold_only.yaml"]}),
     "deep_ensemble": (["deep_ensemble/stroke_resnet34.yaml", "deep_ensemble/stroke_mobilenet.yaml",
                        "deep_ensemble/stroke_densenet121.yaml", "deep_ensemble/seg_unet_r34.yaml"],
                       {"stroke": ["deep_ensemble_stroke_resnet34", "deep_ensemble_stroke_mobilenet",
                                   "deep_ensemble_stroke_densenet121", "--blend", "vote", "--keep-blend",
-                                  "--vote-threshold", "0.5", "--objective", "f1"],
-                       "seg": ["deep_ensemble_seg_unet_r34"]}),
+                                  "--vote-threshold", "0.5", "--threshold-range", 0.5, 0.5],
+                       "seg": ["deep_ensemble_seg_unet_r34", "--metric", "iou", "--grid",
+                               ROOT / "configs/grids/argmax.yaml"]}),
 }
 
 
@@ -227,5 +232,7 @@ def test_system_end_to_end(system, phantom, tmp_path):
         script("ensemble", "--task", task, *[tmp_path / "runs" / n for n in names], *rest, "--n-boot", 20,
                "--out", out[task])
     if system == "deep_ensemble":
-        assert read_spec(out["stroke"])["blend"] == "vote" and len(read_spec(out["stroke"])["members"]) == 3
+        vote = read_spec(out["stroke"])
+        assert vote["blend"] == "vote" and len(vote["members"]) == 3
+        assert vote["threshold"]["value"] == 0.5                      # a majority: 2 of the 3 members' votes
     submit_and_score(phantom, tmp_path, out["stroke"], out["seg"], out.get("type"))

@@ -60,8 +60,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="with --blend stack: the level-2 model kinds the inner CV chooses among, "
                              "comma-separated: logistic (C in 0.01-10), gbm (depth 2-3, 50 trees); default both")
     parser.add_argument("--keep-blend", action="store_true",
-                        help="classifiers: keep the asked --blend (e.g. a published majority vote) even when the "
-                             "best member alone scores higher on OOF (default: keep that member)")
+                        help="keep the asked --blend (a published majority vote; the DPN-U-Net's average of its "
+                             "best runs) even when the best member alone scores higher on OOF (default: keep that "
+                             "member)")
     parser.add_argument("--vote-threshold", type=float, metavar="P",
                         help="classifiers, --blend vote: every member votes at probability P (0.5: each model's "
                              "argmax, as fastai's models vote) instead of at its own tuned OOF threshold")
@@ -79,7 +80,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threshold-range", type=float, nargs=2, metavar=("LO", "HI"),
                         help="classifiers: search every decision threshold in [LO, HI] only (the multi-task paper's "
                              "recall-tuned threshold fell in 0.45-0.6); with --objective recall, where none in the "
-                             "range reaches the target, the range's lowest is taken and the spec says so")
+                             "range reaches the target, the range's lowest is taken and the spec says so. LO = HI "
+                             "pins the threshold (0.5 0.5: a softmax's argmax; with --blend vote, a majority)")
     parser.add_argument("--tolerance", type=float, default=0.005,
                         help="near-best band (relative) whose middle gives thresholds / post-processing")
     parser.add_argument("--tta", help="flips infer.py applies, comma-separated: none,hflip,vflip,hvflip (default: "
@@ -150,8 +152,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.vote_threshold is not None and not (0 < args.vote_threshold < 1 and args.blend in ("vote", "auto")):
         parser.error("--vote-threshold goes with --blend vote (or auto) and is a probability between 0 and 1")
     if args.threshold_range is not None and (args.task == "seg" or not 0 <= args.threshold_range[0]
-                                             < args.threshold_range[1] <= 1):
-        parser.error("--threshold-range LO HI: classifiers only (stroke / type), 0 <= LO < HI <= 1")
+                                             <= args.threshold_range[1] <= 1):
+        parser.error("--threshold-range LO HI: classifiers only (stroke / type), 0 <= LO <= HI <= 1")
     if args.test_patients is not None and args.test_patients < 1:
         parser.error("--test-patients must be >= 1")
     return args
@@ -192,7 +194,7 @@ def build(args) -> tuple[dict, dict, Path]:
                                   target_recall=args.target_recall, phase2=args.phase2,
                                   lesion_only=args.phase2 and not args.all_slices,
                                   robust=None if args.robust == "off" else args.robust,
-                                  gate_runs=args.gate_runs, **common)
+                                  gate_runs=args.gate_runs, keep_blend=args.keep_blend, **common)
     return spec, report, out
 
 

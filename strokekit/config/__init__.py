@@ -57,7 +57,8 @@ DEFAULTS: dict[str, Any] = {
     "head_hidden": None,       # timm classifiers: a hidden dense layer of this width + ReLU before the output (the
                                # multi-task paper's Dense(128)); None = the output layer alone
     "decoder_attention": None,  # seg, smp Unet / UnetPlusPlus / kit_unet: decoder attention, e.g. scse
-    "decoder_upsample": "nearest",     # seg, kit_unet: nearest | pixel_shuffle (ICNR, fastai's dynamic U-Net) | transpose
+    "decoder_upsample": "nearest",     # seg, kit_unet: nearest | pixel_shuffle (ICNR, fastai's dynamic U-Net)
+                                       # | transpose (a learned 2x2 up-convolution)
     "decoder_block": "plain",          # seg, kit_unet: plain | residual (conv body + 1x1 projected shortcut)
     "decoder_self_attention": False,   # seg, kit_unet: SAGAN self-attention on the stride-8 decoder stage
     "norm": "batch",           # batch | instance | group: every BatchNorm swapped (small batches, from scratch)

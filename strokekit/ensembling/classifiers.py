@@ -126,6 +126,17 @@ def guard_best_member(choice: dict, members: dict[str, np.ndarray], singles: dic
                     f"{singles[best]:.4f} on OOF: kept {best} alone"}
 
 
+def keep_or_guard(choice: dict, members: dict, singles: dict[str, float], keep_blend: bool) -> dict:
+    """guard_best_member, or with keep_blend (--keep-blend: a published system's vote or average) the asked
+    blend kept whatever its OOF score, with a note when the best member alone scores higher."""
+    if not keep_blend:
+        return guard_best_member(choice, members, singles)
+    best = max(singles.values())
+    choice["note"] = "" if choice["score"] >= best else (
+        f"kept blend {choice['blend']} ({choice['score']:.4f}) below the best member ({best:.4f}): --keep-blend")
+    return choice
+
+
 def keep_top_runs(members: dict, singles: dict, k: int | None) -> dict:
     """The k members (runs) with the best OOF score, the rest left out before blending (`--top-runs`: top-k
     of N independently trained runs, e.g. one config under several seeds); k=None keeps all."""
@@ -186,13 +197,7 @@ def build_classifier_spec(runs: list[Run], task: str, spec_path, metric: str = "
                                      stack_seg_runs or [], score, seed, spec_path, absolute, stack_models)}
     else:
         tried = {b: choose_blend(members, b, lambda s: score(y, s), greedy, own_t) for b in blends}
-    choice = max(tried.values(), key=lambda c: c["score"])
-    if keep_blend:
-        best = max(singles.values())
-        choice["note"] = "" if choice["score"] >= best else (
-            f"kept blend {choice['blend']} ({choice['score']:.4f}) below the best member ({best:.4f}): --keep-blend")
-    else:
-        choice = guard_best_member(choice, members, singles)
+    choice = keep_or_guard(max(tried.values(), key=lambda c: c["score"]), members, singles, keep_blend)
     size = test_size or bootstrap.PHASE_TEST_SIZES[1 if task == "stroke" else 2]
     patients = bootstrap.Patients.of(group_of, aligned["image_id"], test_patients) if test_patients else None
     tuned = tune_threshold(y, choice["blended"], objective, target_recall, tolerance,

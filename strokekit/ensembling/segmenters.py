@@ -30,7 +30,7 @@ from strokekit.ensembling import selection
 from strokekit.ensembling.selection import RunsError
 from strokekit.data.index import build_index
 from strokekit.data.readers import load_class_map
-from strokekit.ensembling.classifiers import (Run, choose_blend, guard_best_member, keep_top_runs,
+from strokekit.ensembling.classifiers import (Run, choose_blend, keep_or_guard, keep_top_runs,
                                               member_entry)
 from strokekit.ensembling.spec import SEG_BLENDS
 from strokekit.postprocess.steps import resize_probs
@@ -103,7 +103,8 @@ def build_seg_spec(runs: list[Run], spec_path, data, metric: str = "dice", top_k
                    test_size: int | None = bootstrap.PHASE_TEST_SIZES[2], n_boot: int = 1000,
                    seed: int = 0, test_prior: float | None = None,
                    gate_runs: list | None = None, top_runs: int | None = None,
-                   group_of: dict | None = None, test_patients: int | None = None) -> tuple[dict, dict]:
+                   group_of: dict | None = None, test_patients: int | None = None,
+                   keep_blend: bool = False) -> tuple[dict, dict]:
     """(spec, report) for a segmentation ensemble; report["grid"] is the full post-processing table.
 
     metric: the post-processing objective (seg_objectives.OBJECTIVES); folds and members are ranked by its
@@ -112,7 +113,8 @@ def build_seg_spec(runs: list[Run], spec_path, data, metric: str = "dice", top_k
     gate_runs: classifier run folders whose mean OOF probability gates the lesion classes (gate_probs: P(stroke)
     of stroke runs, or per class P(type) of type runs); the grid then searches `gate` too, and infer.py needs
     a spec of that task (--gate-ensemble). test_patients: resamples draw that many whole patients (their
-    images from `group_of`, image_id -> patient) instead of test_size images.
+    images from `group_of`, image_id -> patient) instead of test_size images. keep_blend: the blend is kept
+    even when one member alone scores higher on OOF (the DPN-U-Net's average of its best runs).
     """
     if metric not in OBJECTIVES:
         raise UnknownNameError(f"unknown seg metric {metric!r}; valid: {list(OBJECTIVES)}")
@@ -133,7 +135,7 @@ def build_seg_spec(runs: list[Run], spec_path, data, metric: str = "dice", top_k
     members = keep_top_runs(members, singles, top_runs)
     blends = SEG_BLENDS if blend == "auto" else (blend,)
     tried = {b: choose_blend(members, b, score_fn, greedy) for b in blends}
-    choice = guard_best_member(max(tried.values(), key=lambda c: c["score"]), members, singles)
+    choice = keep_or_guard(max(tried.values(), key=lambda c: c["score"]), members, singles, keep_blend)
     blended = {"image_id": ids, "probs": choice["blended"].astype(np.float32)}
     searched = lesion_subset(blended, masks) if lesion_only else blended
     grid = dict(grid or DEFAULT_GRID)

@@ -302,7 +302,8 @@ def tune_classifier_threshold(y_true, y_score, objective: str = "f1", target_rec
     still met on OOF. bounds (lo, hi): only thresholds in [lo, hi] are candidates (the multi-task paper's
     recall-tuned threshold "between 0.45 and 0.6"); with objective recall, where no threshold in the range
     meets the target, the range's lowest candidate (its highest recall) is taken and `bounds_note` says so.
-    Returns plain floats, ready for the spec.
+    bounds (p, p): the threshold is pinned at p, nothing searched (a published fixed cut: a 2-unit softmax's
+    argmax at 0.5, a majority of votes). Returns plain floats, ready for the spec.
     """
     from strokekit.evaluation import prior
 
@@ -320,8 +321,8 @@ def tune_classifier_threshold(y_true, y_score, objective: str = "f1", target_rec
         _, draws = bootstrap.threshold_curve_draws(y_true, y_score, objective, test_size, n_boot, seed,
                                                    test_prior, target_recall, patients)
         curve = bootstrap.robust_scores(draws, robust)
-    note = None
-    if bounds is not None:
+    note, pinned = None, bounds is not None and bounds[0] == bounds[1]
+    if bounds is not None and not pinned:
         inside = (table["threshold"] >= bounds[0]) & (table["threshold"] <= bounds[1])
         if not inside.any():
             raise ValueError(f"threshold range [{bounds[0]}, {bounds[1]}] holds no OOF score: widen it")
@@ -331,7 +332,8 @@ def tune_classifier_threshold(y_true, y_score, objective: str = "f1", target_rec
             note = (f"no threshold in [{bounds[0]}, {bounds[1]}] reaches recall {target_recall} on OOF: the "
                     f"range's lowest, {float(table['threshold'][lowest]):.4f}, recall {table['recall'][lowest]:.3f}")
         curve = np.where(inside, curve, np.nan)
-    flat = plateau(table["threshold"], curve, tolerance)
+    flat = ({"value": float(bounds[0]), "plateau": [float(bounds[0])] * 2, "width": 0.0, "score": None} if pinned
+            else plateau(table["threshold"], curve, tolerance))
     chosen = metrics.classification_metrics(y_true, y_score, flat["value"])
     out = {"threshold": flat["value"], "objective": objective, "plateau": flat["plateau"],
            "plateau_width": flat["width"], "tolerance": tolerance, "argmax": float(argmax["threshold"]),

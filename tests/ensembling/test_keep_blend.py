@@ -38,3 +38,19 @@ def test_vote_threshold_makes_every_member_vote_at_that_probability(tmp_path):
     from strokekit.evaluation.metrics import roc_auc
 
     assert at_half["oof"]["ensemble"] == roc_auc(y, votes)  # the spec scored the argmax votes
+
+
+def test_keep_or_guard_is_the_rule_both_ensemblers_apply():
+    """Classifier and seg specs (the DPN-U-Net's average of its best runs) share it: by default a blend below
+    its best member gives way to that member; with keep_blend it stays, with a note saying what it costs."""
+    import numpy as np
+
+    from strokekit.ensembling.classifiers import keep_or_guard
+
+    members = {"a": np.array([0.1, 0.9]), "b": np.array([0.4, 0.6])}
+    blend = lambda: {"blend": "mean", "score": 0.70, "blended": np.array([0.25, 0.75]), "history": []}
+    guarded = keep_or_guard(blend(), members, {"a": 0.80, "b": 0.60}, keep_blend=False)
+    assert guarded["weights"] == {"a": 1.0, "b": 0.0} and np.array_equal(guarded["blended"], members["a"])
+    kept = keep_or_guard(blend(), members, {"a": 0.80, "b": 0.60}, keep_blend=True)
+    assert np.array_equal(kept["blended"], [0.25, 0.75]) and "--keep-blend" in kept["note"]
+    assert keep_or_guard(blend(), members, {"a": 0.65, "b": 0.60}, keep_blend=False)["blend"] == "mean"

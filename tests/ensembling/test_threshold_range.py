@@ -52,3 +52,18 @@ def test_the_flag_is_for_classifiers_and_a_range_inside_0_1():
                 ["--task", "stroke", "runs/x", "--threshold-range", "0.6", "0.4"]):
         with pytest.raises(SystemExit):
             parse_args(bad)
+
+
+def test_lo_equal_hi_pins_the_threshold(tmp_path):
+    """--threshold-range 0.5 0.5: nothing searched, even where no OOF score is 0.5 -- a majority of three votes
+    (shares 0, 1/3, 2/3, 1) is a share >= 0.5; the members vote at their argmax (--vote-threshold 0.5)."""
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 300)
+    dirs = [write_classifier_run(tmp_path, n, y, np.clip(y * 0.4 + rng.random(300) * 0.6, 0, 1)) for n in "abc"]
+    spec, _ = build_classifier_spec(read_runs(dirs, "stroke"), "stroke", tmp_path / "e.yaml", blend="vote",
+                                    keep_blend=True, vote_threshold=0.5, threshold_range=(0.5, 0.5), n_boot=20)
+    assert spec["threshold"]["value"] == 0.5 and spec["threshold"]["plateau"] == [0.5, 0.5]
+    free, _ = build_classifier_spec(read_runs(dirs, "stroke"), "stroke", tmp_path / "f.yaml", blend="vote",
+                                    keep_blend=True, vote_threshold=0.5, n_boot=20)
+    assert free["threshold"]["value"] != 0.5                   # a searched threshold is one of the OOF shares
+    assert parse_args(["--task", "stroke", "runs/x", "--threshold-range", "0.5", "0.5"]).threshold_range == [0.5, 0.5]
