@@ -43,6 +43,7 @@ from strokekit.ensembling.stacking import SEG_FEATURES, STACK, seg_features, sta
 from strokekit.errors import SettingError
 from strokekit.models.precision import autocast
 from strokekit.models.registry import load_checkpoint
+from strokekit.models.sigmoid_head import map_activation
 from strokekit.progress import bar
 from strokekit.models.tta import forward_passes, predict_with_tta, resolve_flips, resolve_scales
 
@@ -162,14 +163,16 @@ def _read_slice(row: dict, cfg: dict) -> np.ndarray:
 
 def member_probs(member: Member, batch: torch.Tensor, flips, spatial: bool, amp: str | None,
                  scales=(1.0,)) -> torch.Tensor:
-    """Mean over the member's fold models of TTA-averaged softmax: (B,) P(positive) or (B, 3, h, w)."""
+    """Mean over the member's fold models of TTA-averaged softmax (a sigmoid seg head: its sigmoids,
+    models/sigmoid_head.py): (B,) P(positive) or (B, 3, h, w)."""
     device = batch.device
     if member.cfg.get("channels_last", True):
         batch = batch.contiguous(memory_format=torch.channels_last)
     total = None
     for model in member.models:
         with autocast(device, amp):
-            probs = predict_with_tta(model, batch, flips, spatial=spatial, activation="softmax",
+            probs = predict_with_tta(model, batch, flips, spatial=spatial,
+                                     activation=map_activation(member.cfg) if spatial else "softmax",
                                      scales=scales).float()
         total = probs if total is None else total + probs
     mean = total / len(member.models)

@@ -121,7 +121,7 @@ class ClassifierTask(Task):
     def class_counts(self, dataset: SliceDataset) -> np.ndarray:
         return np.bincount(dataset.targets, minlength=2)
 
-    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+    def probabilities(self, logits: torch.Tensor, cfg: dict | None = None) -> torch.Tensor:
         return logits.float().softmax(dim=1)[:, 1]
 
     def new_state(self, cfg: dict, keep_oof: bool = False) -> dict:
@@ -218,8 +218,12 @@ class SegTask(Task):
     def class_counts(self, dataset: SliceDataset) -> np.ndarray:
         raise ValueError("class_weights: balanced is for the classifiers; give seg three weights, e.g. [1, 5, 5]")
 
-    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits.float().softmax(dim=1)
+    def probabilities(self, logits: torch.Tensor, cfg: dict | None = None) -> torch.Tensor:
+        """The maps the OOF file keeps: softmax, or a sigmoid head's two sigmoids (models/sigmoid_head.py)."""
+        from strokekit.models.sigmoid_head import map_activation
+
+        activation = map_activation(cfg or {})
+        return logits.float().softmax(dim=1) if activation == "softmax" else activation(logits)
 
     def new_state(self, cfg: dict, keep_oof: bool = False) -> dict:
         pp = cfg.get("select_postprocess")

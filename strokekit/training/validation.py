@@ -37,11 +37,11 @@ def predict_loader(model, loader, task, cfg: dict, device, loss_fn=None, keep_oo
             target = batch["mask" if "mask" in batch else "target"].to(device)
             losses.append(float(loss_fn(logits, target)) * len(images))
         if plain:
-            probs = task.probabilities(logits)
+            probs = task.probabilities(logits, cfg)
         else:
             with autocast(device, cfg["amp"]):
                 probs = predict_with_tta(model, images, flips, spatial=task.name == "seg",
-                                         activation=task.probabilities, scales=scales).float()
+                                         activation=lambda out: task.probabilities(out, cfg), scales=scales).float()
         task.accumulate(state, batch, probs)
     if distributed.enabled():
         state, losses = distributed.gather_state(state, losses)

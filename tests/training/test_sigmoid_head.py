@@ -1,5 +1,5 @@
 """seg_head: sigmoid (the DPN-U-Net's head): two independent lesion channels trained each on its own 0/1 map,
-read downstream as the 3-class softmax maps every other stage expects (models/sigmoid_head.py)."""
+read downstream as 3-class maps whose lesion channels are the two sigmoids (models/sigmoid_head.py)."""
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +12,7 @@ from strokekit.config import ConfigError, load_config
 from strokekit.data.folds import make_folds, write_folds
 from strokekit.data.index import build_index
 from strokekit.models.registry import build_model, load_checkpoint
-from strokekit.models.sigmoid_head import SigmoidLesionHead, pad_background
+from strokekit.models.sigmoid_head import SigmoidLesionHead, pad_background, sigmoid_maps
 from strokekit.training.losses import LossNameError, build_loss
 from strokekit.vocabulary import IGNORE_LABEL
 
@@ -29,6 +29,19 @@ def test_softmax_of_the_padded_logits_is_the_two_sigmoids_given_not_both():
     # a lesion class wins exactly where its sigmoid is above 0.5 and above the other's
     wins = (odds.max(1).values > 0).long() * (1 + odds.argmax(1))
     assert torch.equal(probs.argmax(1), wins)
+
+
+def test_the_maps_hold_the_sigmoids_themselves_and_decode_as_the_softmax():
+    """OOF files and infer.py keep [1 - max(p, q), p, q]: the paper's threshold (k = 0.47 on p) and its
+    averaging of models act on the sigmoids, not on the softmax's p(1-q)/(1-pq); the argmax is the same."""
+    odds = torch.randn(4, 2, 8, 8, dtype=torch.float64) * 3
+    maps = sigmoid_maps(pad_background(odds))
+    p, q = torch.sigmoid(odds[:, 0]), torch.sigmoid(odds[:, 1])
+    assert torch.allclose(maps[:, 1], p.float()) and torch.allclose(maps[:, 2], q.float())
+    assert torch.equal(maps.argmax(1), pad_background(odds).softmax(1).argmax(1))
+    both = sigmoid_maps(pad_background(torch.full((1, 2, 1, 1), 0.4)))  # p = q = 0.60: the paper marks both
+    assert (both[0, 1:] >= 0.47).all() and not (pad_background(torch.full((1, 2, 1, 1), 0.4)).softmax(1)[0, 1:]
+                                                 >= 0.47).any()
 
 
 def test_multilabel_losses_score_each_channel_on_its_own():
@@ -87,7 +100,8 @@ def test_a_sigmoid_head_trains_and_its_checkpoint_reproduces_the_oof(tmp_path):
                        "num_workers=0", "ema=false"]) == 0
     run = tmp_path / "runs" / "tiny_seg" / "fold0"
     oof = np.load(run / "oof.npz")
-    assert np.allclose(oof["probs"].astype(np.float32).sum(1), 1.0, atol=2e-2)
+    stored = oof["probs"].astype(np.float32)               # the sigmoid maps, not a softmax summing to 1
+    assert np.allclose(stored[:, 0], 1 - stored[:, 1:].max(1), atol=2e-3)
     model, cfg = load_checkpoint(run / "best.pt")
     assert isinstance(model, SigmoidLesionHead) and cfg["seg_head"] == "sigmoid"
     from strokekit.data.dataset import SliceDataset
@@ -98,5 +112,19 @@ def test_a_sigmoid_head_trains_and_its_checkpoint_reproduces_the_oof(tmp_path):
     rows = rows[rows["image_id"].isin(oof["image_id"][:4])]
     batch = torch.stack([SliceDataset(rows, cfg, False, masks=True)[i]["image"] for i in range(len(rows))])
     with torch.no_grad():
-        probs = model(batch).softmax(1).numpy()
+        probs = sigmoid_maps(model(batch)).numpy()
     assert np.allclose(probs, oof["probs"][:4].astype(np.float32), atol=1e-2)
+
+
+def test_infer_predicts_the_same_sigmoid_maps():
+    """infer.py / Predictor (inference/predict.member_probs) make a sigmoid member's maps as the OOF pass does."""
+    from strokekit.inference.predict import Member, member_probs
+
+    cfg = load_config(None, [*SIGMOID, "loss=bce"])
+    model = build_model(cfg).eval()
+    batch = torch.randn(2, cfg["in_chans"], 64, 64)
+    with torch.no_grad():
+        maps = member_probs(Member("m", cfg, [model], [], [cfg]), batch, ["none", "hflip"], True, None)
+        flipped = torch.flip(model(torch.flip(batch, dims=[-1])), dims=[-1])
+        expected = (sigmoid_maps(model(batch)) + sigmoid_maps(flipped)) / 2
+    assert torch.allclose(maps, expected, atol=1e-5)
