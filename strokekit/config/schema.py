@@ -242,7 +242,7 @@ SCHEMA: dict[str, Rule] = {
     "pre_logits": Bool(),
     "head_hidden": Int(1, nullable=True),
     "decoder_attention": Choice(*DECODER_ATTENTION, nullable=True),
-    "decoder_upsample": Choice("nearest", "pixel_shuffle", "transpose"),            # models/kit_unet.UPSAMPLE
+    "decoder_upsample": Choice("nearest", "pixel_shuffle", "transpose"),  # models/kit_unet.UPSAMPLE
     "decoder_block": Choice("plain", "residual"),                      # models/kit_unet.BLOCKS
     "decoder_self_attention": Bool(),
     "norm": Choice("batch", "instance", "group"),                      # models/norm.NORMS

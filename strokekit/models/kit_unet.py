@@ -106,7 +106,8 @@ class DecoderBlock(nn.Module):
     def __init__(self, c_in: int, c_skip: int, c_out: int, upsample: str, block: str, attention: str | None,
                  self_attention: bool):
         super().__init__()
-        self.up = {"pixel_shuffle": PixelShuffleUp, "transpose": TransposeUp}.get(upsample, lambda c: NearestUp())(c_in)
+        self.up = PixelShuffleUp(c_in) if upsample == "pixel_shuffle" else (
+            TransposeUp(c_in) if upsample == "transpose" else NearestUp())
         c_cat = c_in + c_skip
         self.body = nn.Sequential(_conv_bn(c_cat, c_out), _conv_bn(c_out, c_out, relu=block == "plain"))
         self.shortcut = _conv_bn(c_cat, c_out, k=1, relu=False) if block == "residual" else None
