@@ -314,6 +314,11 @@ def decision_lines(report: dict) -> list[str]:
     if not t:
         return []
     oof = t["oof"]
+    if "bounds" in t and t["bounds"][0] == t["bounds"][1]:   # pinned (--threshold-range P P): nothing searched
+        return [f"threshold {t['value']:.4f} (pinned by --threshold-range): OOF recall {oof['recall']:.4f}, "
+                f"precision {oof['precision']:.4f}, specificity {oof['specificity']:.4f}, F1 {oof['f1']:.4f}, "
+                f"balanced accuracy {oof['balanced_accuracy']:.4f}"] + interval_lines(report.get("intervals")) \
+            + nested_lines(report.get("nested"))
     return [f"threshold {t['value']:.4f} ({t['objective']}"
             + (f", recall >= {t['target_recall']}" if "target_recall" in t else "")
             + (f", searched in [{t['bounds'][0]}, {t['bounds'][1]}]" if "bounds" in t else "")

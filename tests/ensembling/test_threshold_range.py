@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from strokekit.cli.ensemble import parse_args
-from strokekit.ensembling.classifiers import build_classifier_spec, read_runs
+from strokekit.ensembling.classifiers import build_classifier_spec, decision_lines, read_runs
 from strokekit.ensembling.selection import tune_classifier_threshold
 from helpers import write_classifier_run
 
@@ -63,6 +63,7 @@ def test_lo_equal_hi_pins_the_threshold(tmp_path):
     spec, _ = build_classifier_spec(read_runs(dirs, "stroke"), "stroke", tmp_path / "e.yaml", blend="vote",
                                     keep_blend=True, vote_threshold=0.5, threshold_range=(0.5, 0.5), n_boot=20)
     assert spec["threshold"]["value"] == 0.5 and spec["threshold"]["plateau"] == [0.5, 0.5]
+    assert decision_lines({"threshold": {**spec["threshold"]}})[0].startswith("threshold 0.5000 (pinned")
     free, _ = build_classifier_spec(read_runs(dirs, "stroke"), "stroke", tmp_path / "f.yaml", blend="vote",
                                     keep_blend=True, vote_threshold=0.5, n_boot=20)
     assert free["threshold"]["value"] != 0.5                   # a searched threshold is one of the OOF shares
