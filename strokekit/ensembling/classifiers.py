@@ -315,19 +315,17 @@ def decision_lines(report: dict) -> list[str]:
         return []
     oof = t["oof"]
     if "bounds" in t and t["bounds"][0] == t["bounds"][1]:   # pinned (--threshold-range P P): nothing searched
-        return [f"threshold {t['value']:.4f} (pinned by --threshold-range): OOF recall {oof['recall']:.4f}, "
-                f"precision {oof['precision']:.4f}, specificity {oof['specificity']:.4f}, F1 {oof['f1']:.4f}, "
-                f"balanced accuracy {oof['balanced_accuracy']:.4f}"] + interval_lines(report.get("intervals")) \
-            + nested_lines(report.get("nested"))
-    return [f"threshold {t['value']:.4f} ({t['objective']}"
-            + (f", recall >= {t['target_recall']}" if "target_recall" in t else "")
-            + (f", searched in [{t['bounds'][0]}, {t['bounds'][1]}]" if "bounds" in t else "")
-            + (f", plateau of the bootstrap {t['robust']} at "
-               + (f"{t['test_patients']} patients" if t.get("test_patients") else f"n = {t['test_size']}")
-               if "robust" in t else "")
-            + f"; plateau {t['plateau'][0]:.3f}-{t['plateau'][1]:.3f}): OOF recall {oof['recall']:.4f}, "
-              f"precision {oof['precision']:.4f}, specificity {oof['specificity']:.4f}, F1 {oof['f1']:.4f}, "
-              f"balanced accuracy {oof['balanced_accuracy']:.4f}"
+        how = "pinned by --threshold-range"
+    else:
+        how = (f"{t['objective']}" + (f", recall >= {t['target_recall']}" if "target_recall" in t else "")
+               + (f", searched in [{t['bounds'][0]}, {t['bounds'][1]}]" if "bounds" in t else "")
+               + (f", plateau of the bootstrap {t['robust']} at "
+                  + (f"{t['test_patients']} patients" if t.get("test_patients") else f"n = {t['test_size']}")
+                  if "robust" in t else "")
+               + f"; plateau {t['plateau'][0]:.3f}-{t['plateau'][1]:.3f}")
+    return [f"threshold {t['value']:.4f} ({how}): OOF recall {oof['recall']:.4f}, "
+            f"precision {oof['precision']:.4f}, specificity {oof['specificity']:.4f}, F1 {oof['f1']:.4f}, "
+            f"balanced accuracy {oof['balanced_accuracy']:.4f}"
             + (f" (OOF reweighted to a test positive share of {t['test_prior']:.3f}; OOF's own "
                f"{t['oof_prior']:.3f})" if "test_prior" in t else "")] \
         + ([f"WARNING {t['bounds_note']}"] if t.get("bounds_note") else []) + interval_lines(report.get("intervals")) \

@@ -315,13 +315,14 @@ def tune_classifier_threshold(y_true, y_score, objective: str = "f1", target_rec
         curve = np.where(table["recall"] >= target_recall, table["precision"], np.nan)
     else:
         curve = table[objective]
-    if robust:
+    pinned = bounds is not None and bounds[0] == bounds[1]   # --threshold-range P P: nothing to search
+    if robust and not pinned:
         from strokekit.evaluation import bootstrap
 
         _, draws = bootstrap.threshold_curve_draws(y_true, y_score, objective, test_size, n_boot, seed,
                                                    test_prior, target_recall, patients)
         curve = bootstrap.robust_scores(draws, robust)
-    note, pinned = None, bounds is not None and bounds[0] == bounds[1]
+    note = None
     if bounds is not None and not pinned:
         inside = (table["threshold"] >= bounds[0]) & (table["threshold"] <= bounds[1])
         if not inside.any():
@@ -344,7 +345,7 @@ def tune_classifier_threshold(y_true, y_score, objective: str = "f1", target_rec
         out["bounds"] = [float(b) for b in bounds]
         if note:
             out["bounds_note"] = note
-    if robust:
+    if robust and not pinned:
         out.update(robust=robust, robust_score=flat["score"], test_size=test_size, n_boot=n_boot)
         if patients is not None:
             out["test_patients"] = patients.count

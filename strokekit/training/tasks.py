@@ -31,6 +31,7 @@ from strokekit.atomic import write_atomic
 from strokekit.data.dataset import BalancedSampler, LesionBatchSampler, SliceDataset
 from strokekit.data.pseudo import PseudoLabelError, pseudo_rows
 from strokekit.data.neighbours import attach_neighbours, neighbour_count
+from strokekit.models.sigmoid_head import map_activation
 from strokekit.training.losses import DeepSupervisionLoss, LesionAuxLoss, build_loss
 from strokekit.vocabulary import TASK_OUTPUTS
 
@@ -220,8 +221,6 @@ class SegTask(Task):
 
     def probabilities(self, logits: torch.Tensor, cfg: dict | None = None) -> torch.Tensor:
         """The maps the OOF file keeps: softmax, or a sigmoid head's two sigmoids (models/sigmoid_head.py)."""
-        from strokekit.models.sigmoid_head import map_activation
-
         activation = map_activation(cfg or {})
         return logits.float().softmax(dim=1) if activation == "softmax" else activation(logits)
 
